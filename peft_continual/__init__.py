@@ -1,0 +1,28 @@
+"""Continual learning of language models with PEFT: N-LoRA, O-LoRA, I-LoRA and replay on the HF stack."""
+
+from .collision import collision_report
+from .configs import IncLoraConfig, ILoraConfig, NLoraConfig, OLoraConfig, ReplayConfig
+from .evaluation import evaluate_task, normalize_answer
+from .metrics import ContinualResult
+from .tasks import STANDARD_ORDERS, ContinualCollator, ContinualTask, TaskSpecError, load_continual_tasks
+from .trainer import ContinualTrainer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ContinualCollator",
+    "ContinualResult",
+    "ContinualTask",
+    "ContinualTrainer",
+    "ILoraConfig",
+    "IncLoraConfig",
+    "NLoraConfig",
+    "OLoraConfig",
+    "ReplayConfig",
+    "STANDARD_ORDERS",
+    "TaskSpecError",
+    "collision_report",
+    "evaluate_task",
+    "load_continual_tasks",
+    "normalize_answer",
+]

@@ -1,0 +1,248 @@
+"""PEFT configs that carry a continual-learning method.
+
+Every config here subclasses :class:`peft.LoraConfig` and keeps ``peft_type=LORA``: ``get_peft_model``
+builds stock LoRA layers from it and saved adapters load with plain peft. The extra fields only
+tell :class:`~peft_continual.ContinualTrainer` which method to run and with which hyper-parameters.
+
+Method by config class:
+
+==================  =========================================================================
+``LoraConfig``      SeqLoRA: one adapter trained on task after task (no protection)
+``IncLoraConfig``   IncLoRA: a new adapter per task; earlier ones frozen and active
+``OLoraConfig``     O-LoRA: IncLoRA + orthogonality between the new and earlier ``lora_A``
+``NLoraConfig``     N-LoRA: IncLoRA + l1 "collision" penalty on the current task's dW
+``ReplayConfig``    ER: one adapter + experience replay from a reservoir buffer
+``ILoraConfig``     I-LoRA: ER + a slow learner (EMA of the fast one) + consistency loss
+==================  =========================================================================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Literal, Optional, Union
+
+from peft import LoraConfig
+
+
+class _ContinualConfigMixin:
+    """Make ``XConfig.from_pretrained`` return ``XConfig`` (peft would return a plain ``LoraConfig``)."""
+
+    @classmethod
+    def from_peft_type(cls, **kwargs):
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in kwargs.items() if k in known})
+
+    def to_lora_config(self) -> LoraConfig:
+        """The same adapter as a plain ``LoraConfig`` (what a user without this package loads silently)."""
+        base = {f.name for f in dataclasses.fields(LoraConfig) if f.init}
+        return LoraConfig(**{k: v for k, v in self.to_dict().items() if k in base})
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+def _check_lora_only(config: LoraConfig, method: str) -> None:
+    """The continual methods act on ``lora_A``/``lora_B`` only; refuse variants they would silently ignore."""
+    _require(not config.use_dora, f"{method} does not support use_dora=True: set use_dora=False.")
+    _require(
+        not config.modules_to_save,
+        f"{method} does not support modules_to_save={config.modules_to_save!r}: fully trained modules cannot be "
+        "kept per task; remove modules_to_save.",
+    )
+
+
+@dataclass
+class IncLoraConfig(_ContinualConfigMixin, LoraConfig):
+    """IncLoRA: a new LoRA adapter per task, earlier tasks' adapters frozen but active in the forward."""
+
+    merge_finished_adapters: bool = field(
+        default=False,
+        metadata={
+            "help": "Add each finished task's dW into the base weights, so that step cost does not grow with the "
+            "number of tasks. Per-task adapters are still kept, saved and exported unchanged."
+        },
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check_lora_only(self, type(self).__name__)
+
+
+@dataclass
+class NLoraConfig(IncLoraConfig):
+    """N-LoRA (Yang et al., COLING 2025): IncLoRA plus ``lambda * l1(dW_current)`` to avoid parameter collisions."""
+
+    collision_lambda: Union[float, list[float]] = field(
+        default=5.0,
+        metadata={
+            "help": "Weight of the collision (l1) penalty on the current task's update. One value for every task, "
+            "or one per task in training order. The default suits collision_form='delta_w' with "
+            "collision_reduction='mean' (see benchmarks/RESULTS.md for the sweep)."
+        },
+    )
+    collision_form: Literal["delta_w", "rank_product"] = field(
+        default="delta_w",
+        metadata={
+            "help": "'delta_w': entrywise l1 of dW = s*B@A (the paper's form, computed in row chunks). "
+            "'rank_product': l1 of the r x r matrix A@B (what the public reference code computes; square modules only, "
+            "and far weaker for the same lambda).",
+            "choices": ["delta_w", "rank_product"],
+        },
+    )
+    collision_reduction: Literal["mean", "sum"] = field(
+        default="mean",
+        metadata={
+            "help": "'mean': sum of |entries| over all adapted modules divided by their number of entries, so that one "
+            "lambda transfers across model sizes. 'sum': the plain sum over modules (the paper's form).",
+            "choices": ["mean", "sum"],
+        },
+    )
+    collision_chunk_elements: int = field(
+        default=2**22,
+        metadata={"help": "Largest number of dW entries materialised at once (bounds the penalty's extra memory)."},
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        lambdas = self.collision_lambda if isinstance(self.collision_lambda, list) else [self.collision_lambda]
+        _require(len(lambdas) > 0, "collision_lambda: give a number or a non-empty list of numbers.")
+        _require(
+            all(isinstance(v, (int, float)) and v >= 0 for v in lambdas),
+            f"collision_lambda must be >= 0 (one number or one per task), got {self.collision_lambda!r}.",
+        )
+        _require(
+            self.collision_form in ("delta_w", "rank_product"),
+            f"collision_form must be 'delta_w' or 'rank_product', got {self.collision_form!r}.",
+        )
+        _require(
+            self.collision_reduction in ("mean", "sum"),
+            f"collision_reduction must be 'mean' or 'sum', got {self.collision_reduction!r}.",
+        )
+        _require(self.collision_chunk_elements > 0, "collision_chunk_elements must be a positive integer.")
+
+    def lambda_for_task(self, task_index: int) -> float:
+        """The collision weight of the ``task_index``-th task (0-based)."""
+        if not isinstance(self.collision_lambda, list):
+            return float(self.collision_lambda)
+        if task_index >= len(self.collision_lambda):
+            raise ValueError(
+                f"collision_lambda lists {len(self.collision_lambda)} values but task {task_index + 1} is being "
+                "trained: give one value per task, or a single number."
+            )
+        return float(self.collision_lambda[task_index])
+
+
+@dataclass
+class OLoraConfig(IncLoraConfig):
+    """O-LoRA (Wang et al., EMNLP 2023 Findings): IncLoRA plus orthogonality of the new ``lora_A`` to earlier ones."""
+
+    orthogonal_lambda: float = field(
+        default=0.5,
+        metadata={"help": "lambda_1: weight of the orthogonality term between the new and every earlier task's A."},
+    )
+    orthogonal_form: Literal["abs", "squared"] = field(
+        default="abs",
+        metadata={
+            "help": "'abs': sum of |A_i @ A_t^T| entries (reference code); 'squared': sum of squares (the paper).",
+            "choices": ["abs", "squared"],
+        },
+    )
+    l2_lambda: float = field(
+        default=0.0,
+        metadata={"help": "lambda_2: weight of the sum of l2 norms of the current adapter's parameters."},
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        _require(self.orthogonal_lambda >= 0, f"orthogonal_lambda must be >= 0, got {self.orthogonal_lambda}.")
+        _require(self.l2_lambda >= 0, f"l2_lambda must be >= 0, got {self.l2_lambda}.")
+        _require(
+            self.orthogonal_form in ("abs", "squared"),
+            f"orthogonal_form must be 'abs' or 'squared', got {self.orthogonal_form!r}.",
+        )
+
+
+@dataclass
+class ReplayConfig(_ContinualConfigMixin, LoraConfig):
+    """Experience replay (ER): one adapter; from task 2 on every step also trains on a batch from a reservoir buffer."""
+
+    replay_buffer_size: int = field(
+        default=500,
+        metadata={"help": "Capacity of the reservoir buffer of earlier tasks' training examples (reference: 500)."},
+    )
+    replay_batch_size: Optional[int] = field(
+        default=None,
+        metadata={"help": "Examples replayed per step; default: the per-device training batch size."},
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check_lora_only(self, type(self).__name__)
+        _require(self.replay_buffer_size > 0, f"replay_buffer_size must be > 0, got {self.replay_buffer_size}.")
+        _require(
+            self.replay_batch_size is None or self.replay_batch_size > 0,
+            f"replay_batch_size must be > 0 (or None for the training batch size), got {self.replay_batch_size}.",
+        )
+
+
+@dataclass
+class ILoraConfig(ReplayConfig):
+    """I-LoRA (Ren et al., 2024): a fast and a slow (EMA) learner, replay, and a consistency loss."""
+
+    ema_decay: float = field(
+        default=0.99,
+        metadata={
+            "help": "lambda: weight the slow learner keeps at each step, slow <- lambda*slow + (1-lambda)*fast. "
+            "The reference code uses 0.25; mean-teacher practice 0.99-0.999 (see benchmarks/RESULTS.md)."
+        },
+    )
+    ema_warmup_steps: int = field(
+        default=0,
+        metadata={"help": "Ramp the decay linearly from 0 to ema_decay over the first steps of each task."},
+    )
+    consistency_weight: float = field(
+        default=1.0, metadata={"help": "gamma: weight of the consistency (MSE) loss on replayed samples (reference: 1.0)."}
+    )
+    consistency_layers: Union[str, list[int]] = field(
+        default="all",
+        metadata={"help": "Hidden states compared: 'all' layers, the 'last', or a list of layer indices (1-based)."},
+    )
+    consistency_target: Literal["slow", "max"] = field(
+        default="slow",
+        metadata={
+            "help": "Target of the consistency loss: the slow learner's hidden states, or the reference code's "
+            "elementwise max(fast, slow).",
+            "choices": ["slow", "max"],
+        },
+    )
+    eval_learner: Literal["slow", "fast"] = field(
+        default="slow",
+        metadata={"help": "Learner used for evaluation and exported as the root adapter.", "choices": ["slow", "fast"]},
+    )
+    resync_slow_at_task_end: bool = field(
+        default=False, metadata={"help": "Copy the fast learner into the slow one at the end of every task."}
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        _require(0.0 <= self.ema_decay < 1.0, f"ema_decay must be in [0, 1), got {self.ema_decay}.")
+        _require(self.ema_warmup_steps >= 0, f"ema_warmup_steps must be >= 0, got {self.ema_warmup_steps}.")
+        _require(self.consistency_weight >= 0, f"consistency_weight must be >= 0, got {self.consistency_weight}.")
+        layers = self.consistency_layers
+        _require(
+            layers in ("all", "last") or (isinstance(layers, list) and layers and all(isinstance(i, int) for i in layers)),
+            f"consistency_layers must be 'all', 'last' or a non-empty list of layer indices, got {layers!r}.",
+        )
+        _require(
+            self.consistency_target in ("slow", "max"),
+            f"consistency_target must be 'slow' or 'max', got {self.consistency_target!r}.",
+        )
+        _require(self.eval_learner in ("slow", "fast"), f"eval_learner must be 'slow' or 'fast', got {self.eval_learner!r}.")
+
+
+CONTINUAL_CONFIG_CLASSES = {
+    cls.__name__: cls for cls in (LoraConfig, IncLoraConfig, NLoraConfig, OLoraConfig, ReplayConfig, ILoraConfig)
+}

@@ -1,0 +1,313 @@
+"""One small object per continual-learning method, built from the PEFT config on the model.
+
+:class:`~peft_continual.ContinualTrainer` only calls the hooks of :class:`ContinualMethod`; adding a method
+(EWC, InfLoRA, ...) means a config class, a subclass here registered with :func:`register_method`, and
+nothing in the trainer. The maths lives in :mod:`regularizers`, :mod:`interpolation` and :mod:`replay`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Optional
+
+import torch
+from peft import LoraConfig
+from peft.utils.integrations import gather_params_ctx
+
+from .adapters import (
+    adapter_factors,
+    adapter_parameters,
+    adapters_active,
+    copy_adapter_weights,
+    merge_into_base,
+    set_adapter_state,
+)
+from .configs import IncLoraConfig, ILoraConfig, NLoraConfig, OLoraConfig, ReplayConfig
+from .interpolation import consistency_loss, ema_decay_at, ema_update, select_layers
+from .regularizers import delta_w_l1, l2_penalty, orthogonality_penalty, rank_product_l1
+from .replay import ReservoirBuffer
+
+_METHODS: dict[type, type["ContinualMethod"]] = {}
+
+
+def register_method(config_class: type):
+    def decorator(method_class):
+        _METHODS[config_class] = method_class
+        return method_class
+
+    return decorator
+
+
+def build_method(model) -> "ContinualMethod":
+    """The method object for the config of the model's active adapter (its most specific registered class)."""
+    adapter = model.active_adapter
+    config = model.peft_config[adapter]
+    for klass in type(config).__mro__:
+        if klass in _METHODS:
+            return _METHODS[klass](config, adapter)
+    raise TypeError(
+        f"ContinualTrainer needs a LoRA-based config (LoraConfig, IncLoraConfig, NLoraConfig, OLoraConfig, "
+        f"ReplayConfig or ILoraConfig), got {type(config).__name__}"
+    )
+
+
+class ContinualMethod:
+    """SeqLoRA, and the hooks every method implements. One adapter is trained on task after task."""
+
+    name = "seqlora"
+
+    def __init__(self, config: LoraConfig, template: str):
+        self.config = config
+        self.template = template  # the adapter get_peft_model created; methods may add their own from its config
+        self.task_index = -1
+
+    def setup(self, model, *, collator, batch_size: int, seed: int) -> None:
+        """Once, when the trainer is built (or after a state is loaded)."""
+
+    def begin_task(self, model, task_index: int, task_name: str) -> None:
+        self.task_index = task_index
+        self.restore_adapter_state(model)
+
+    def training_adapters(self) -> tuple[list[str], list[str]]:
+        """(adapters in the forward, adapters that train) while a task trains."""
+        return [self.template], [self.template]
+
+    def eval_adapters(self) -> list[str]:
+        """Adapters in the forward for evaluation, and combined into the exported root adapter."""
+        return [self.template]
+
+    def export_adapters(self) -> list[str]:
+        """Adapters whose sum is the continual model, exported as the root adapter for plain peft."""
+        return self.eval_adapters()
+
+    def task_adapters(self) -> list[str]:
+        """One adapter per task, for the collision analysis (empty when the method has no such adapters)."""
+        return []
+
+    def restore_adapter_state(self, model) -> None:
+        set_adapter_state(model, *self.training_adapters())
+
+    def loss_terms(self, model, inputs: dict[str, torch.Tensor]) -> tuple[float, dict[str, torch.Tensor]]:
+        """(weight of the task loss, extra named terms already weighted, per micro-batch)."""
+        return 1.0, {}
+
+    def after_optimizer_step(self, model) -> None:
+        pass
+
+    def end_task(self, model, task_index: int, train_features) -> None:
+        pass
+
+    def state_dict(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """(JSON-able metadata, tensors): everything beyond the adapters needed to continue later."""
+        return {"task_index": self.task_index, "template": self.template}, {}
+
+    def load_state_dict(self, meta: dict[str, Any], tensors: dict[str, torch.Tensor], model) -> None:
+        """Restore what :meth:`state_dict` saved, onto ``model`` whose adapters were reloaded."""
+        self.task_index, self.template = int(meta["task_index"]), meta["template"]
+
+
+register_method(LoraConfig)(ContinualMethod)
+
+
+def task_adapter_name(task_index: int, task_name: str) -> str:
+    return f"task_{task_index + 1}_{re.sub(r'[^0-9A-Za-z_-]', '_', task_name)}"
+
+
+@register_method(IncLoraConfig)
+class TaskAdapterMethod(ContinualMethod):
+    """IncLoRA: a new adapter per task; finished ones stay in the forward (or merged into the base), frozen."""
+
+    name = "inclora"
+
+    def __init__(self, config, template):
+        super().__init__(config, template)
+        self.adapters: list[str] = []
+        self.merged: list[str] = []
+
+    def begin_task(self, model, task_index: int, task_name: str) -> None:
+        self.task_index = task_index
+        name = task_adapter_name(task_index, task_name)
+        if name in model.peft_config:
+            raise ValueError(f"adapter {name!r} already exists: task names must be unique")
+        model.add_adapter(name, self.config)
+        self.adapters.append(name)
+        self.restore_adapter_state(model)
+        if self.template in model.peft_config and self.template not in self.adapters:
+            model.delete_adapter(self.template)  # the template only lent its config
+            self.restore_adapter_state(model)
+
+    def training_adapters(self):
+        active = [a for a in self.adapters if a not in self.merged]
+        return active, active[-1:]
+
+    def eval_adapters(self):
+        return [a for a in self.adapters if a not in self.merged]
+
+    def task_adapters(self):
+        return list(self.adapters)
+
+    def export_adapters(self):
+        return list(self.adapters)
+
+    def end_task(self, model, task_index, train_features):
+        if self.config.merge_finished_adapters:
+            merge_into_base(model, self.adapters[-1])
+            self.merged.append(self.adapters[-1])
+        set_adapter_state(model, self.eval_adapters(), [])
+
+    def state_dict(self):
+        meta, tensors = super().state_dict()
+        return {**meta, "adapters": self.adapters, "merged": self.merged}, tensors
+
+    def load_state_dict(self, meta, tensors, model):
+        super().load_state_dict(meta, tensors, model)
+        self.adapters, self.merged = list(meta["adapters"]), []
+        for adapter in meta["merged"]:  # the base model was reloaded unmerged
+            merge_into_base(model, adapter)
+            self.merged.append(adapter)
+
+
+@register_method(NLoraConfig)
+class NLoraMethod(TaskAdapterMethod):
+    """N-LoRA: lambda * l1 of the current task's dW (all modules), see :func:`regularizers.delta_w_l1`."""
+
+    name = "nlora"
+
+    def loss_terms(self, model, inputs):
+        weight = self.config.lambda_for_task(self.task_index)
+        if weight == 0:
+            return 1.0, {}
+        factors = adapter_factors(model, self.adapters[-1])
+        with gather_params_ctx([p for f in factors for p in (f.A, f.B)]):
+            if self.config.collision_form == "rank_product":
+                norms = [rank_product_l1(f.A, f.B, f.module_name) for f in factors]
+            else:
+                norms = [delta_w_l1(f.A, f.B, f.scaling, self.config.collision_chunk_elements) for f in factors]
+        penalty = torch.stack(norms).sum()
+        if self.config.collision_reduction == "mean":
+            if self.config.collision_form == "rank_product":
+                penalty = penalty / sum(f.A.shape[0] ** 2 for f in factors)
+            else:
+                penalty = penalty / sum(f.B.shape[0] * f.A.shape[1] for f in factors)
+        return 1.0, {"loss_collision": weight * penalty}
+
+
+@register_method(OLoraConfig)
+class OLoraMethod(TaskAdapterMethod):
+    """O-LoRA: lambda_1 * sum |A_i A_t^T| over earlier tasks i, plus lambda_2 * sum ||P||_2 of the current adapter."""
+
+    name = "olora"
+
+    def loss_terms(self, model, inputs):
+        terms = {}
+        current = self.adapters[-1]
+        if self.config.orthogonal_lambda > 0 and len(self.adapters) > 1:
+            earlier = {a: {f.module_name: f.A for f in adapter_factors(model, a)} for a in self.adapters[:-1]}
+            total = torch.stack([
+                orthogonality_penalty(f.A, [earlier[a][f.module_name] for a in earlier], self.config.orthogonal_form)
+                for f in adapter_factors(model, current)
+            ]).sum()  # fmt: skip
+            terms["loss_orthogonal"] = self.config.orthogonal_lambda * total
+        if self.config.l2_lambda > 0:
+            terms["loss_l2"] = self.config.l2_lambda * l2_penalty(adapter_parameters(model, current))
+        return 1.0, terms
+
+
+@register_method(ReplayConfig)
+class ReplayMethod(ContinualMethod):
+    """ER: from task 2 on, loss = (CE_current + CE_replay) / 2 with a replay batch from a reservoir buffer."""
+
+    name = "replay"
+
+    def setup(self, model, *, collator, batch_size, seed):
+        self.collator = collator
+        self.replay_batch_size = self.config.replay_batch_size or batch_size
+        self.buffer = ReservoirBuffer(self.config.replay_buffer_size, seed=seed)
+
+    def replay_batch(self, device) -> Optional[dict[str, torch.Tensor]]:
+        if len(self.buffer) == 0:
+            return None
+        batch = self.collator(self.buffer.sample(self.replay_batch_size))
+        return {k: v.to(device) for k, v in batch.items()}
+
+    def loss_terms(self, model, inputs):
+        batch = self.replay_batch(inputs["input_ids"].device)
+        if batch is None:
+            return 1.0, {}
+        return 0.5, {"loss_replay": 0.5 * model(**batch).loss}
+
+    def end_task(self, model, task_index, train_features):
+        """Offer every training example of the finished task once (evaluation data never enters)."""
+        for ids, labels in zip(train_features["input_ids"], train_features["labels"]):
+            self.buffer.add(ids, labels, task_index)
+
+    def state_dict(self):
+        meta, tensors = super().state_dict()
+        return meta, {**tensors, **{f"buffer.{k}": v for k, v in self.buffer.state_dict().items()}}
+
+    def load_state_dict(self, meta, tensors, model):
+        super().load_state_dict(meta, tensors, model)
+        self.buffer.load_state_dict({k[len("buffer.") :]: v for k, v in tensors.items() if k.startswith("buffer.")})
+
+
+@register_method(ILoraConfig)
+class ILoraMethod(ReplayMethod):
+    """I-LoRA: the template adapter is the fast learner; ``slow`` follows it by EMA after every optimizer step."""
+
+    name = "ilora"
+    slow = "slow"
+
+    def setup(self, model, *, collator, batch_size, seed):
+        super().setup(model, collator=collator, batch_size=batch_size, seed=seed)
+        self.steps_in_task = 0
+        if self.slow not in model.peft_config:
+            model.add_adapter(self.slow, self.config)
+            copy_adapter_weights(model, self.template, self.slow)
+        self.restore_adapter_state(model)
+
+    def eval_adapters(self):
+        return [self.slow if self.config.eval_learner == "slow" else self.template]
+
+    def begin_task(self, model, task_index, task_name):
+        super().begin_task(model, task_index, task_name)
+        self.steps_in_task = 0
+
+    def loss_terms(self, model, inputs):
+        batch = self.replay_batch(inputs["input_ids"].device)
+        if batch is None:
+            return 1.0, {}
+        out = model(**batch, output_hidden_states=True)
+        terms = {"loss_replay": 0.5 * out.loss}
+        if self.config.consistency_weight > 0:
+            was_training = model.training
+            model.eval()  # the teacher's forward is deterministic (no dropout)
+            with torch.no_grad(), adapters_active(model, [self.slow]):
+                slow_hidden = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                    output_hidden_states=True).hidden_states  # fmt: skip
+            model.train(was_training)
+            layers = self.config.consistency_layers
+            terms["loss_consistency"] = self.config.consistency_weight * consistency_loss(
+                select_layers(out.hidden_states, layers), select_layers(slow_hidden, layers),
+                batch["attention_mask"], self.config.consistency_target,
+            )  # fmt: skip
+        return 0.5, terms
+
+    def after_optimizer_step(self, model):
+        self.steps_in_task += 1
+        decay = ema_decay_at(self.steps_in_task, self.config.ema_decay, self.config.ema_warmup_steps)
+        slow, fast = adapter_parameters(model, self.slow), adapter_parameters(model, self.template)
+        with gather_params_ctx(slow + fast, modifier_rank=0):
+            ema_update(slow, fast, decay)
+
+    def end_task(self, model, task_index, train_features):
+        super().end_task(model, task_index, train_features)
+        if self.config.resync_slow_at_task_end:
+            copy_adapter_weights(model, self.template, self.slow)
+
+    def state_dict(self):
+        meta, tensors = super().state_dict()
+        return {**meta, "steps_in_task": self.steps_in_task}, tensors
+
+    def load_state_dict(self, meta, tensors, model):
+        super().load_state_dict(meta, tensors, model)
+        self.steps_in_task = int(meta.get("steps_in_task", 0))

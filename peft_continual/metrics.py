@@ -1,0 +1,134 @@
+"""Continual-learning metrics over the accuracy matrix R, where R[i][j] is the accuracy on task j after task i.
+
+Definitions (per task, i.e. macro; 0-based indices, T tasks trained so far):
+
+* average accuracy  AA  = mean_j R[T-1][j]
+* backward transfer BWT = mean_{j<T-1} (R[T-1][j] - R[j][j])
+* forward transfer  FWT = mean_{j>0} (R[j-1][j] - R0[j]), R0 = the base model's zero-shot accuracy
+* forgetting        F   = mean_{j<T-1} (max_{l<T-1} R[l][j] - R[T-1][j])
+
+R[i][j] for j > i is only known when every task is evaluated after every step (``evaluate_unseen``); FWT
+needs R[j-1][j] and R0, and is ``None`` otherwise. BWT and forgetting are ``None`` for a single task.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
+
+
+def _mean(values: list[float]) -> Optional[float]:
+    return sum(values) / len(values) if values else None
+
+
+@dataclass
+class ContinualResult:
+    task_names: list[str] = field(default_factory=list)
+    accuracy_matrix: list[list[Optional[float]]] = field(default_factory=list)
+    zero_shot: Optional[list[float]] = None
+    evaluation_method: str = "rank"
+    method: str = ""
+    details: list[dict[str, Any]] = field(default_factory=list)
+    collision: Optional[dict[str, Any]] = None
+
+    @property
+    def num_trained(self) -> int:
+        return len(self.accuracy_matrix)
+
+    def _final(self) -> list[Optional[float]]:
+        if not self.accuracy_matrix:
+            raise ValueError("no task has been trained yet")
+        return self.accuracy_matrix[-1]
+
+    @property
+    def average_accuracy(self) -> float:
+        return _mean([a for a in self._final()[: self.num_trained]])
+
+    @property
+    def backward_transfer(self) -> Optional[float]:
+        R, T = self.accuracy_matrix, self.num_trained
+        return _mean([R[T - 1][j] - R[j][j] for j in range(T - 1)])
+
+    @property
+    def forgetting(self) -> Optional[float]:
+        R, T = self.accuracy_matrix, self.num_trained
+        return _mean([max(R[l][j] for l in range(j, T - 1)) - R[T - 1][j] for j in range(T - 1)])
+
+    @property
+    def forward_transfer(self) -> Optional[float]:
+        R, T = self.accuracy_matrix, self.num_trained
+        if self.zero_shot is None or T < 2 or any(R[j - 1][j] is None for j in range(1, T)):
+            return None
+        return _mean([R[j - 1][j] - self.zero_shot[j] for j in range(1, T)])
+
+    def summary(self) -> dict[str, Optional[float]]:
+        return {
+            "average_accuracy": self.average_accuracy,
+            "backward_transfer": self.backward_transfer,
+            "forward_transfer": self.forward_transfer,
+            "forgetting": self.forgetting,
+        }
+
+    # ------------------------------------------------------------------------------------ (de)serialising
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), **self.summary()}
+
+    def to_json(self, path: Optional[str] = None) -> str:
+        text = json.dumps(self.to_dict(), indent=2)
+        if path is not None:
+            from .io_utils import atomic_write_text
+
+            atomic_write_text(path, text)
+        return text
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ContinualResult":
+        fields = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        result = cls(**fields)
+        result.validate()
+        return result
+
+    @classmethod
+    def from_json(cls, text_or_path: str) -> "ContinualResult":
+        text = text_or_path
+        if not text_or_path.lstrip().startswith("{"):
+            with open(text_or_path, encoding="utf-8") as f:
+                text = f.read()
+        return cls.from_dict(json.loads(text))
+
+    def validate(self) -> None:
+        """Reject a matrix that is not square-by-rows, or accuracies outside [0, 1] (a corrupted state)."""
+        T = len(self.task_names)
+        if len(self.accuracy_matrix) > T or any(len(row) != T for row in self.accuracy_matrix):
+            raise ValueError(f"accuracy_matrix must have at most {T} rows of {T} entries (one per task)")
+        for i, row in enumerate(self.accuracy_matrix):
+            for j, value in enumerate(row):
+                if j <= i and (value is None or not 0.0 <= value <= 1.0 or math.isnan(value)):
+                    raise ValueError(f"accuracy_matrix[{i}][{j}] = {value!r} is not an accuracy in [0, 1]")
+
+    # ---------------------------------------------------------------------------------------- printing
+
+    def format_table(self) -> str:
+        """The accuracy matrix (%) as a text table, rows = after training task i, with the summary below."""
+        names = self.task_names
+        width = max([len(n) for n in names] + [8])
+        lines = ["after \\ on".ljust(width + 2) + "".join(n[:width].rjust(width + 2) for n in names)]
+        if self.zero_shot is not None:
+            lines.append("zero-shot".ljust(width + 2) + "".join(f"{100 * a:.1f}".rjust(width + 2) for a in self.zero_shot))
+        for i, row in enumerate(self.accuracy_matrix):
+            cells = ["-" if a is None else f"{100 * a:.1f}" for a in row]
+            lines.append(f"{i + 1}:{names[i]}"[: width + 2].ljust(width + 2) + "".join(c.rjust(width + 2) for c in cells))
+        s = self.summary()
+
+        def pct(value, signed=True):
+            return "n/a" if value is None else f"{100 * value:+.1f}" if signed else f"{100 * value:.1f}%"
+
+        lines.append(
+            f"AA {pct(s['average_accuracy'], signed=False)}  BWT {pct(s['backward_transfer'])}  "
+            f"FWT {pct(s['forward_transfer'])}  forgetting {pct(s['forgetting'])}  "
+            f"({self.evaluation_method} scoring, macro over tasks)"
+        )
+        return "\n".join(lines)

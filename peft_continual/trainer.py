@@ -1,0 +1,293 @@
+"""``ContinualTrainer``: a ``transformers.Trainer`` that trains a PEFT model on a sequence of tasks.
+
+Glue only: the task loop, a fresh optimizer and schedule per task, evaluation of every seen task after each
+one, logging of each loss term, saving. What differs between methods lives in :mod:`peft_continual.methods`,
+chosen by the PEFT config on the model.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from collections import defaultdict
+from typing import Optional, Sequence
+
+import torch
+from peft import PeftModel
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.utils import logging
+
+from .adapters import adapters_active
+from .collision import collision_report
+from .evaluation import EvaluationMethod, evaluate_task
+from .methods import ContinualMethod, build_method, task_adapter_name
+from .hub import push_continual_to_hub
+from .metrics import ContinualResult
+from .persistence import load_continual_model, save_continual, task_from_dict
+from .tasks import ContinualCollator, ContinualTask, check_unique_names, tokenize_task
+
+logger = logging.get_logger(__name__)
+
+
+class _MethodCallback(TrainerCallback):
+    """Forwards the optimizer-step event to the method (e.g. I-LoRA's EMA)."""
+
+    def __init__(self, trainer: "ContinualTrainer"):
+        self.trainer = trainer
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        self.trainer.method.after_optimizer_step(self.trainer.peft_model)
+
+
+class ContinualTrainer(Trainer):
+    """Train a ``PeftModel`` on tasks one after the other with standard ``TrainingArguments``.
+
+    The continual method and its hyper-parameters come from the PEFT config of the model (see
+    :mod:`peft_continual.configs`). Each task trains in ``<output_dir>/task_<i>_<name>`` with a fresh optimizer and
+    learning-rate schedule; after each task every task seen so far is evaluated and the accuracy matrix grows.
+
+    Args:
+        evaluation_method: ``"rank"`` (label ranking by log-likelihood, default) or ``"generate"`` (greedy
+            generation and normalised exact match, the papers' protocol).
+        max_source_length: prompt length in tokens; longer texts are shortened, never the options or question.
+        evaluate_zero_shot: evaluate the base model on every task first (needed for forward transfer).
+        evaluate_unseen: after each task, also evaluate the tasks not trained yet (fills the upper triangle).
+        collision_eps: thresholds of the collision analysis run at the end for task-adapter methods
+            (relative to each dW's largest entry); empty to skip it.
+    """
+
+    def __init__(
+        self,
+        model: PeftModel = None,
+        args: TrainingArguments = None,
+        *,
+        processing_class=None,
+        evaluation_method: EvaluationMethod = "rank",
+        max_source_length: int = 256,
+        evaluate_zero_shot: bool = False,
+        evaluate_unseen: bool = False,
+        collision_eps: Sequence[float] = (0.001, 0.01, 0.1),
+        **kwargs,
+    ):
+        if not isinstance(model, PeftModel):
+            raise TypeError(
+                "ContinualTrainer needs a PeftModel: wrap the model first, e.g. "
+                "get_peft_model(model, NLoraConfig(r=8, target_modules=[...]))"
+            )
+        if processing_class is None:
+            raise ValueError("ContinualTrainer needs the tokenizer: pass processing_class=tokenizer")
+        if evaluation_method not in ("rank", "generate"):
+            raise ValueError(f"evaluation_method must be 'rank' or 'generate', got {evaluation_method!r}")
+        if max_source_length <= 0:
+            raise ValueError(f"max_source_length must be positive, got {max_source_length}")
+        if args is not None and args.load_best_model_at_end:
+            raise ValueError(
+                "load_best_model_at_end is not supported: Trainer reloads a single adapter; every task's final "
+                "adapters are kept and evaluated instead"
+            )
+        if processing_class.eos_token_id is None:
+            raise ValueError("the tokenizer has no eos_token: set tokenizer.eos_token before training")
+        if processing_class.pad_token_id is None:
+            processing_class.pad_token = processing_class.eos_token
+        kwargs.setdefault("data_collator", ContinualCollator(processing_class.pad_token_id))
+        super().__init__(model=model, args=args, processing_class=processing_class, **kwargs)
+        self.method: ContinualMethod = build_method(self.peft_model)
+        self.method.setup(
+            self.peft_model, collator=self.data_collator, batch_size=self.args.per_device_train_batch_size,
+            seed=self.args.seed,
+        )  # fmt: skip
+        self.add_callback(_MethodCallback(self))
+        self.evaluation_method = evaluation_method
+        self.max_source_length = max_source_length
+        self.evaluate_zero_shot = evaluate_zero_shot
+        self.evaluate_unseen = evaluate_unseen
+        self.collision_eps = tuple(collision_eps)
+        self.continual_args = self.args  # the user's arguments; each task trains with a copy in its own folder
+        self.tasks: list[ContinualTask] = []
+        self.result = ContinualResult(method=self.method.name, evaluation_method=evaluation_method)
+        self._loss_terms: dict[str, list[float]] = defaultdict(list)
+
+    @property
+    def peft_model(self) -> PeftModel:
+        return self.accelerator.unwrap_model(self.model)
+
+    # ------------------------------------------------------------------------------------------ task loop
+
+    def train_continual(self, tasks: Sequence[ContinualTask]) -> ContinualResult:
+        """Train ``tasks`` in order (after any already trained), evaluating after each; returns the result."""
+        tasks = list(tasks)
+        if not tasks:
+            raise ValueError("train_continual needs at least one task")
+        check_unique_names(self.tasks + tasks)
+        features = [tokenize_task(self.processing_class, t, self.max_source_length) for t in tasks]  # fail early
+        first_new = len(self.tasks)
+        self._register_tasks(tasks)
+        if self.evaluate_zero_shot:
+            self._evaluate_zero_shot(tasks)
+        for offset, (task, task_features) in enumerate(zip(tasks, features)):
+            self._train_one(first_new + offset, task, task_features)
+        adapters = self.method.task_adapters()
+        if self.collision_eps and len(adapters) > 1:
+            self.result.collision = collision_report(self.peft_model, adapters, self.collision_eps)
+        if self.is_world_process_zero():
+            print(f"\nAccuracy matrix ({self.method.name}):\n{self.result.format_table()}", flush=True)
+        return self.result
+
+    def train_task(self, task: ContinualTask) -> ContinualResult:
+        """Train one more task (tasks that arrive over time); extends the same result."""
+        return self.train_continual([task])
+
+    def _register_tasks(self, tasks: Sequence[ContinualTask]) -> None:
+        self.tasks += tasks
+        self.result.task_names += [t.name for t in tasks]
+        T = len(self.result.task_names)
+        for row in self.result.accuracy_matrix:
+            row += [None] * (T - len(row))
+
+    def _train_one(self, index: int, task: ContinualTask, features) -> None:
+        T = len(self.tasks)
+        if self.is_world_process_zero():
+            print(f"\n=== [{self.method.name}] task {index + 1}/{T}: {task.name} ({len(features)} examples)", flush=True)
+        model = self.peft_model
+        self.method.begin_task(model, index, task.name)
+        self.args = copy.copy(self.continual_args)  # not dataclasses.replace: that would reset the accelerator state
+        self.args.output_dir = os.path.join(self.continual_args.output_dir, task_adapter_name(index, task.name))
+        self.train_dataset = features
+        self.optimizer, self.lr_scheduler = None, None  # a fresh optimizer and schedule per task
+        started = time.perf_counter()
+        output = self.train()
+        self.method.end_task(model, index, features)
+        evaluated = range(T) if self.evaluate_unseen else range(index + 1)
+        accuracies = self.evaluate_tasks([self.tasks[j] for j in evaluated])
+        row = [None] * len(self.result.task_names)
+        for j, acc in zip(evaluated, accuracies):
+            row[j] = acc
+        self.result.accuracy_matrix.append(row)
+        self.result.details.append({
+            "task": task.name, "train_examples": len(features), "train_loss": output.training_loss,
+            "steps": output.global_step, "train_seconds": round(time.perf_counter() - started, 2),
+            "eval_examples": [len(self.tasks[j].eval) for j in evaluated],
+        })  # fmt: skip
+        self.restore_adapter_state()
+        if self.is_world_process_zero():
+            seen = ", ".join(f"{self.tasks[j].name} {100 * a:.1f}%" for j, a in zip(evaluated, accuracies))
+            print(f"    after {task.name}: {seen}", flush=True)
+
+    def restore_adapter_state(self) -> None:
+        """Re-assert which adapters are active and trainable (after loading or any adapter operation)."""
+        self.method.restore_adapter_state(self.peft_model)
+
+    # ------------------------------------------------------------------------------------------ evaluation
+
+    @torch.no_grad()
+    def evaluate_tasks(self, tasks: Sequence[ContinualTask]) -> list[float]:
+        """Accuracy on each task with the method's evaluation learner (e.g. I-LoRA's slow adapter)."""
+        model = self.peft_model
+        was_training = model.training
+        model.eval()
+        try:
+            with adapters_active(model, self.method.eval_adapters()), self.autocast_smart_context_manager():
+                return [self._evaluate(model, task) for task in tasks]
+        finally:
+            model.train(was_training)
+
+    def _evaluate(self, model, task: ContinualTask) -> float:
+        return evaluate_task(
+            model, self.processing_class, task, method=self.evaluation_method,
+            max_source_length=self.max_source_length, batch_size=self.args.per_device_eval_batch_size,
+        ).accuracy  # fmt: skip
+
+    @torch.no_grad()
+    def _evaluate_zero_shot(self, tasks: Sequence[ContinualTask]) -> None:
+        if getattr(self.method, "merged", None):
+            raise ValueError("zero-shot accuracy of new tasks cannot be measured once adapters are merged into the base")
+        model = self.peft_model
+        was_training = model.training
+        model.eval()
+        try:
+            with model.disable_adapter(), self.autocast_smart_context_manager():
+                scores = [self._evaluate(model, task) for task in tasks]
+        finally:
+            model.train(was_training)
+            self.restore_adapter_state()  # leaving disable_adapter() unfreezes every adapter
+        known = self.result.zero_shot or []
+        self.result.zero_shot = known + [None] * (len(self.result.task_names) - len(tasks) - len(known)) + scores
+        if self.is_world_process_zero():
+            print("zero-shot: " + ", ".join(f"{t.name} {100 * s:.1f}%" for t, s in zip(tasks, scores)), flush=True)
+
+    # ------------------------------------------------------------------------------------------ losses
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        if model.training:
+            scaled = self.loss_is_scaled_for_ga
+            if scaled is None:
+                scaled = (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or self.compute_loss_func is not None
+            accumulation = self.current_gradient_accumulation_steps
+            # Extra terms are per-micro-batch values; like the task loss they must sum to one step's worth.
+            extra_scale = 1.0 / accumulation if scaled else 1.0
+            task_weight, terms = self.method.loss_terms(self.peft_model, inputs)
+            self._record("loss_task", loss.detach() * (accumulation if scaled else 1.0))
+            loss = task_weight * loss
+            for name, term in terms.items():
+                self._record(name, term.detach())
+                loss = loss + extra_scale * term.to(loss.dtype)
+        return (loss, outputs) if return_outputs else loss
+
+    def _record(self, name: str, value: torch.Tensor) -> None:
+        value = value.float().item()
+        if not math.isfinite(value):
+            raise FloatingPointError(
+                f"{name} is {value} at step {self.state.global_step + 1} of task {len(self.result.accuracy_matrix) + 1}: "
+                "lower the learning rate or the method's weights, or train in fp32"
+            )
+        self._loss_terms[name].append(value)
+
+    def log(self, logs: dict[str, float], start_time: Optional[float] = None) -> None:
+        if "loss" in logs and self._loss_terms:
+            logs.update({name: sum(v) / len(v) for name, v in self._loss_terms.items()})
+            self._loss_terms.clear()
+        super().log(logs, start_time)
+
+    # ------------------------------------------------------------------------------------------ saving
+
+    def save_continual(self, output_dir: str, model_card: bool = True):
+        """Save every adapter, the root adapter for plain peft, the continual state and a model card (atomic)."""
+        if not self.is_world_process_zero():
+            return None
+        return save_continual(self, output_dir, model_card=model_card)
+
+    def push_to_hub(self, repo_id: str, *, private=None, token=None, revision=None, commit_message=None, **kwargs):
+        """Upload the continual run (the layout of :meth:`save_continual`, model card included) to ``repo_id``."""
+        if not self.is_world_process_zero():
+            return None
+        message = commit_message or f"{self.method.name}: {' -> '.join(self.result.task_names)}"
+        return push_continual_to_hub(
+            self, repo_id, private=private, token=token or self.args.hub_token, revision=revision,
+            commit_message=message, **kwargs,
+        )  # fmt: skip
+
+    @classmethod
+    def from_continual(cls, folder: str, model, args: TrainingArguments, *, processing_class, **kwargs) -> "ContinualTrainer":
+        """Continue a run saved by :meth:`save_continual`: ``model`` is a fresh copy of the same base model.
+
+        Adapters, the method's state (replay buffer, merged adapters, ...), the task definitions and the accuracy
+        matrix come back; ``train_task``/``train_continual`` then add tasks with the earlier ones frozen.
+        """
+        peft_model, state, tensors = load_continual_model(folder, model)
+        options = {**state.get("trainer", {}), **kwargs}
+        trainer = cls(model=peft_model, args=args, processing_class=processing_class, **options)
+        trainer.method.load_state_dict(state["method_state"], tensors, trainer.peft_model)
+        trainer.tasks = [task_from_dict(t) for t in state["tasks"]]
+        trainer.result = ContinualResult.from_dict(state["result"])
+        trainer.restore_adapter_state()
+        return trainer
+
+    # ------------------------------------------------------------------------------------------ checkpoints
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        """Trainer reloads only the first active adapter and makes it trainable; re-assert the method's state."""
+        super()._load_from_checkpoint(resume_from_checkpoint, model=model)
+        self.restore_adapter_state()
