@@ -27,7 +27,8 @@ from peft_continual import ContinualTask
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 datasets.disable_progress_bars()
-warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing is deprecated.*")
+torch.set_num_threads(1)  # tiny models gain nothing from threads, and spinning threads stall on a busy 2-core machine
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cl_benchmark"
 

@@ -1,0 +1,62 @@
+"""Scoring: the shared-prompt label ranking equals a naive full-sequence computation; exact-match normalisation."""
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+
+from conftest import synthetic_task, tiny_model, training_args
+from peft_continual import ContinualTrainer, evaluate_task, normalize_answer
+from peft_continual.evaluation import rank_scores
+
+
+def naive_scores(model, prompts, options):
+    """Run prompt + option as one sequence per pair (no padding, no cache) and sum the option's log-probs."""
+    scores = torch.zeros(len(prompts), len(options))
+    for i, p in enumerate(prompts):
+        for k, o in enumerate(options):
+            ids = torch.tensor([p + o])
+            logp = model(input_ids=ids).logits[0, :-1].log_softmax(-1)
+            scores[i, k] = sum(logp[len(p) - 1 + t, tok] for t, tok in enumerate(o))
+    return scores
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
+def test_shared_prompt_ranking_equals_naive(arch, tokenizer):
+    model, _ = tiny_model(arch, tokenizer)
+    model.eval()
+    prompts = [[3, 4, 5, 6, 7], [8, 9], [10, 11, 12]]  # different lengths: exercises left padding
+    options = [[20, 21, 1], [22, 1], [23, 24, 25, 1]]
+    with torch.no_grad():
+        fast = rank_scores(model, prompts, options, pad_token_id=0)
+        slow = naive_scores(model, prompts, options)
+    torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-4)
+
+
+def test_normalize_answer():
+    assert normalize_answer("  The Science, or Technology!\nmore") == "science or technology"
+    assert normalize_answer("very negative.") == normalize_answer("Very Negative")
+    assert normalize_answer("an apple") == "apple"
+
+
+@pytest.mark.parametrize("method", ["rank", "generate"])
+def test_trained_model_is_scored_correct(method, tokenizer, tmp_path):
+    """After training on a task, both scorings find the answers (evaluated on the memorised training rows)."""
+    model, _ = tiny_model("llama", tokenizer)
+    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"))
+    task = synthetic_task("colors", n_train=8)
+    task.eval = task.train
+    trainer = ContinualTrainer(model=model, args=training_args(tmp_path, num_train_epochs=20, learning_rate=1e-2),
+                               processing_class=tokenizer, max_source_length=64)  # fmt: skip
+    untrained = evaluate_task(model, tokenizer, task, method=method, max_source_length=64).accuracy
+    trainer.train_continual([task])
+    model.eval()
+    out = evaluate_task(model, tokenizer, task, method=method, max_source_length=64)
+    assert out.accuracy == 1.0 and out.num_examples == 8, (untrained, out.predictions)
+    if method == "generate":
+        assert all(normalize_answer(p) in {"warm", "cold"} for p in out.predictions)
+
+
+def test_unknown_evaluation_method(tokenizer):
+    model, _ = tiny_model("llama", tokenizer)
+    with pytest.raises(ValueError, match="'rank' or 'generate'"):
+        evaluate_task(model, tokenizer, synthetic_task("colors"), method="vote")
