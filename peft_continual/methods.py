@@ -161,10 +161,11 @@ class TaskAdapterMethod(ContinualMethod):
 
     def load_state_dict(self, meta, tensors, model):
         super().load_state_dict(meta, tensors, model)
-        self.adapters, self.merged = list(meta["adapters"]), []
-        for adapter in meta["merged"]:  # the base model was reloaded unmerged
-            merge_into_base(model, adapter)
-            self.merged.append(adapter)
+        self.adapters = list(meta["adapters"])
+        for adapter in meta["merged"]:  # merge what the (reloaded, unmerged) base lacks; idempotent
+            if adapter not in self.merged:
+                merge_into_base(model, adapter)
+                self.merged.append(adapter)
 
 
 @register_method(NLoraConfig)

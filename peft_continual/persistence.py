@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import os
 import shutil
 import tempfile
@@ -25,7 +26,7 @@ from typing import Any
 
 import datasets
 import torch
-from peft import LoraConfig, PeftModel
+from peft import PeftModel, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
 from .configs import CONTINUAL_CONFIG_CLASSES
@@ -122,13 +123,51 @@ def save_continual(trainer, output_dir: str | os.PathLike, model_card: bool = Tr
     return output_dir
 
 
-def check_folder_is_safe(folder: Path) -> None:
-    """Refuse folders carrying pickle files: nothing here is ever unpickled, so such files signal tampering."""
-    unsafe = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.suffix.lower() in UNSAFE_SUFFIXES)
+METHOD_STATE_FILE = "continual_method.json"
+METHOD_TENSORS_FILE = "continual_method.safetensors"
+
+
+def save_method_state(method, folder: str | os.PathLike) -> None:
+    """The method's state inside a Trainer checkpoint (written after Trainer's own files)."""
+    meta, tensors = method.state_dict()
+    save_file({k: v.contiguous() for k, v in tensors.items()}, os.path.join(folder, METHOD_TENSORS_FILE))
+    Path(folder, METHOD_STATE_FILE).write_text(json.dumps(meta), encoding="utf-8")
+
+
+def load_method_state(method, folder: str | os.PathLike, model) -> None:
+    """Restore what :func:`save_method_state` wrote, if the checkpoint has it (a plain Trainer checkpoint has not)."""
+    meta_path = Path(folder, METHOD_STATE_FILE)
+    if meta_path.is_file():
+        method.load_state_dict(json.loads(meta_path.read_text(encoding="utf-8")), load_file(str(Path(folder, METHOD_TENSORS_FILE))), model)
+
+
+def load_adapter_weights(model: PeftModel, folder: str | os.PathLike, adapters: list[str], config) -> None:
+    """Load saved adapters' weights into ``model``, adding those it lacks with ``config``."""
+    for adapter in adapters:
+        if adapter not in model.peft_config:
+            model.add_adapter(adapter, copy.deepcopy(config))
+        weights = load_file(str(Path(folder, adapter, "adapter_model.safetensors")))
+        result = set_peft_model_state_dict(model, weights, adapter_name=adapter)
+        if getattr(result, "unexpected_keys", None):
+            raise ContinualStateError(f"adapter {adapter!r} in {str(folder)!r} does not fit this model: {result.unexpected_keys[:3]}")
+
+
+# Trainer checkpoints cannot avoid torch files; Trainer reads these with weights_only=True (never training_args.bin).
+TRAINER_TORCH_FILES = re.compile(r"(optimizer\.pt|scheduler\.pt|scaler\.pt|rng_state(_\d+)?\.pth|training_args\.bin)")
+
+
+def check_folder_is_safe(folder: Path, trainer_checkpoint: bool = False) -> None:
+    """Refuse pickle files: we write none (Trainer's own checkpoint files excepted), so they signal tampering."""
+    unsafe = sorted(
+        str(p.relative_to(folder))
+        for p in folder.rglob("*")
+        if p.suffix.lower() in UNSAFE_SUFFIXES
+        and not (trainer_checkpoint and p.parent == folder and TRAINER_TORCH_FILES.fullmatch(p.name))
+    )
     if unsafe:
         raise ContinualStateError(
-            f"{str(folder)!r} contains pickle-based files {unsafe}: peft_continual saves only JSON and safetensors and "
-            "refuses to load such files; remove them if you trust their origin"
+            f"{str(folder)!r} contains pickle-based files {unsafe}: peft_continual saves adapters and state only as "
+            "safetensors and JSON, and refuses to load such files; remove them if you trust their origin"
         )
 
 

@@ -12,11 +12,13 @@ import math
 import os
 import time
 from collections import defaultdict
+from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
 from peft import PeftModel
 from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging
 
 from .adapters import adapters_active
@@ -25,10 +27,22 @@ from .evaluation import EvaluationMethod, evaluate_task
 from .methods import ContinualMethod, build_method, task_adapter_name
 from .hub import push_continual_to_hub
 from .metrics import ContinualResult
-from .persistence import load_continual_model, save_continual, task_from_dict
+from .persistence import (
+    ContinualStateError,
+    check_folder_is_safe,
+    load_adapter_weights,
+    load_continual_model,
+    load_method_state,
+    read_state,
+    save_continual,
+    save_method_state,
+    task_from_dict,
+)
 from .tasks import ContinualCollator, ContinualTask, check_unique_names, tokenize_task
 
 logger = logging.get_logger(__name__)
+
+PROGRESS_DIR = "continual_progress"
 
 
 class _MethodCallback(TrainerCallback):
@@ -39,6 +53,11 @@ class _MethodCallback(TrainerCallback):
 
     def on_optimizer_step(self, args, state, control, **kwargs):
         self.trainer.method.after_optimizer_step(self.trainer.peft_model)
+
+    def on_save(self, args, state, control, **kwargs):
+        """Put the method's state (replay buffer, EMA step, ...) into the checkpoint Trainer just wrote."""
+        if state.is_world_process_zero:
+            save_method_state(self.trainer.method, os.path.join(args.output_dir, f"checkpoint-{state.global_step}"))
 
 
 class ContinualTrainer(Trainer):
@@ -115,19 +134,30 @@ class ContinualTrainer(Trainer):
 
     # ------------------------------------------------------------------------------------------ task loop
 
-    def train_continual(self, tasks: Sequence[ContinualTask]) -> ContinualResult:
-        """Train ``tasks`` in order (after any already trained), evaluating after each; returns the result."""
+    def train_continual(self, tasks: Sequence[ContinualTask], resume_from_checkpoint: bool = False) -> ContinualResult:
+        """Train ``tasks`` in order (after any already trained), evaluating after each; returns the result.
+
+        After each task the run's state is saved to ``<output_dir>/continual_progress``. With
+        ``resume_from_checkpoint=True`` an interrupted run of the same tasks continues from there: finished
+        tasks are not retrained, and the interrupted task resumes from its last Trainer checkpoint.
+        """
         tasks = list(tasks)
         if not tasks:
             raise ValueError("train_continual needs at least one task")
         check_unique_names(self.tasks + tasks)
         features = [tokenize_task(self.processing_class, t, self.max_source_length) for t in tasks]  # fail early
         first_new = len(self.tasks)
-        self._register_tasks(tasks)
-        if self.evaluate_zero_shot:
-            self._evaluate_zero_shot(tasks)
-        for offset, (task, task_features) in enumerate(zip(tasks, features)):
-            self._train_one(first_new + offset, task, task_features)
+        finished = self._restore_progress(tasks) if resume_from_checkpoint else None
+        if finished is None:
+            self._register_tasks(tasks)
+            if self.evaluate_zero_shot:
+                self._evaluate_zero_shot(tasks)
+            finished = 0
+        for offset in range(finished, len(tasks)):
+            index = first_new + offset
+            task_dir = os.path.join(self.continual_args.output_dir, task_adapter_name(index, tasks[offset].name))
+            checkpoint = get_last_checkpoint(task_dir) if resume_from_checkpoint and os.path.isdir(task_dir) else None
+            self._train_one(index, tasks[offset], features[offset], checkpoint)
         adapters = self.method.task_adapters()
         if self.collision_eps and len(adapters) > 1:
             self.result.collision = collision_report(self.peft_model, adapters, self.collision_eps)
@@ -146,7 +176,30 @@ class ContinualTrainer(Trainer):
         for row in self.result.accuracy_matrix:
             row += [None] * (T - len(row))
 
-    def _train_one(self, index: int, task: ContinualTask, features) -> None:
+    def _restore_progress(self, tasks: list[ContinualTask]) -> Optional[int]:
+        """Reload the progress an interrupted run saved; returns how many of ``tasks`` it finished (None: none saved)."""
+        folder = os.path.join(self.continual_args.output_dir, PROGRESS_DIR)
+        if not os.path.isdir(folder):
+            return None
+        state, tensors = read_state(folder)
+        expected, saved = [t.name for t in self.tasks + tasks], [t["name"] for t in state["tasks"]]
+        if saved != expected or state["config_class"] != type(self.method.config).__name__:
+            raise ContinualStateError(
+                f"{folder!r} holds a {state['config_class']} run over tasks {saved}, not a "
+                f"{type(self.method.config).__name__} run over {expected}: resume with the same method and tasks, "
+                "or use another output_dir"
+            )
+        load_adapter_weights(self.peft_model, folder, state["adapters"], self.method.config)
+        self.method.load_state_dict(state["method_state"], tensors, self.peft_model)
+        self.result = ContinualResult.from_dict(state["result"])
+        self.tasks = self.tasks + tasks
+        self.restore_adapter_state()
+        finished = len(self.result.accuracy_matrix) - (len(self.tasks) - len(tasks))
+        if self.is_world_process_zero():
+            print(f"Resuming from {folder}: {finished}/{len(tasks)} task(s) already trained", flush=True)
+        return finished
+
+    def _train_one(self, index: int, task: ContinualTask, features, checkpoint: Optional[str] = None) -> None:
         T = len(self.tasks)
         if self.is_world_process_zero():
             print(f"\n=== [{self.method.name}] task {index + 1}/{T}: {task.name} ({len(features)} examples)", flush=True)
@@ -157,7 +210,7 @@ class ContinualTrainer(Trainer):
         self.train_dataset = features
         self.optimizer, self.lr_scheduler = None, None  # a fresh optimizer and schedule per task
         started = time.perf_counter()
-        output = self.train()
+        output = self.train(resume_from_checkpoint=checkpoint)
         self.method.end_task(model, index, features)
         evaluated = range(T) if self.evaluate_unseen else range(index + 1)
         accuracies = self.evaluate_tasks([self.tasks[j] for j in evaluated])
@@ -172,6 +225,7 @@ class ContinualTrainer(Trainer):
         })  # fmt: skip
         self.restore_adapter_state()
         if self.is_world_process_zero():
+            save_continual(self, os.path.join(self.continual_args.output_dir, PROGRESS_DIR), model_card=False)
             seen = ", ".join(f"{self.tasks[j].name} {100 * a:.1f}%" for j, a in zip(evaluated, accuracies))
             print(f"    after {task.name}: {seen}", flush=True)
 
@@ -289,5 +343,7 @@ class ContinualTrainer(Trainer):
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         """Trainer reloads only the first active adapter and makes it trainable; re-assert the method's state."""
+        check_folder_is_safe(Path(resume_from_checkpoint), trainer_checkpoint=True)
         super()._load_from_checkpoint(resume_from_checkpoint, model=model)
+        load_method_state(self.method, resume_from_checkpoint, self.peft_model)
         self.restore_adapter_state()

@@ -77,6 +77,13 @@ def make_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>")
 
 
+def memorised_task(name: str, n: int = 12) -> ContinualTask:
+    """A task evaluated on its own training rows: a tiny model learns it fast, and forgetting is visible."""
+    task = synthetic_task(name, n_train=n)
+    task.eval = task.train
+    return task
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     return make_tokenizer()

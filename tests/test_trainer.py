@@ -6,20 +6,14 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from conftest import synthetic_task, tiny_model, training_args
+from conftest import memorised_task, synthetic_task, tiny_model, training_args
 from peft_continual import ContinualTrainer, IncLoraConfig, ILoraConfig, NLoraConfig, OLoraConfig, ReplayConfig
 from peft_continual.adapters import adapter_factors, adapter_parameters
 from peft_continual.collision import module_collision_rate
 
 
 def memorise_tasks(names=("colors", "animals", "fruits"), n=12):
-    """Tasks evaluated on their own training rows: a tiny model learns them fast, and forgetting is visible."""
-    tasks = []
-    for name in names:
-        task = synthetic_task(name, n_train=n)
-        task.eval = task.train
-        tasks.append(task)
-    return tasks
+    return [memorised_task(name, n) for name in names]
 
 
 def make_trainer(tokenizer, tmp_path, config, arch="llama", seed=0, **args):
