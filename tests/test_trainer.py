@@ -39,7 +39,7 @@ def test_three_task_run_on_every_architecture(arch, tokenizer, tmp_path):
     R = result.accuracy_matrix
     assert [len(row) for row in R] == [3, 3, 3]
     assert all(R[i][j] is not None for i in range(3) for j in range(i + 1)) and R[0][1] is None
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["task_1_colors", "task_2_animals", "task_3_fruits"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["continual_progress", "task_1_colors", "task_2_animals", "task_3_fruits"]
     assert (tmp_path / "out" / "task_3_fruits" / "checkpoint-8" / "task_3_fruits" / "adapter_model.safetensors").is_file()
     logged = {k for entry in trainer.state.log_history for k in entry}
     assert {"loss_task", "loss_collision"} <= logged
