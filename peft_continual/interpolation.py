@@ -39,14 +39,16 @@ def consistency_loss(
     slow: Sequence[torch.Tensor],
     attention_mask: torch.Tensor,
     target: str = "slow",
+    num_positions: float | None = None,
 ) -> torch.Tensor:
     """Mean squared error between fast and (no-grad) target features over real tokens, averaged over layers.
 
     ``target='slow'`` regresses onto the slow learner; ``'max'`` onto the elementwise max(fast, slow) of the
-    reference code. Padded positions (``attention_mask == 0``) never count.
+    reference code. Padded positions (``attention_mask == 0``) never count. ``num_positions`` overrides the
+    count of real positions in the mean (to normalise one process's share of a batch split across processes).
     """
     mask = attention_mask.unsqueeze(-1).float()
-    denominator = mask.sum() * fast[0].shape[-1]
+    denominator = (mask.sum() if num_positions is None else num_positions) * fast[0].shape[-1]
     if denominator == 0:
         return fast[0].sum() * 0.0
     total = 0.0

@@ -26,6 +26,7 @@ from .configs import IncLoraConfig, ILoraConfig, NLoraConfig, OLoraConfig, Repla
 from .interpolation import consistency_loss, ema_decay_at, ema_update, select_layers
 from .regularizers import delta_w_l1, l2_penalty, orthogonality_penalty, rank_product_l1
 from .replay import ReservoirBuffer
+from .tasks import IGNORE_INDEX
 
 _METHODS: dict[type, type["ContinualMethod"]] = {}
 
@@ -61,8 +62,8 @@ class ContinualMethod:
         self.template = template  # the adapter get_peft_model created; methods may add their own from its config
         self.task_index = -1
 
-    def setup(self, model, *, collator, batch_size: int, seed: int) -> None:
-        """Once, when the trainer is built (or after a state is loaded)."""
+    def setup(self, model, *, collator, batch_size: int, seed: int, process_index: int = 0, num_processes: int = 1) -> None:
+        """Once, when the trainer is built (before any saved state is loaded)."""
 
     def begin_task(self, model, task_index: int, task_name: str) -> None:
         self.task_index = task_index
@@ -220,22 +221,33 @@ class ReplayMethod(ContinualMethod):
 
     name = "replay"
 
-    def setup(self, model, *, collator, batch_size, seed):
+    def setup(self, model, *, collator, batch_size, seed, process_index=0, num_processes=1):
         self.collator = collator
         self.replay_batch_size = self.config.replay_batch_size or batch_size
-        self.buffer = ReservoirBuffer(self.config.replay_buffer_size, seed=seed)
+        self.buffer = ReservoirBuffer(self.config.replay_buffer_size, seed=seed)  # identical on every process
+        self.process_index, self.num_processes = process_index, num_processes
 
-    def replay_batch(self, device) -> Optional[dict[str, torch.Tensor]]:
+    def replay_batch(self, device) -> Optional[tuple[dict[str, torch.Tensor], float, float]]:
+        """This process's slice of one global replay batch, with the global normalisers of its loss terms.
+
+        Every process draws the same global batch (same seed), so each can divide by the global counts of
+        target tokens and of positions; averaged over N processes the terms equal one process's on the whole draw.
+        """
         if len(self.buffer) == 0:
             return None
-        batch = self.collator(self.buffer.sample(self.replay_batch_size))
-        return {k: v.to(device) for k, v in batch.items()}
+        drawn = self.buffer.sample(self.replay_batch_size * self.num_processes)
+        start = self.process_index * self.replay_batch_size
+        batch = self.collator(drawn[start : start + self.replay_batch_size])
+        targets = sum(sum(t != IGNORE_INDEX for t in e["labels"][1:]) for e in drawn) / self.num_processes
+        positions = sum(len(e["input_ids"]) for e in drawn) / self.num_processes
+        return {k: v.to(device) for k, v in batch.items()}, targets, positions
 
     def loss_terms(self, model, inputs):
-        batch = self.replay_batch(inputs["input_ids"].device)
-        if batch is None:
+        replay = self.replay_batch(inputs["input_ids"].device)
+        if replay is None:
             return 1.0, {}
-        return 0.5, {"loss_replay": 0.5 * model(**batch).loss}
+        batch, targets, _ = replay
+        return 0.5, {"loss_replay": 0.5 * model(**batch, num_items_in_batch=targets).loss}
 
     def end_task(self, model, task_index, train_features):
         """Offer every training example of the finished task once (evaluation data never enters)."""
@@ -258,8 +270,8 @@ class ILoraMethod(ReplayMethod):
     name = "ilora"
     slow = "slow"
 
-    def setup(self, model, *, collator, batch_size, seed):
-        super().setup(model, collator=collator, batch_size=batch_size, seed=seed)
+    def setup(self, model, **kwargs):
+        super().setup(model, **kwargs)
         self.steps_in_task = 0
         if self.slow not in model.peft_config:
             model.add_adapter(self.slow, self.config)
@@ -274,10 +286,11 @@ class ILoraMethod(ReplayMethod):
         self.steps_in_task = 0
 
     def loss_terms(self, model, inputs):
-        batch = self.replay_batch(inputs["input_ids"].device)
-        if batch is None:
+        replay = self.replay_batch(inputs["input_ids"].device)
+        if replay is None:
             return 1.0, {}
-        out = model(**batch, output_hidden_states=True)
+        batch, targets, positions = replay
+        out = model(**batch, num_items_in_batch=targets, output_hidden_states=True)
         terms = {"loss_replay": 0.5 * out.loss}
         if self.config.consistency_weight > 0:
             was_training = model.training
@@ -289,7 +302,7 @@ class ILoraMethod(ReplayMethod):
             layers = self.config.consistency_layers
             terms["loss_consistency"] = self.config.consistency_weight * consistency_loss(
                 select_layers(out.hidden_states, layers), select_layers(slow_hidden, layers),
-                batch["attention_mask"], self.config.consistency_target,
+                batch["attention_mask"], self.config.consistency_target, num_positions=positions,
             )  # fmt: skip
         return 0.5, terms
 

@@ -115,7 +115,7 @@ class ContinualTrainer(Trainer):
         self.method: ContinualMethod = build_method(self.peft_model)
         self.method.setup(
             self.peft_model, collator=self.data_collator, batch_size=self.args.per_device_train_batch_size,
-            seed=self.args.seed,
+            seed=self.args.seed, process_index=self.args.process_index, num_processes=self.args.world_size,
         )  # fmt: skip
         self.add_callback(_MethodCallback(self))
         self.evaluation_method = evaluation_method
@@ -209,6 +209,7 @@ class ContinualTrainer(Trainer):
         self.args.output_dir = os.path.join(self.continual_args.output_dir, task_adapter_name(index, task.name))
         self.train_dataset = features
         self.optimizer, self.lr_scheduler = None, None  # a fresh optimizer and schedule per task
+        self.model_wrapped = self.model  # and a fresh DDP wrapper: the old one only syncs the old adapter's grads
         started = time.perf_counter()
         output = self.train(resume_from_checkpoint=checkpoint)
         self.method.end_task(model, index, features)

@@ -31,18 +31,56 @@ def lora_state(model, adapter):
     return [p.detach().clone() for p in adapter_parameters(model, adapter)]
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
-def test_three_task_run_on_every_architecture(arch, tokenizer, tmp_path):
-    config = NLoraConfig(r=4, lora_alpha=8, collision_lambda=1.0, fan_in_fan_out=arch == "gpt2")
-    trainer = make_trainer(tokenizer, tmp_path, config, arch=arch, num_train_epochs=2, save_strategy="epoch")
+@pytest.mark.parametrize(
+    "arch,config",
+    [("llama", NLoraConfig(r=4, lora_alpha=8, collision_lambda=1.0)),
+     ("qwen2", NLoraConfig(r=4, lora_alpha=8, collision_lambda=1.0)),
+     ("gpt2", NLoraConfig(r=4, lora_alpha=8, collision_lambda=1.0, fan_in_fan_out=True)),
+     ("qwen2", ILoraConfig(r=4, lora_alpha=8, ema_decay=0.8)),
+     ("gpt2", OLoraConfig(r=4, lora_alpha=8, fan_in_fan_out=True)),
+     ("gpt2", ILoraConfig(r=4, lora_alpha=8, ema_decay=0.8, fan_in_fan_out=True))],
+    ids=["llama-nlora", "qwen2-nlora", "gpt2-nlora", "qwen2-ilora", "gpt2-olora", "gpt2-ilora"],
+)  # fmt: skip
+def test_three_task_run_on_every_architecture(arch, config, tokenizer, tmp_path):
+    trainer = make_trainer(tokenizer, tmp_path, copy.deepcopy(config), arch=arch, num_train_epochs=2, save_strategy="epoch")
     result = trainer.train_continual([synthetic_task(n) for n in ("colors", "animals", "fruits")])
     R = result.accuracy_matrix
     assert [len(row) for row in R] == [3, 3, 3]
     assert all(R[i][j] is not None for i in range(3) for j in range(i + 1)) and R[0][1] is None
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["continual_progress", "task_1_colors", "task_2_animals", "task_3_fruits"]
-    assert (tmp_path / "out" / "task_3_fruits" / "checkpoint-8" / "task_3_fruits" / "adapter_model.safetensors").is_file()
+    adapter = trainer.method.training_adapters()[1][0]
+    checkpoint = tmp_path / "out" / "task_3_fruits" / "checkpoint-8"
+    assert (checkpoint / ("" if adapter == "default" else adapter) / "adapter_model.safetensors").is_file()
     logged = {k for entry in trainer.state.log_history for k in entry}
-    assert {"loss_task", "loss_collision"} <= logged
+    expected_terms = {"nlora": {"loss_collision"}, "olora": {"loss_orthogonal"}, "ilora": {"loss_replay", "loss_consistency"}}
+    assert {"loss_task"} | expected_terms[trainer.method.name] <= logged
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_models_keep_the_penalties_in_fp32(dtype, tokenizer, tmp_path):
+    trainer = make_trainer(tokenizer, tmp_path, NLoraConfig(r=4, lora_alpha=8, collision_lambda=1.0, collision_reduction="sum"))
+    model = trainer.peft_model
+    trainer.method.begin_task(model, 0, "colors")
+    with torch.no_grad():
+        for p in adapter_parameters(model, "task_1_colors"):
+            p.normal_(0, 0.5)
+    _, exact = trainer.method.loss_terms(model, {})
+    model.to(dtype)
+    _, terms = trainer.method.loss_terms(model, {})
+    assert terms["loss_collision"].dtype == torch.float32
+    # only the factors were rounded to half precision; the sum over all entries was not
+    torch.testing.assert_close(terms["loss_collision"], exact["loss_collision"], rtol=2e-2, atol=0)
+    terms["loss_collision"].backward()
+    assert all(p.grad is not None and p.grad.dtype == dtype and torch.isfinite(p.grad).all()
+               for p in adapter_parameters(model, "task_1_colors"))  # fmt: skip
+
+
+def test_bf16_training_on_cpu(tokenizer, tmp_path):
+    trainer = make_trainer(tokenizer, tmp_path, OLoraConfig(r=4, lora_alpha=8, l2_lambda=0.1), num_train_epochs=1, bf16=True)
+    result = trainer.train_continual(memorise_tasks(("colors", "animals"), n=4))
+    assert len(result.accuracy_matrix) == 2
+    losses = [e["loss_orthogonal"] for e in trainer.state.log_history if "loss_orthogonal" in e]
+    assert losses and all(torch.isfinite(torch.tensor(losses)))
 
 
 def test_inclora_freezes_earlier_adapters_and_sums_all(tokenizer, tmp_path):
