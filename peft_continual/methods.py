@@ -65,6 +65,9 @@ class ContinualMethod:
     def setup(self, model, *, collator, batch_size: int, seed: int, process_index: int = 0, num_processes: int = 1) -> None:
         """Once, when the trainer is built (before any saved state is loaded)."""
 
+    def check_before_training(self, model, num_tasks: int) -> None:
+        """Raise a clear error for settings that would only fail in the middle of training ``num_tasks`` tasks."""
+
     def begin_task(self, model, task_index: int, task_name: str) -> None:
         self.task_index = task_index
         self.restore_adapter_state(model)
@@ -174,6 +177,14 @@ class NLoraMethod(TaskAdapterMethod):
     """N-LoRA: lambda * l1 of the current task's dW (all modules), see :func:`regularizers.delta_w_l1`."""
 
     name = "nlora"
+
+    def check_before_training(self, model, num_tasks):
+        if num_tasks > 0:
+            self.config.lambda_for_task(num_tasks - 1)
+        if self.config.collision_form == "rank_product":
+            adapter = self.adapters[0] if self.adapters else self.template
+            for f in adapter_factors(model, adapter):
+                rank_product_l1(f.A.detach(), f.B.detach(), f.module_name)
 
     def loss_terms(self, model, inputs):
         weight = self.config.lambda_for_task(self.task_index)

@@ -145,6 +145,7 @@ class ContinualTrainer(Trainer):
         if not tasks:
             raise ValueError("train_continual needs at least one task")
         check_unique_names(self.tasks + tasks)
+        self.method.check_before_training(self.peft_model, len(self.tasks) + len(tasks))
         features = [tokenize_task(self.processing_class, t, self.max_source_length) for t in tasks]  # fail early
         first_new = len(self.tasks)
         finished = self._restore_progress(tasks) if resume_from_checkpoint else None
