@@ -215,14 +215,18 @@ class OLoraMethod(TaskAdapterMethod):
         terms = {}
         current = self.adapters[-1]
         if self.config.orthogonal_lambda > 0 and len(self.adapters) > 1:
-            earlier = {a: {f.module_name: f.A for f in adapter_factors(model, a)} for a in self.adapters[:-1]}
-            total = torch.stack([
-                orthogonality_penalty(f.A, [earlier[a][f.module_name] for a in earlier], self.config.orthogonal_form)
-                for f in adapter_factors(model, current)
-            ]).sum()  # fmt: skip
+            earlier = [{f.module_name: f.A for f in adapter_factors(model, a)} for a in self.adapters[:-1]]
+            factors = adapter_factors(model, current)
+            with gather_params_ctx([f.A for f in factors] + [A for e in earlier for A in e.values()]):
+                total = torch.stack([
+                    orthogonality_penalty(f.A, [e[f.module_name] for e in earlier], self.config.orthogonal_form)
+                    for f in factors
+                ]).sum()  # fmt: skip
             terms["loss_orthogonal"] = self.config.orthogonal_lambda * total
         if self.config.l2_lambda > 0:
-            terms["loss_l2"] = self.config.l2_lambda * l2_penalty(adapter_parameters(model, current))
+            params = adapter_parameters(model, current)
+            with gather_params_ctx(params):
+                terms["loss_l2"] = self.config.l2_lambda * l2_penalty(params)
         return 1.0, terms
 
 
