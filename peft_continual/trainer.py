@@ -315,14 +315,18 @@ class ContinualTrainer(Trainer):
             return None
         return save_continual(self, output_dir, model_card=model_card)
 
-    def push_to_hub(self, repo_id: str, *, private=None, token=None, revision=None, commit_message=None, **kwargs):
-        """Upload the continual run (the layout of :meth:`save_continual`, model card included) to ``repo_id``."""
+    def push_to_hub(self, repo_id: Optional[str] = None, *, private=None, token=None, revision=None, commit_message=None, **kwargs):
+        """Upload the continual run (the layout of :meth:`save_continual`, model card included).
+
+        ``repo_id`` defaults to ``args.hub_model_id``, then to the output folder's name, as in Trainer.
+        """
         if not self.is_world_process_zero():
             return None
+        repo_id = repo_id or self.continual_args.hub_model_id or Path(self.continual_args.output_dir).name
         message = commit_message or f"{self.method.name}: {' -> '.join(self.result.task_names)}"
         return push_continual_to_hub(
-            self, repo_id, private=private, token=token or self.args.hub_token, revision=revision,
-            commit_message=message, **kwargs,
+            self, repo_id, private=private if private is not None else self.continual_args.hub_private_repo,
+            token=token or self.continual_args.hub_token, revision=revision, commit_message=message, **kwargs,
         )  # fmt: skip
 
     @classmethod
