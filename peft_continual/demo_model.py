@@ -61,6 +61,6 @@ def load_smollm2(cache_dir: Optional[str | os.PathLike] = None, dtype=None):
 
     path = smollm2_checkpoint(cache_dir)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32)
-    model.config._name_or_path = HUB_ID  # what adapters and model cards should name as their base model
+    model.config._name_or_path = model.name_or_path = HUB_ID  # what adapters and model cards name as the base
     tokenizer = AutoTokenizer.from_pretrained(path)
     return model, tokenizer

@@ -59,7 +59,7 @@ class ContinualResult:
     @property
     def forward_transfer(self) -> Optional[float]:
         R, T = self.accuracy_matrix, self.num_trained
-        if self.zero_shot is None or T < 2 or any(R[j - 1][j] is None for j in range(1, T)):
+        if self.zero_shot is None or T < 2 or any(R[j - 1][j] is None or self.zero_shot[j] is None for j in range(1, T)):
             return None
         return _mean([R[j - 1][j] - self.zero_shot[j] for j in range(1, T)])
 
@@ -117,7 +117,8 @@ class ContinualResult:
         width = max([len(n) for n in names] + [8])
         lines = ["after \\ on".ljust(width + 2) + "".join(n[:width].rjust(width + 2) for n in names)]
         if self.zero_shot is not None:
-            lines.append("zero-shot".ljust(width + 2) + "".join(f"{100 * a:.1f}".rjust(width + 2) for a in self.zero_shot))
+            cells = ["-" if a is None else f"{100 * a:.1f}" for a in self.zero_shot]
+            lines.append("zero-shot".ljust(width + 2) + "".join(c.rjust(width + 2) for c in cells))
         for i, row in enumerate(self.accuracy_matrix):
             cells = ["-" if a is None else f"{100 * a:.1f}" for a in row]
             lines.append(f"{i + 1}:{names[i]}"[: width + 2].ljust(width + 2) + "".join(c.rjust(width + 2) for c in cells))

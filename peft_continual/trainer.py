@@ -176,6 +176,8 @@ class ContinualTrainer(Trainer):
         T = len(self.result.task_names)
         for row in self.result.accuracy_matrix:
             row += [None] * (T - len(row))
+        if self.result.zero_shot is not None:
+            self.result.zero_shot += [None] * (T - len(self.result.zero_shot))
 
     def _restore_progress(self, tasks: list[ContinualTask]) -> Optional[int]:
         """Reload the progress an interrupted run saved; returns how many of ``tasks`` it finished (None: none saved)."""
@@ -268,7 +270,7 @@ class ContinualTrainer(Trainer):
         finally:
             model.train(was_training)
             self.restore_adapter_state()  # leaving disable_adapter() unfreezes every adapter
-        known = self.result.zero_shot or []
+        known = (self.result.zero_shot or [])[: len(self.result.task_names) - len(tasks)]
         self.result.zero_shot = known + [None] * (len(self.result.task_names) - len(tasks) - len(known)) + scores
         if self.is_world_process_zero():
             print("zero-shot: " + ", ".join(f"{t.name} {100 * s:.1f}%" for t, s in zip(tasks, scores)), flush=True)

