@@ -79,8 +79,8 @@ class NLoraConfig(IncLoraConfig):
         default=5.0,
         metadata={
             "help": "Weight of the collision (l1) penalty on the current task's update. One value for every task, "
-            "or one per task in training order. The default suits collision_form='delta_w' with "
-            "collision_reduction='mean' (see benchmarks/RESULTS.md for the sweep)."
+            "or one per task in training order. Provisional default: not yet set by a sweep, and too weak to change "
+            "collision rates in the short CPU benchmark of benchmarks/RESULTS.md."
         },
     )
     collision_form: Literal["delta_w", "rank_product"] = field(
@@ -196,7 +196,8 @@ class ILoraConfig(ReplayConfig):
         default=0.99,
         metadata={
             "help": "lambda: weight the slow learner keeps at each step, slow <- lambda*slow + (1-lambda)*fast. "
-            "The reference code uses 0.25; mean-teacher practice 0.99-0.999 (see benchmarks/RESULTS.md)."
+            "The reference code uses 0.25; mean-teacher practice 0.99-0.999. Provisional default, not yet set by a "
+            "sweep; lower it for tasks of few optimizer steps."
         },
     )
     ema_warmup_steps: int = field(

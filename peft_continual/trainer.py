@@ -215,6 +215,7 @@ class ContinualTrainer(Trainer):
         self.model_wrapped = self.model  # and a fresh DDP wrapper: the old one only syncs the old adapter's grads
         started = time.perf_counter()
         output = self.train(resume_from_checkpoint=checkpoint)
+        train_seconds = time.perf_counter() - started
         self.method.end_task(model, index, features)
         evaluated = range(T) if self.evaluate_unseen else range(index + 1)
         accuracies = self.evaluate_tasks([self.tasks[j] for j in evaluated])
@@ -224,7 +225,7 @@ class ContinualTrainer(Trainer):
         self.result.accuracy_matrix.append(row)
         self.result.details.append({
             "task": task.name, "train_examples": len(features), "train_loss": output.training_loss,
-            "steps": output.global_step, "train_seconds": round(time.perf_counter() - started, 2),
+            "steps": output.global_step, "train_seconds": round(train_seconds, 2),
             "eval_examples": [len(self.tasks[j].eval) for j in evaluated],
         })  # fmt: skip
         self.restore_adapter_state()
