@@ -162,7 +162,8 @@ def run_osf(config: dict, model, tokenizer, tasks, output_dir: str, seed: int, r
         output = Trainer(model=peft_model, args=training_args(config, f"{output_dir}/task_{i + 1}", seed),
                          train_dataset=features, data_collator=collator).train()  # fmt: skip
         seconds = round(time.perf_counter() - started, 2)
-        evaluated = range(len(tasks)) if options["evaluate_unseen"] else range(i + 1)
+        last = {True: len(tasks), False: i + 1, "next": min(i + 2, len(tasks))}[options["evaluate_unseen"]]
+        evaluated = range(last)  # as ContinualTrainer does
         scores = evaluate_all(peft_model, tokenizer, [tasks[j] for j in evaluated], config)
         result.accuracy_matrix.append([dict(zip(evaluated, scores)).get(j) for j in range(len(tasks))])
         result.details.append({"task": task.name, "train_examples": len(features), "train_loss": output.training_loss,

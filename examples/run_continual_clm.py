@@ -176,6 +176,15 @@ class DataTrainingArguments:
     evaluate_zero_shot: bool = field(
         default=False, metadata={"help": "Evaluate the base model on every task first (zero-shot row of the matrix)."}
     )
+    evaluate_unseen: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "After each task also evaluate tasks not trained yet: 'next' (the next task only: enough for "
+            "forward transfer with --evaluate_zero_shot), 'all' (the whole upper triangle) or 'no'. Default: 'no', "
+            "or the saved run's with --continue_from.",
+            "choices": ["no", "next", "all"],
+        },
+    )
 
     def __post_init__(self):
         if isinstance(self.continual_tasks, str):  # a .json file may give one comma-separated string
@@ -460,6 +469,7 @@ def main(argv: Optional[list[str]] = None) -> ContinualResult:
     options = {
         "evaluation_method": data_args.evaluation_method,
         "max_source_length": data_args.max_source_length,
+        "evaluate_unseen": {None: None, "no": False, "next": "next", "all": True}[data_args.evaluate_unseen],
     }
     options = {k: v for k, v in options.items() if v is not None}
     if cl_args.continue_from:

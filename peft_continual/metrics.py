@@ -7,8 +7,8 @@ Definitions (per task, i.e. macro; 0-based indices, T tasks trained so far):
 * forward transfer  FWT = mean_{j>0} (R[j-1][j] - R0[j]), R0 = the base model's zero-shot accuracy
 * forgetting        F   = mean_{j<T-1} (max_{l<T-1} R[l][j] - R[T-1][j])
 
-R[i][j] for j > i is only known when every task is evaluated after every step (``evaluate_unseen``); FWT
-needs R[j-1][j] and R0, and is ``None`` otherwise. BWT and forgetting are ``None`` for a single task.
+R[i][j] for j > i is only known when tasks are evaluated before they are trained (``evaluate_unseen``); FWT
+needs R[j-1][j] (``evaluate_unseen="next"`` is enough) and R0, and is ``None`` otherwise. BWT and forgetting are ``None`` for a single task.
 """
 
 from __future__ import annotations

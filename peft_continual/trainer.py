@@ -13,7 +13,7 @@ import os
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Literal, Optional, Sequence, Union
 
 import torch
 from peft import PeftModel
@@ -72,7 +72,9 @@ class ContinualTrainer(Trainer):
             generation and normalised exact match, the papers' protocol).
         max_source_length: prompt length in tokens; longer texts are shortened, never the options or question.
         evaluate_zero_shot: evaluate the base model on every task first (needed for forward transfer).
-        evaluate_unseen: after each task, also evaluate the tasks not trained yet (fills the upper triangle).
+        evaluate_unseen: after each task, also evaluate tasks not trained yet: ``True`` every one (the whole upper
+            triangle), ``"next"`` only the next task (the super-diagonal: all that forward transfer needs, at
+            T - 1 task evaluations instead of T(T - 1)/2), ``False`` none.
         collision_eps: thresholds of the collision analysis run at the end for task-adapter methods
             (relative to each dW's largest entry); empty to skip it.
     """
@@ -86,7 +88,7 @@ class ContinualTrainer(Trainer):
         evaluation_method: EvaluationMethod = "rank",
         max_source_length: int = 256,
         evaluate_zero_shot: bool = False,
-        evaluate_unseen: bool = False,
+        evaluate_unseen: Union[bool, Literal["next"]] = False,
         collision_eps: Sequence[float] = (0.001, 0.01, 0.1),
         **kwargs,
     ):
@@ -99,6 +101,8 @@ class ContinualTrainer(Trainer):
             raise ValueError("ContinualTrainer needs the tokenizer: pass processing_class=tokenizer")
         if evaluation_method not in ("rank", "generate"):
             raise ValueError(f"evaluation_method must be 'rank' or 'generate', got {evaluation_method!r}")
+        if evaluate_unseen not in (True, False, "next"):
+            raise ValueError(f"evaluate_unseen must be True, False or 'next', got {evaluate_unseen!r}")
         if max_source_length <= 0:
             raise ValueError(f"max_source_length must be positive, got {max_source_length}")
         if args is not None and args.load_best_model_at_end:
@@ -217,7 +221,8 @@ class ContinualTrainer(Trainer):
         output = self.train(resume_from_checkpoint=checkpoint)
         train_seconds = time.perf_counter() - started
         self.method.end_task(model, index, features)
-        evaluated = range(T) if self.evaluate_unseen else range(index + 1)
+        last = {True: T, False: index + 1, "next": min(index + 2, T)}[self.evaluate_unseen]
+        evaluated = range(last)
         accuracies = self.evaluate_tasks([self.tasks[j] for j in evaluated])
         row = [None] * len(self.result.task_names)
         for j, acc in zip(evaluated, accuracies):

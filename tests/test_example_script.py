@@ -197,8 +197,8 @@ def test_end_to_end_with_a_tiny_model_then_continue(script, tmp_path, tokenizer,
               "--per_device_train_batch_size", "4", "--learning_rate", "5e-3", "--disable_tqdm", "true"]  # fmt: skip
     out = tmp_path / "out"
     result = script.main([*common, "--continual_tasks", *task_files[:2], "--output_dir", str(out),
-                          "--cl_method", "nlora", "--target_modules", "q_proj", "v_proj"])  # fmt: skip
-    assert result.num_trained == 2
+                          "--cl_method", "nlora", "--target_modules", "q_proj", "v_proj", "--evaluate_unseen", "next"])  # fmt: skip
+    assert result.num_trained == 2 and result.accuracy_matrix[0][1] is not None  # the next task, before training it
     assert json.loads((out / "accuracy_matrix.json").read_text())["task_names"] == ["colors", "animals"]
     assert (out / "accuracy_matrix.png").read_bytes()[:4] == b"\x89PNG"
     assert {"continual_state.json", "adapter_model.safetensors", "README.md", "task_1_colors"} <= {

@@ -309,3 +309,18 @@ def test_zero_shot_row_and_forward_transfer(tokenizer, tmp_path):
     assert result2.accuracy_matrix[0][1] is not None and result2.forward_transfer is not None
     frozen = [n for n, p in trainer2.peft_model.named_parameters() if p.requires_grad]
     assert frozen and all("task_2" in n for n in frozen)  # leaving disable_adapter() did not unfreeze task 1
+
+
+def test_evaluate_next_task_only_gives_forward_transfer(tokenizer, tmp_path):
+    trainer = make_trainer(tokenizer, tmp_path, IncLoraConfig(r=4, lora_alpha=8), num_train_epochs=1)
+    trainer.evaluate_zero_shot, trainer.evaluate_unseen = True, "next"
+    result = trainer.train_continual(memorise_tasks(("colors", "animals", "fruits"), n=4))
+    known = [[value is not None for value in row] for row in result.accuracy_matrix]
+    assert known == [[True, True, False], [True, True, True], [True, True, True]]
+    R, R0 = result.accuracy_matrix, result.zero_shot
+    assert result.forward_transfer == pytest.approx(((R[0][1] - R0[1]) + (R[1][2] - R0[2])) / 2)
+    assert [d["eval_examples"] for d in result.details] == [[4, 4], [4, 4, 4], [4, 4, 4]]
+    model, _ = tiny_model("llama", tokenizer)
+    with pytest.raises(ValueError, match="evaluate_unseen must be True, False or 'next'"):
+        ContinualTrainer(model=get_peft_model(model, IncLoraConfig(r=4, target_modules=["q_proj"])),
+                         args=training_args(tmp_path), processing_class=tokenizer, evaluate_unseen="all")  # fmt: skip
