@@ -1,7 +1,10 @@
-"""Tables and heatmaps from the accuracy benchmark's result JSONs, written into ``benchmarks/RESULTS.md``.
+"""Tables and heatmaps from the benchmarks' result JSONs, written into ``benchmarks/RESULTS.md``.
 
-Only the part of RESULTS.md between the ``GENERATED`` markers is rewritten (the prose around it is kept); a
-missing RESULTS.md is created with a skeleton. Heatmaps of the accuracy matrices go to ``results/accuracy/plots/``.
+Accuracy runs (per order and seed, averaged over orders, the issue's targets checked on the runs both methods
+share), the sweeps, and the cost measurements (``step_time.json``, ``regularizer_memory.json``,
+``inference.json``, rendered by their own scripts). Only the part of RESULTS.md between the ``GENERATED`` markers
+is rewritten (the prose around it is kept); a missing RESULTS.md is created with a skeleton. Heatmaps of the
+accuracy matrices go to ``results/accuracy/plots/``.
 
     python benchmarks/summarize.py
 """
@@ -29,14 +32,10 @@ METHOD_ORDER = ["seqlora", "inclora", "olora", "nlora", "replay", "ilora", "osf"
 # DESIGN.md section 4: T5-large average accuracy over orders 1-3 (Standard CL benchmark), from the O-LoRA/N-LoRA papers.
 PUBLISHED_T5_LARGE = {"seqlora": 43.7, "inclora": 66.4, "olora": 75.8, "nlora": 78.8, "mtl": 80.0}
 METRICS = ["average_accuracy", "backward_transfer", "forward_transfer", "forgetting"]
-SKELETON = f"""# Accuracy benchmark results
+SKELETON = f"""# Benchmark results
 
 {BEGIN}
 {END}
-
-## Performance
-
-Step time and memory of the methods: see [PERFORMANCE.md](PERFORMANCE.md).
 """
 
 
@@ -76,6 +75,78 @@ def main_table(groups) -> str:
         seeds = ",".join(str(r["benchmark"]["seed"]) for r in runs)
         rows.append([method, order, seeds, *cells, PUBLISHED_T5_LARGE.get(method, "—"), f"{wall:.0f}"])
     return markdown_table(header, rows)
+
+
+def cell_mean(runs: list[dict], key: str) -> float | None:
+    """Mean over orders of the per-order mean over seeds (each order weighs the same)."""
+    per_order = defaultdict(list)
+    for r in runs:
+        if r.get(key) is not None:
+            per_order[r["benchmark"]["order"]].append(r[key])
+    return statistics.mean(statistics.mean(v) for v in per_order.values()) if per_order else None
+
+
+def overall_table(runs: list[dict]) -> str:
+    """Per method, averaged over the orders it was run on (seeds averaged within an order first)."""
+    methods = defaultdict(list)
+    for r in runs:
+        methods[r["benchmark"]["method"]].append(r)
+    rows = []
+    for method in sorted(methods, key=lambda m: METHOD_ORDER.index(m)):
+        group = methods[method]
+        orders = sorted({r["benchmark"]["order"] for r in group})
+        cells = [pct([cell_mean(group, key)]) for key in METRICS]
+        rows.append([method, ",".join(map(str, orders)), len(group), *cells, PUBLISHED_T5_LARGE.get(method, "—")])
+    return markdown_table(["method", "orders", "runs", "AA %", "BWT", "FWT", "forgetting",
+                           "paper AA (T5-large, orders 1–3)"], rows)  # fmt: skip
+
+
+def shared_runs(runs: list[dict], methods: list[str]) -> dict[str, list[dict]]:
+    """Each method's runs restricted to the (order, seed) pairs that every one of ``methods`` has."""
+    keys = {m: {(r["benchmark"]["order"], r["benchmark"]["seed"]): r for r in runs if r["benchmark"]["method"] == m}
+            for m in methods}  # fmt: skip
+    common = set.intersection(*(set(k) for k in keys.values())) if keys else set()
+    return {m: [keys[m][k] for k in sorted(common)] for m in methods}
+
+
+def collision_mean(runs: list[dict], eps: str) -> float | None:
+    values = [mean_offdiagonal(r["collision"]["collision_rate"][eps]) for r in runs if r.get("collision")]
+    return statistics.mean(values) if values else None
+
+
+def targets_table(runs: list[dict]) -> str:
+    """The issue's accuracy targets, each on the runs its methods share, with the numbers behind the verdict."""
+    rows = []
+
+    def add(target, methods, values, met, fmt="{:.1f}"):
+        n = len(next(iter(shared_runs(runs, methods).values()), []))
+        shown = ", ".join(f"{m} " + ("n/a" if v is None else fmt.format(v)) for m, v in zip(methods, values))
+        rows.append([target, n, shown, "n/a" if met is None else ("met" if met else "MISSED")])
+
+    chain = ["nlora", "olora", "inclora", "seqlora"]
+    shared = shared_runs(runs, chain)
+    aa = [cell_mean(shared[m], "average_accuracy") for m in chain]
+    ok = None if None in aa else all(a > b for a, b in zip(aa, aa[1:]))
+    add("AA: N-LoRA > O-LoRA > IncLoRA > SeqLoRA (mean over orders)", chain, [None if a is None else 100 * a for a in aa], ok)
+    ours = ["seqlora", "inclora", "olora", "nlora", "replay", "ilora"]
+    shared = shared_runs(runs, ours + ["osf"])
+    aa = {m: cell_mean(shared[m], "average_accuracy") for m in ours + ["osf"]}
+    if None not in aa.values():
+        best = max(ours, key=aa.get)
+        add(f"our best method ({best}) ahead of OSF in AA", [best, "osf"], [100 * aa[best], 100 * aa["osf"]],
+            aa[best] > aa["osf"])  # fmt: skip
+    shared = shared_runs(runs, ["nlora", "olora"])
+    for eps in ("0.01", "0.1"):
+        n, o = collision_mean(shared["nlora"], eps), collision_mean(shared["olora"], eps)
+        ratio = o / n if n and o is not None else None
+        add(f"collision rate (ε = {eps}): N-LoRA ≥ 10× below O-LoRA (ratio {'n/a' if ratio is None else f'{ratio:.2f}×'})",
+            ["nlora", "olora"], [None if n is None else 100 * n, None if o is None else 100 * o],
+            None if ratio is None else ratio >= 10, "{:.1f} %")  # fmt: skip
+    shared = shared_runs(runs, ["ilora", "replay"])
+    bwt = [cell_mean(shared[m], "backward_transfer") for m in ("ilora", "replay")]
+    add("BWT: I-LoRA better than ER", ["ilora", "replay"], [None if b is None else 100 * b for b in bwt],
+        None if None in bwt else bwt[0] > bwt[1], "{:+.1f}")  # fmt: skip
+    return markdown_table(["target", "shared runs", "values", "verdict"], rows)
 
 
 def collision_table(groups) -> str:
@@ -128,20 +199,22 @@ def heatmap(run: dict, path: Path) -> None:
 
 def sweep_table(runs: list[dict]) -> str:
     header = ["method", "order", "seed", "override", "AA %", "BWT", "FWT", "forgetting", "collision ε=0.01 (%)",
-              "wall s"]  # fmt: skip
+              "collision ε=0.1 (%)", "wall s"]  # fmt: skip
     rows = []
-    for r in runs:
+    for r in sorted(runs, key=lambda r: (r["benchmark"]["method"], r["benchmark"]["overrides"])):
         b = r["benchmark"]
-        collision = pct([mean_offdiagonal(r["collision"]["collision_rate"]["0.01"])]) if r.get("collision") else "—"
+        collisions = [pct([collision_mean([r], eps)]) if r.get("collision") else "—" for eps in ("0.01", "0.1")]
         rows.append([b["method"], b["order"], b["seed"], " ".join(f"`{o}`" for o in b["overrides"]),
-                     *(pct([r[key]]) for key in METRICS), collision, f"{b['wall_seconds']:.0f}"])  # fmt: skip
+                     *(pct([r[key]]) for key in METRICS), *collisions, f"{b['wall_seconds']:.0f}"])  # fmt: skip
     return markdown_table(header, rows)
 
 
 def generated_section(runs: list[dict], sweeps: list[dict]) -> str:
     groups = by_method_and_order(runs)
     PLOTS.mkdir(parents=True, exist_ok=True)
-    parts = ["### Summary (mean ± sample std over seeds; metrics in accuracy points, macro over tasks)",
+    parts = ["### Averaged over orders (per order, seeds first; metrics in accuracy points, macro over tasks)",
+             overall_table(runs), "### The issue's targets", targets_table(runs),
+             "### Per order (mean ± sample std over seeds)",
              main_table(groups), "### Collision analysis of the task adapters (N-LoRA's metrics)",
              collision_table(groups), "### Accuracy matrices"]  # fmt: skip
     for run in sorted(runs, key=lambda r: (r["benchmark"]["order"], r["benchmark"]["seed"],
@@ -153,7 +226,39 @@ def generated_section(runs: list[dict], sweeps: list[dict]) -> str:
                   f"[json](results/accuracy/{run['_file']}))", matrix_block(run)]  # fmt: skip
     if sweeps:
         parts += ["### Sweeps (tiny: one order, one seed, one value per row)", sweep_table(sweeps)]
-    return "\n\n".join(parts)
+    return "\n\n".join(parts + cost_sections())
+
+
+def cost_sections() -> list[str]:
+    """The cost benchmarks' tables, rendered by their own scripts from the committed JSONs."""
+    import argparse
+
+    import inference
+    import regularizer_memory
+    import step_time
+
+    parts, results = ["## Cost (generated from the JSONs in `results/`)"], HERE / "results"
+    if (results / "step_time.json").exists():
+        data = json.loads((results / "step_time.json").read_text())
+        parts += [f"### Step time (`python benchmarks/step_time.py`, CPU-time ratios)", step_time.render(data["results"]["cpu"]),
+                  environment_line(data)]  # fmt: skip
+    if (results / "regularizer_memory.json").exists():
+        data = json.loads((results / "regularizer_memory.json").read_text())
+        settings = argparse.Namespace(**data["settings"])
+        parts += [f"### N-LoRA's penalty at 7B shapes (`python benchmarks/regularizer_memory.py`)",
+                  regularizer_memory.render(data["results"], settings), environment_line(data)]  # fmt: skip
+    if (results / "inference.json").exists():
+        data = json.loads((results / "inference.json").read_text())
+        parts += [f"### Scoring and serving (`python benchmarks/inference.py`)", inference.render(data),
+                  environment_line(data)]  # fmt: skip
+    return parts
+
+
+def environment_line(data: dict) -> str:
+    env = data["environment"]
+    return (f"<sub>{env['date']}, torch {env['torch']}, transformers {env['transformers']}, peft {env['peft']}, "
+            f"{env['cpu']} ({env['cpu_count']} cores, {env['torch_threads']} torch thread(s)), load average "
+            f"{', '.join(f'{x:.1f}' for x in env['load_average_1_5_15min'])}</sub>")
 
 
 def main() -> None:

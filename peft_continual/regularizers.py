@@ -17,7 +17,9 @@ class _ChunkedDeltaWL1(torch.autograd.Function):
     """``||s * B @ A||_1`` without materialising dW: row chunks, value and gradient in one pass.
 
     d/dB = s * sign(dW) @ A^T and d/dA = s * B^T @ sign(dW); both are accumulated chunk by chunk while the
-    value is computed, so backward only rescales them.
+    value is computed, so backward only rescales them. Every chunk of dW is written into one workspace, and its
+    l1 norm is a reduction (no ``abs()`` copy): one large block per call, which the CPU allocator reuses instead
+    of fragmenting its heap with blocks of varying size.
     """
 
     @staticmethod
@@ -28,13 +30,14 @@ class _ChunkedDeltaWL1(torch.autograd.Function):
         grad_A = torch.zeros_like(A32) if need_grad else None
         grad_B = torch.empty_like(B32) if need_grad else None
         total = torch.zeros((), dtype=torch.float32, device=A.device)
+        workspace = A32.new_empty(min(chunk_rows, B32.shape[0]), A32.shape[1])
         for start in range(0, B32.shape[0], chunk_rows):
             rows = B32[start : start + chunk_rows]
-            delta = (rows @ A32).mul_(scaling)
-            total += delta.abs().sum()
+            delta = torch.mm(rows, A32, out=workspace[: rows.shape[0]]).mul_(scaling)
+            total += torch.linalg.vector_norm(delta, ord=1)
             if need_grad:
                 sign = delta.sign_()
-                grad_B[start : start + chunk_rows] = (sign @ A32.T).mul_(scaling)
+                torch.mm(sign, A32.T, out=grad_B[start : start + chunk_rows]).mul_(scaling)
                 grad_A.addmm_(rows.T, sign, alpha=scaling)
         ctx.save_for_backward(grad_A, grad_B)
         ctx.dtypes = (A.dtype, B.dtype)
