@@ -93,7 +93,7 @@ def child(variant: str, dtype: str, modules: int, d: int, r: int, calls: int) ->
     for _ in range(calls):
         value_and_backward(fn, pairs, scaling)
         peaks.append((rss_kib()["VmHWM"] - before) / 1024)
-    print(json.dumps({"peak_extra_mib_first_call": peaks[0], "peak_extra_mib": peaks[-1], "calls": calls,
+    print(json.dumps({"peak_extra_mib_first_call": peaks[0], "peak_extra_mib": peaks[-1], "calls": calls, "peaks_mib": peaks,
                       "factors_mib": sum(A.nbytes + B.nbytes for A, B in pairs) / MiB}))  # fmt: skip
 
 

@@ -198,15 +198,50 @@ def heatmap(run: dict, path: Path) -> None:
 
 
 def sweep_table(runs: list[dict]) -> str:
-    header = ["method", "order", "seed", "override", "AA %", "BWT", "FWT", "forgetting", "collision ε=0.01 (%)",
+    """One row per sweep point, showing every setting swept for that method (not only the row's own override)."""
+    swept = defaultdict(dict)  # method -> ordered set of dotted keys
+    for r in runs:
+        for item in r["benchmark"]["overrides"]:
+            swept[r["benchmark"]["method"]][item.partition("=")[0]] = None
+    header = ["method", "order", "seed", "settings", "AA %", "BWT", "FWT", "forgetting", "collision ε=0.01 (%)",
               "collision ε=0.1 (%)", "wall s"]  # fmt: skip
     rows = []
-    for r in sorted(runs, key=lambda r: (r["benchmark"]["method"], r["benchmark"]["overrides"])):
+
+    def setting(r, key):
+        node = r["benchmark"]["config"]
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        return node
+
+    def sort_key(r):
+        return r["benchmark"]["method"], [setting(r, k) for k in swept[r["benchmark"]["method"]]]
+
+    for r in sorted(runs, key=sort_key):
         b = r["benchmark"]
+        settings = ", ".join(f"`{k.split('.')[-1]}={setting(r, k)}`" for k in swept[b["method"]])
         collisions = [pct([collision_mean([r], eps)]) if r.get("collision") else "—" for eps in ("0.01", "0.1")]
-        rows.append([b["method"], b["order"], b["seed"], " ".join(f"`{o}`" for o in b["overrides"]),
-                     *(pct([r[key]]) for key in METRICS), *collisions, f"{b['wall_seconds']:.0f}"])  # fmt: skip
+        rows.append([b["method"], b["order"], b["seed"], settings, *(pct([r[key]]) for key in METRICS), *collisions,
+                     f"{b['wall_seconds']:.0f}"])  # fmt: skip
     return markdown_table(header, rows)
+
+
+def lambda_plot(runs: list[dict], path: Path) -> None:
+    """N-LoRA's λ sweep: accuracy and collision rate against λ (log scale)."""
+    points = sorted((r["benchmark"]["config"]["method"]["collision_lambda"], r) for r in runs)
+    x = [p[0] for p in points]
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    ax.plot(x, [100 * r["average_accuracy"] for _, r in points], "o-", color="tab:blue", label="AA %")
+    for eps, style in (("0.01", "s--"), ("0.1", "^--")):
+        ax.plot(x, [100 * collision_mean([r], eps) for _, r in points], style, color="tab:red",
+                label=f"collision % (ε = {eps})")  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_xlabel("collision_lambda (delta_w form, mean reduction)")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=8)
+    ax.set_title("N-LoRA λ sweep (order 1, seed 0)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
 
 
 def generated_section(runs: list[dict], sweeps: list[dict]) -> str:
@@ -226,6 +261,10 @@ def generated_section(runs: list[dict], sweeps: list[dict]) -> str:
                   f"[json](results/accuracy/{run['_file']}))", matrix_block(run)]  # fmt: skip
     if sweeps:
         parts += ["### Sweeps (tiny: one order, one seed, one value per row)", sweep_table(sweeps)]
+        lambdas = [r for r in sweeps if r["benchmark"]["method"] == "nlora"]
+        if lambdas:
+            lambda_plot(lambdas, PLOTS / "nlora_lambda_sweep.png")
+            parts.append("![N-LoRA λ sweep](results/accuracy/plots/nlora_lambda_sweep.png)")
     return "\n\n".join(parts + cost_sections())
 
 
@@ -238,10 +277,12 @@ def cost_sections() -> list[str]:
     import step_time
 
     parts, results = ["## Cost (generated from the JSONs in `results/`)"], HERE / "results"
-    if (results / "step_time.json").exists():
-        data = json.loads((results / "step_time.json").read_text())
-        parts += [f"### Step time (`python benchmarks/step_time.py`, CPU-time ratios)", step_time.render(data["results"]["cpu"]),
-                  environment_line(data)]  # fmt: skip
+    for path in sorted(results.glob("step_time*.json")):
+        data = json.loads(path.read_text())
+        only = " --only " + " ".join(data["settings"]["only"]) if data["settings"].get("only") else ""
+        rounds = f" --rounds {data['settings']['rounds']}"
+        parts += [f"### Step time (`python benchmarks/step_time.py{rounds}{only} --output {path.name}`, CPU-time ratios)",
+                  step_time.render(data["results"]["cpu"]), environment_line(data)]  # fmt: skip
     if (results / "regularizer_memory.json").exists():
         data = json.loads((results / "regularizer_memory.json").read_text())
         settings = argparse.Namespace(**data["settings"])
