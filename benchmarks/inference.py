@@ -97,26 +97,27 @@ def scoring(model, tokenizer, args) -> dict:
     return results
 
 
+def with_task_adapters(base, config: LoraConfig, count: int):
+    """A copy of ``base`` with ``count`` LoRA adapters, all active, as the task-adapter methods keep them."""
+    torch.manual_seed(0)  # the same random adapters every time
+    peft_model = get_peft_model(copy.deepcopy(base), config, adapter_name="task_1")
+    for i in range(2, count + 1):
+        peft_model.add_adapter(f"task_{i}", config)
+    peft_model.base_model.set_adapter([f"task_{i}" for i in range(1, count + 1)])
+    return peft_model.eval()
+
+
 def serving(base, args) -> dict:
     torch.manual_seed(args.seed)
     prompt = torch.randint(0, base.config.vocab_size, (1, args.prompt_len))
     batch = torch.randint(0, base.config.vocab_size, (args.batch_size, args.prompt_len))
     config = LoraConfig(r=8, lora_alpha=32, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-    peft_model = get_peft_model(copy.deepcopy(base), config, adapter_name="task_1")
-    for i in range(2, args.adapters + 1):
-        peft_model.add_adapter(f"task_{i}", config)
-    names = [f"task_{i}" for i in range(1, args.adapters + 1)]
-    peft_model.base_model.set_adapter(names)  # all active, as the task-adapter methods keep them
-    peft_model.eval()
+    peft_model = with_task_adapters(base, config, args.adapters)
     with torch.no_grad():
         unmerged_logits = peft_model(batch).logits
-    merged = peft_model.merge_and_unload()
+    merged = with_task_adapters(base, config, args.adapters).merge_and_unload()
     with torch.no_grad():
         merged_error = (merged(batch).logits - unmerged_logits).abs().max().item()
-    peft_model = get_peft_model(copy.deepcopy(base), config, adapter_name="task_1")  # merge_and_unload consumed it
-    for i in range(2, args.adapters + 1):
-        peft_model.add_adapter(f"task_{i}", config)
-    peft_model.base_model.set_adapter(names)
     models = {"base": base, f"{args.adapters} adapters, unmerged": peft_model.eval(), "merged": merged.eval()}
 
     def generate(model):
