@@ -48,8 +48,8 @@ def pct(values: list[float | None]) -> str:
     values = [v for v in values if v is not None]
     if not values:
         return "n/a"
-    mean = 100 * statistics.mean(values)
-    return f"{mean:.1f} ± {100 * statistics.stdev(values):.1f}" if len(values) > 1 else f"{mean:.1f}"
+    mean = f"{round(100 * statistics.mean(values), 1) + 0.0:.1f}"  # + 0.0: no "-0.0" from rounding
+    return f"{mean} ± {100 * statistics.stdev(values):.1f}" if len(values) > 1 else mean
 
 
 def mean_offdiagonal(matrix: list[list]) -> float | None:
@@ -120,7 +120,7 @@ def targets_table(runs: list[dict]) -> str:
 
     def add(target, methods, values, met, fmt="{:.1f}"):
         n = len(next(iter(shared_runs(runs, methods).values()), []))
-        shown = ", ".join(f"{m} " + ("n/a" if v is None else fmt.format(v)) for m, v in zip(methods, values))
+        shown = ", ".join(f"{m} " + ("n/a" if v is None else fmt.format(round(v, 1) + 0.0)) for m, v in zip(methods, values))
         rows.append([target, n, shown, "n/a" if met is None else ("met" if met else "MISSED")])
 
     chain = ["nlora", "olora", "inclora", "seqlora"]
