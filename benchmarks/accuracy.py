@@ -38,6 +38,7 @@ from peft_continual import STANDARD_ORDERS, ContinualResult, ContinualTrainer, e
 from peft_continual.configs import CONTINUAL_CONFIG_CLASSES
 from peft_continual.demo_model import load_smollm2
 from peft_continual.tasks import ContinualCollator, tokenize_task
+from peft_continual.trainer import tasks_to_evaluate
 
 HERE = Path(__file__).resolve().parent
 EXPERIMENTS, RESULTS = HERE / "experiments", HERE / "results"
@@ -162,8 +163,7 @@ def run_osf(config: dict, model, tokenizer, tasks, output_dir: str, seed: int, r
         output = Trainer(model=peft_model, args=training_args(config, f"{output_dir}/task_{i + 1}", seed),
                          train_dataset=features, data_collator=collator).train()  # fmt: skip
         seconds = round(time.perf_counter() - started, 2)
-        last = {True: len(tasks), False: i + 1, "next": min(i + 2, len(tasks))}[options["evaluate_unseen"]]
-        evaluated = range(last)  # as ContinualTrainer does
+        evaluated = tasks_to_evaluate(i, len(tasks), options["evaluate_unseen"])  # as ContinualTrainer does
         scores = evaluate_all(peft_model, tokenizer, [tasks[j] for j in evaluated], config)
         result.accuracy_matrix.append([dict(zip(evaluated, scores)).get(j) for j in range(len(tasks))])
         result.details.append({"task": task.name, "train_examples": len(features), "train_loss": output.training_loss,

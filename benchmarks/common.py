@@ -6,8 +6,11 @@ import datetime
 import json
 import os
 import platform
+import random
 import statistics
+import time
 from pathlib import Path
+from typing import Callable
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -60,3 +63,27 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def timed(fn: Callable[[], None]) -> tuple[float, float]:
+    """(wall, CPU) seconds of one call."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def run_rounds(jobs: dict, calls: dict, rounds: int, warmup: int, seed: int) -> tuple[dict, dict]:
+    """Per-call (wall, CPU) seconds of every job, one run per round in a freshly shuffled order."""
+    for fn in jobs.values():
+        for _ in range(warmup):
+            fn()
+    wall, cpu = {name: [] for name in jobs}, {name: [] for name in jobs}
+    order, rng = list(jobs), random.Random(seed)
+    for round_ in range(rounds):
+        rng.shuffle(order)
+        for name in order:
+            w, c = timed(jobs[name])
+            wall[name].append(w / calls.get(name, 1))
+            cpu[name].append(c / calls.get(name, 1))
+        print(f"round {round_ + 1}/{rounds} (CPU s): " + ", ".join(f"{n} {cpu[n][-1]:.3f}" for n in jobs), flush=True)
+    return wall, cpu

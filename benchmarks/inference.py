@@ -21,16 +21,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import random
-import time
 from pathlib import Path
-from typing import Callable
 
 import torch
 from peft import LoraConfig, get_peft_model
 from transformers.utils import logging as hf_logging
 
-from common import environment, markdown_table, quartiles, write_json
+from common import environment, markdown_table, quartiles, run_rounds, write_json
 from peft_continual import evaluate_task, load_continual_tasks
 from peft_continual.demo_model import load_smollm2
 from peft_continual.tasks import encode_answer, encode_prompt
@@ -54,19 +51,6 @@ def rank_by_full_sequences(model, tokenizer, task, max_source_length: int) -> li
     return predictions
 
 
-def rounds_of(jobs: dict[str, Callable[[], object]], rounds: int, seed: int) -> dict[str, list[float]]:
-    """CPU seconds of each job per round, jobs shuffled in every round (callers warm every job up first)."""
-    times, order, rng = {name: [] for name in jobs}, list(jobs), random.Random(seed)
-    for r in range(rounds):
-        rng.shuffle(order)
-        for name in order:
-            start = time.process_time()
-            jobs[name]()
-            times[name].append(time.process_time() - start)
-        print(f"round {r + 1}/{rounds}: " + ", ".join(f"{n} {times[n][-1]:.2f}s" for n in jobs), flush=True)
-    return times
-
-
 def ratio_stats(times: dict[str, list[float]], reference: str) -> dict[str, dict]:
     out = {}
     for name, values in times.items():
@@ -88,7 +72,8 @@ def scoring(model, tokenizer, args) -> dict:
                                               max_source_length=args.max_source_length, batch_size=8),
         }  # fmt: skip
         shared, full, generated = (run[name]() for name in run)
-        stats = ratio_stats(rounds_of(run, args.rounds, args.seed), "rank, shared prompt")
+        # the calls above were the warm-up
+        stats = ratio_stats(run_rounds(run, {}, args.rounds, warmup=0, seed=args.seed)[1], "rank, shared prompt")
         for name, s in stats.items():
             s["examples_per_cpu_s"] = len(task.eval) / s["median_cpu_s"]
         results[task.name] = {"options": len(task.labels), "examples": len(task.eval), "variants": stats,
@@ -128,10 +113,10 @@ def serving(base, args) -> dict:
         return lambda: model(batch, logits_to_keep=1)
 
     with torch.no_grad():
-        for model in models.values():  # warm-up
-            generate(model)(), prefill(model)()
-        request = ratio_stats(rounds_of({n: generate(m) for n, m in models.items()}, args.rounds, args.seed), "base")
-        prefills = ratio_stats(rounds_of({n: prefill(m) for n, m in models.items()}, args.rounds, args.seed), "base")
+        request, prefills = (
+            ratio_stats(run_rounds({n: job(m) for n, m in models.items()}, {}, args.rounds, 1, args.seed)[1], "base")
+            for job in (generate, prefill)
+        )
     return {"request": request, "prefill": prefills, "merged_max_abs_logit_error": merged_error}
 
 

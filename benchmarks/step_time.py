@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import random
 import tempfile
-import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -33,7 +31,7 @@ from peft import LoraConfig, OSFConfig, get_peft_model
 from transformers import Trainer, TrainingArguments
 from transformers.utils import logging as hf_logging
 
-from common import environment, markdown_table, quartiles, write_json
+from common import environment, markdown_table, quartiles, run_rounds, write_json
 from peft_continual import ContinualTrainer, ILoraConfig, IncLoraConfig, NLoraConfig, OLoraConfig, ReplayConfig
 from peft_continual.demo_model import load_smollm2
 
@@ -161,13 +159,6 @@ class Runner:
         model.train()
 
 
-def timed(fn: Callable[[], None]) -> tuple[float, float]:
-    """(wall, CPU) seconds of one call."""
-    wall, cpu = time.perf_counter(), time.process_time()
-    fn()
-    return time.perf_counter() - wall, time.process_time() - cpu
-
-
 def repeated(fn: Callable[[], None], times: int) -> Callable[[], None]:
     def run():
         for _ in range(times):
@@ -199,22 +190,6 @@ def build_jobs(chosen: list[Variant], runners: dict, term_repeats: int) -> tuple
     if "ilora@2" in runners:  # the parts of I-LoRA's floor, on the plain LoRA model
         jobs.update({"fwd+bwd": runners["lora"].forward_backward, "no-grad fwd": runners["lora"].no_grad_forward})
     return jobs, calls
-
-
-def run_rounds(jobs: dict, calls: dict, rounds: int, warmup: int, seed: int) -> tuple[dict, dict]:
-    """Per-call (wall, CPU) seconds of every job, one run per round in a freshly shuffled order."""
-    for fn in jobs.values():
-        repeated(fn, warmup)()
-    wall, cpu = {name: [] for name in jobs}, {name: [] for name in jobs}
-    order, rng = list(jobs), random.Random(seed)
-    for round_ in range(rounds):
-        rng.shuffle(order)
-        for name in order:
-            w, c = timed(jobs[name])
-            wall[name].append(w / calls.get(name, 1))
-            cpu[name].append(c / calls.get(name, 1))
-        print(f"round {round_ + 1}/{rounds} (CPU s): " + ", ".join(f"{n} {cpu[n][-1]:.3f}" for n in jobs), flush=True)
-    return wall, cpu
 
 
 def refusal_message(base, tokenizer, features, batch, output_dir) -> Optional[str]:

@@ -286,11 +286,11 @@ def cost_sections() -> list[str]:
     if (results / "regularizer_memory.json").exists():
         data = json.loads((results / "regularizer_memory.json").read_text())
         settings = argparse.Namespace(**data["settings"])
-        parts += [f"### N-LoRA's penalty at 7B shapes (`python benchmarks/regularizer_memory.py`)",
+        parts += ["### N-LoRA's penalty at 7B shapes (`python benchmarks/regularizer_memory.py`)",
                   regularizer_memory.render(data["results"], settings), environment_line(data)]  # fmt: skip
     if (results / "inference.json").exists():
         data = json.loads((results / "inference.json").read_text())
-        parts += [f"### Scoring and serving (`python benchmarks/inference.py`)", inference.render(data),
+        parts += ["### Scoring and serving (`python benchmarks/inference.py`)", inference.render(data),
                   environment_line(data)]  # fmt: skip
     return parts
 

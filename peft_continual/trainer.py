@@ -60,6 +60,12 @@ class _MethodCallback(TrainerCallback):
             save_method_state(self.trainer.method, os.path.join(args.output_dir, f"checkpoint-{state.global_step}"))
 
 
+def tasks_to_evaluate(index: int, num_tasks: int, evaluate_unseen: Union[bool, Literal["next"]]) -> range:
+    """Indices of the tasks scored after training task ``index``: those seen, plus unseen ones per ``evaluate_unseen``."""
+    last = {True: num_tasks, False: index + 1, "next": min(index + 2, num_tasks)}[evaluate_unseen]
+    return range(last)
+
+
 class ContinualTrainer(Trainer):
     """Train a ``PeftModel`` on tasks one after the other with standard ``TrainingArguments``.
 
@@ -221,8 +227,7 @@ class ContinualTrainer(Trainer):
         output = self.train(resume_from_checkpoint=checkpoint)
         train_seconds = time.perf_counter() - started
         self.method.end_task(model, index, features)
-        last = {True: T, False: index + 1, "next": min(index + 2, T)}[self.evaluate_unseen]
-        evaluated = range(last)
+        evaluated = tasks_to_evaluate(index, T, self.evaluate_unseen)
         accuracies = self.evaluate_tasks([self.tasks[j] for j in evaluated])
         row = [None] * len(self.result.task_names)
         for j, acc in zip(evaluated, accuracies):

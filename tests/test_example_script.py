@@ -140,7 +140,7 @@ def test_demo_model_not_installed(script, tmp_path, task_files, monkeypatch):
 def test_demo_model_is_loaded_offline(script, monkeypatch):
     import peft_continual.demo_model
 
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # also restores the variable's original state afterwards
     monkeypatch.setattr(peft_continual.demo_model, "load_smollm2", lambda **kwargs: ("model", "tokenizer"))
     assert script.load_model(script.ModelArguments(), demo=True) == ("model", "tokenizer")
     assert os.environ["HF_HUB_OFFLINE"] == "1"  # peft's vocabulary check at save time stays off the network
