@@ -26,6 +26,7 @@ from .configs import IncLoraConfig, ILoraConfig, NLoraConfig, OLoraConfig, Repla
 from .interpolation import consistency_loss, ema_decay_at, ema_update, select_layers
 from .regularizers import delta_w_l1, l2_penalty, orthogonality_penalty, rank_product_l1
 from .replay import ReservoirBuffer
+from .target_logits import with_target_logits
 from .tasks import IGNORE_INDEX
 
 _METHODS: dict[type, type["ContinualMethod"]] = {}
@@ -62,7 +63,10 @@ class ContinualMethod:
         self.template = template  # the adapter get_peft_model created; methods may add their own from its config
         self.task_index = -1
 
-    def setup(self, model, *, collator, batch_size: int, seed: int, process_index: int = 0, num_processes: int = 1) -> None:
+    def setup(
+        self, model, *, collator, batch_size: int, seed: int, process_index: int = 0, num_processes: int = 1,
+        logits_on_targets_only: bool = False,
+    ) -> None:  # fmt: skip
         """Once, when the trainer is built (before any saved state is loaded)."""
 
     def check_before_training(self, model, num_tasks: int) -> None:
@@ -236,8 +240,9 @@ class ReplayMethod(ContinualMethod):
 
     name = "replay"
 
-    def setup(self, model, *, collator, batch_size, seed, process_index=0, num_processes=1):
+    def setup(self, model, *, collator, batch_size, seed, process_index=0, num_processes=1, logits_on_targets_only=False):
         self.collator = collator
+        self.logits_on_targets_only = logits_on_targets_only
         self.replay_batch_size = self.config.replay_batch_size or batch_size
         self.buffer = ReservoirBuffer(self.config.replay_buffer_size, seed=seed)  # identical on every process
         self.process_index, self.num_processes = process_index, num_processes
@@ -253,6 +258,8 @@ class ReplayMethod(ContinualMethod):
         drawn = self.buffer.sample(self.replay_batch_size * self.num_processes)
         start = self.process_index * self.replay_batch_size
         batch = self.collator(drawn[start : start + self.replay_batch_size])
+        if self.logits_on_targets_only:
+            batch = with_target_logits(batch)
         targets = sum(sum(t != IGNORE_INDEX for t in e["labels"][1:]) for e in drawn) / self.num_processes
         positions = sum(len(e["input_ids"]) for e in drawn) / self.num_processes
         return {k: v.to(device) for k, v in batch.items()}, targets, positions

@@ -27,6 +27,7 @@ from .evaluation import EvaluationMethod, evaluate_task
 from .methods import ContinualMethod, build_method, task_adapter_name
 from .hub import push_continual_to_hub
 from .metrics import ContinualResult
+from .target_logits import supports_target_logits, with_target_logits
 from .persistence import (
     ContinualStateError,
     check_folder_is_safe,
@@ -83,6 +84,10 @@ class ContinualTrainer(Trainer):
             T - 1 task evaluations instead of T(T - 1)/2), ``False`` none.
         collision_eps: thresholds of the collision analysis run at the end for task-adapter methods
             (relative to each dW's largest entry); empty to skip it.
+        logits_on_targets_only: in training, run the LM head only on positions that predict a target token (the
+            loss is unchanged; the head's time and the logits' memory shrink to the answer's share). Used where
+            the model supports it (``logits_to_keep`` and transformers' causal-LM loss) and no label smoother or
+            custom loss is set.
     """
 
     def __init__(
@@ -96,6 +101,7 @@ class ContinualTrainer(Trainer):
         evaluate_zero_shot: bool = False,
         evaluate_unseen: Union[bool, Literal["next"]] = False,
         collision_eps: Sequence[float] = (0.001, 0.01, 0.1),
+        logits_on_targets_only: bool = True,
         **kwargs,
     ):
         if not isinstance(model, PeftModel):
@@ -122,10 +128,15 @@ class ContinualTrainer(Trainer):
             processing_class.pad_token = processing_class.eos_token
         kwargs.setdefault("data_collator", ContinualCollator(processing_class.pad_token_id))
         super().__init__(model=model, args=args, processing_class=processing_class, **kwargs)
+        self.logits_on_targets_only = (
+            logits_on_targets_only and self.label_smoother is None and self.compute_loss_func is None
+            and supports_target_logits(self.peft_model)
+        )  # fmt: skip
         self.method: ContinualMethod = build_method(self.peft_model)
         self.method.setup(
             self.peft_model, collator=self.data_collator, batch_size=self.args.per_device_train_batch_size,
             seed=self.args.seed, process_index=self.args.process_index, num_processes=self.args.world_size,
+            logits_on_targets_only=self.logits_on_targets_only,
         )  # fmt: skip
         self.add_callback(_MethodCallback(self))
         self.evaluation_method = evaluation_method
@@ -289,6 +300,8 @@ class ContinualTrainer(Trainer):
     # ------------------------------------------------------------------------------------------ losses
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if model.training and self.logits_on_targets_only and "labels" in inputs:
+            inputs = with_target_logits(inputs)
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         if model.training:
             scaled = self.loss_is_scaled_for_ga
