@@ -7,7 +7,8 @@ Definitions (per task, i.e. macro; 0-based indices, T tasks trained so far):
 * forward transfer  FWT = mean_{j>0} (R[j-1][j] - R0[j]), R0 = the base model's zero-shot accuracy
 * forgetting        F   = mean_{j<T-1} (max_{l<T-1} R[l][j] - R[T-1][j])
 
-R[i][j] for j > i is only known when tasks are evaluated before they are trained (``evaluate_unseen``); FWT
+R[i][j] for j < i (earlier tasks before the last row) is only known with ``evaluate_seen="all"``; forgetting
+takes its maximum over the evaluated cells. R[i][j] for j > i is only known when tasks are evaluated before they are trained (``evaluate_unseen``); FWT
 needs R[j-1][j] (``evaluate_unseen="next"`` is enough) and R0, and is ``None`` otherwise. BWT and forgetting are ``None`` for a single task.
 """
 
@@ -37,24 +38,30 @@ class ContinualResult:
     def num_trained(self) -> int:
         return len(self.accuracy_matrix)
 
-    def _final(self) -> list[Optional[float]]:
+    def _final(self) -> Optional[list[float]]:
+        """The last row over the trained tasks; None while it is incomplete (in the middle of a run that evaluates
+        only the task just trained, see ``ContinualTrainer(evaluate_seen=...)``)."""
         if not self.accuracy_matrix:
             raise ValueError("no task has been trained yet")
-        return self.accuracy_matrix[-1]
+        final = self.accuracy_matrix[-1][: self.num_trained]
+        return None if any(a is None for a in final) else final
 
     @property
-    def average_accuracy(self) -> float:
-        return _mean([a for a in self._final()[: self.num_trained]])
+    def average_accuracy(self) -> Optional[float]:
+        final = self._final()
+        return None if final is None else _mean(final)
 
     @property
     def backward_transfer(self) -> Optional[float]:
-        R, T = self.accuracy_matrix, self.num_trained
-        return _mean([R[T - 1][j] - R[j][j] for j in range(T - 1)])
+        R, T, final = self.accuracy_matrix, self.num_trained, self._final()
+        return None if final is None else _mean([final[j] - R[j][j] for j in range(T - 1)])
 
     @property
     def forgetting(self) -> Optional[float]:
-        R, T = self.accuracy_matrix, self.num_trained
-        return _mean([max(R[l][j] for l in range(j, T - 1)) - R[T - 1][j] for j in range(T - 1)])
+        R, T, final = self.accuracy_matrix, self.num_trained, self._final()
+        if final is None:
+            return None
+        return _mean([max(R[l][j] for l in range(j, T - 1) if R[l][j] is not None) - final[j] for j in range(T - 1)])
 
     @property
     def forward_transfer(self) -> Optional[float]:
@@ -106,7 +113,7 @@ class ContinualResult:
             raise ValueError(f"accuracy_matrix must have at most {T} rows of {T} entries (one per task)")
         for i, row in enumerate(self.accuracy_matrix):
             for j, value in enumerate(row):
-                if j <= i and (value is None or not 0.0 <= value <= 1.0 or math.isnan(value)):
+                if (j == i or value is not None) and (value is None or not 0.0 <= value <= 1.0 or math.isnan(value)):
                     raise ValueError(f"accuracy_matrix[{i}][{j}] = {value!r} is not an accuracy in [0, 1]")
 
     # ---------------------------------------------------------------------------------------- printing

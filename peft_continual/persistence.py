@@ -107,7 +107,7 @@ def save_continual(trainer, output_dir: str | os.PathLike, model_card: bool = Tr
         "tasks": [task_to_dict(t) for t in trainer.tasks],
         "result": trainer.result.to_dict(),
         "trainer": {"evaluation_method": trainer.evaluation_method, "max_source_length": trainer.max_source_length,
-                    "evaluate_unseen": trainer.evaluate_unseen},
+                    "evaluate_unseen": trainer.evaluate_unseen, "evaluate_seen": trainer.evaluate_seen},
     }  # fmt: skip
     with atomic_directory(output_dir) as staging:
         for adapter in model.peft_config:

@@ -44,6 +44,7 @@ from .tasks import ContinualCollator, ContinualTask, check_unique_names, tokeniz
 logger = logging.get_logger(__name__)
 
 PROGRESS_DIR = "continual_progress"
+EvaluateSeen = Literal["needed", "all"]
 
 
 class _MethodCallback(TrainerCallback):
@@ -61,10 +62,18 @@ class _MethodCallback(TrainerCallback):
             save_method_state(self.trainer.method, os.path.join(args.output_dir, f"checkpoint-{state.global_step}"))
 
 
-def tasks_to_evaluate(index: int, num_tasks: int, evaluate_unseen: Union[bool, Literal["next"]]) -> range:
-    """Indices of the tasks scored after training task ``index``: those seen, plus unseen ones per ``evaluate_unseen``."""
-    last = {True: num_tasks, False: index + 1, "next": min(index + 2, num_tasks)}[evaluate_unseen]
-    return range(last)
+def tasks_to_evaluate(
+    index: int, num_tasks: int, evaluate_unseen: Union[bool, Literal["next"]], evaluate_seen: EvaluateSeen = "needed"
+) -> list[int]:
+    """Indices of the tasks scored after training task ``index`` of ``num_tasks``.
+
+    Seen tasks: with ``"needed"`` only the task just trained (the diagonal), and every task after the last one (the
+    row AA, BWT and forgetting read); with ``"all"`` every seen task after every task (the lower triangle). Unseen
+    tasks per ``evaluate_unseen``: ``"next"`` the next one (forward transfer), ``True`` all, ``False`` none.
+    """
+    seen = range(index + 1) if evaluate_seen == "all" or index == num_tasks - 1 else [index]
+    unseen_end = {True: num_tasks, False: index + 1, "next": min(index + 2, num_tasks)}[evaluate_unseen]
+    return [*seen, *range(index + 1, unseen_end)]
 
 
 class ContinualTrainer(Trainer):
@@ -79,6 +88,10 @@ class ContinualTrainer(Trainer):
             generation and normalised exact match, the papers' protocol).
         max_source_length: prompt length in tokens; longer texts are shortened, never the options or question.
         evaluate_zero_shot: evaluate the base model on every task first (needed for forward transfer).
+        evaluate_seen: ``"needed"`` (default) evaluates, after each task, the task just trained, and after the last
+            task every task: all that AA, BWT and FWT read (forgetting then takes its maximum over the evaluated
+            cells, i.e. the diagonal). ``"all"`` evaluates every seen task after every task (the lower triangle, a
+            forgetting curve), at T(T - 1)/2 task evaluations instead of T - 1.
         evaluate_unseen: after each task, also evaluate tasks not trained yet: ``True`` every one (the whole upper
             triangle), ``"next"`` only the next task (the super-diagonal: all that forward transfer needs, at
             T - 1 task evaluations instead of T(T - 1)/2), ``False`` none.
@@ -100,6 +113,7 @@ class ContinualTrainer(Trainer):
         max_source_length: int = 256,
         evaluate_zero_shot: bool = False,
         evaluate_unseen: Union[bool, Literal["next"]] = False,
+        evaluate_seen: EvaluateSeen = "needed",
         collision_eps: Sequence[float] = (0.001, 0.01, 0.1),
         logits_on_targets_only: bool = True,
         **kwargs,
@@ -115,6 +129,8 @@ class ContinualTrainer(Trainer):
             raise ValueError(f"evaluation_method must be 'rank' or 'generate', got {evaluation_method!r}")
         if evaluate_unseen not in (True, False, "next"):
             raise ValueError(f"evaluate_unseen must be True, False or 'next', got {evaluate_unseen!r}")
+        if evaluate_seen not in ("needed", "all"):
+            raise ValueError(f"evaluate_seen must be 'needed' or 'all', got {evaluate_seen!r}")
         if max_source_length <= 0:
             raise ValueError(f"max_source_length must be positive, got {max_source_length}")
         if args is not None and args.load_best_model_at_end:
@@ -143,6 +159,7 @@ class ContinualTrainer(Trainer):
         self.max_source_length = max_source_length
         self.evaluate_zero_shot = evaluate_zero_shot
         self.evaluate_unseen = evaluate_unseen
+        self.evaluate_seen = evaluate_seen
         self.collision_eps = tuple(collision_eps)
         self.continual_args = self.args  # the user's arguments; each task trains with a copy in its own folder
         self.tasks: list[ContinualTask] = []
@@ -238,7 +255,7 @@ class ContinualTrainer(Trainer):
         output = self.train(resume_from_checkpoint=checkpoint)
         train_seconds = time.perf_counter() - started
         self.method.end_task(model, index, features)
-        evaluated = tasks_to_evaluate(index, T, self.evaluate_unseen)
+        evaluated = tasks_to_evaluate(index, T, self.evaluate_unseen, self.evaluate_seen)
         accuracies = self.evaluate_tasks([self.tasks[j] for j in evaluated])
         row = [None] * len(self.result.task_names)
         for j, acc in zip(evaluated, accuracies):

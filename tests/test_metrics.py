@@ -30,6 +30,20 @@ def test_forgetting_uses_the_best_earlier_accuracy():
     assert r.forward_transfer is None  # no zero-shot, no upper triangle
 
 
+def test_metrics_over_the_needed_cells_only():
+    """Diagonal and last row (ContinualTrainer's default): forgetting's maximum is over the evaluated cells."""
+    r = ContinualResult(task_names=["a", "b", "c"],
+                        accuracy_matrix=[[0.9, None, None], [None, 0.8, None], [0.5, 0.6, 0.7]])  # fmt: skip
+    assert r.average_accuracy == pytest.approx(0.6)
+    assert r.backward_transfer == pytest.approx(((0.5 - 0.9) + (0.6 - 0.8)) / 2)
+    assert r.forgetting == pytest.approx(((0.9 - 0.5) + (0.8 - 0.6)) / 2)
+    middle = ContinualResult(task_names=["a", "b", "c"], accuracy_matrix=[[0.9, None, None], [None, 0.8, None]])
+    assert middle.average_accuracy is None and middle.backward_transfer is None and middle.forgetting is None
+    assert "AA n/a" in middle.format_table()
+    with pytest.raises(ValueError, match=r"accuracy_matrix\[1\]\[1\]"):  # the diagonal is always evaluated
+        ContinualResult.from_dict({"task_names": ["a", "b"], "accuracy_matrix": [[0.5, None], [0.4, None]]})
+
+
 def test_single_task_has_no_transfer():
     r = ContinualResult(task_names=["a"], accuracy_matrix=[[0.8]])
     assert r.average_accuracy == pytest.approx(0.8)

@@ -316,11 +316,32 @@ def test_evaluate_next_task_only_gives_forward_transfer(tokenizer, tmp_path):
     trainer.evaluate_zero_shot, trainer.evaluate_unseen = True, "next"
     result = trainer.train_continual(memorise_tasks(("colors", "animals", "fruits"), n=4))
     known = [[value is not None for value in row] for row in result.accuracy_matrix]
-    assert known == [[True, True, False], [True, True, True], [True, True, True]]
+    assert known == [[True, True, False], [False, True, True], [True, True, True]]  # diagonal, next, last row
     R, R0 = result.accuracy_matrix, result.zero_shot
     assert result.forward_transfer == pytest.approx(((R[0][1] - R0[1]) + (R[1][2] - R0[2])) / 2)
-    assert [d["eval_examples"] for d in result.details] == [[4, 4], [4, 4, 4], [4, 4, 4]]
+    assert [d["eval_examples"] for d in result.details] == [[4, 4], [4, 4], [4, 4, 4]]
     model, _ = tiny_model("llama", tokenizer)
     with pytest.raises(ValueError, match="evaluate_unseen must be True, False or 'next'"):
         ContinualTrainer(model=get_peft_model(model, IncLoraConfig(r=4, target_modules=["q_proj"])),
                          args=training_args(tmp_path), processing_class=tokenizer, evaluate_unseen="all")  # fmt: skip
+
+
+def test_evaluate_seen_needed_by_default_and_all_on_request(tokenizer, tmp_path):
+    """By default only the cells AA/BWT read are evaluated; "all" gives the whole lower triangle (forgetting curve)."""
+    patterns = {}
+    for seen in ("needed", "all"):
+        trainer = make_trainer(tokenizer, tmp_path / seen, IncLoraConfig(r=4, lora_alpha=8), num_train_epochs=1)
+        if seen == "all":
+            trainer.evaluate_seen = "all"
+        result = trainer.train_continual(memorise_tasks(("colors", "animals", "fruits"), n=4))
+        patterns[seen] = [[value is not None for value in row] for row in result.accuracy_matrix]
+        final = result.accuracy_matrix[-1]
+        assert result.average_accuracy == pytest.approx(sum(final) / 3)
+        diagonal = [result.accuracy_matrix[j][j] for j in range(3)]
+        assert result.backward_transfer == pytest.approx(sum(final[j] - diagonal[j] for j in range(2)) / 2)
+    assert patterns["needed"] == [[True, False, False], [False, True, False], [True, True, True]]
+    assert patterns["all"] == [[True, False, False], [True, True, False], [True, True, True]]
+    model, _ = tiny_model("llama", tokenizer)
+    with pytest.raises(ValueError, match="evaluate_seen must be 'needed' or 'all'"):
+        ContinualTrainer(model=get_peft_model(model, IncLoraConfig(r=4, target_modules=["q_proj"])),
+                         args=training_args(tmp_path), processing_class=tokenizer, evaluate_seen="lower")  # fmt: skip
