@@ -76,13 +76,14 @@ class NLoraConfig(IncLoraConfig):
     """N-LoRA (Yang et al., COLING 2025): IncLoRA plus ``lambda * l1(dW_current)`` to avoid parameter collisions."""
 
     collision_lambda: Union[float, list[float]] = field(
-        default=5000.0,
+        default=0.2,
         metadata={
             "help": "Weight of the collision (l1) penalty on the current task's update. One value for every task, "
-            "or one per task in training order. The default comes from the sweep in benchmarks/RESULTS.md "
-            "(delta_w form, mean reduction; SmolLM2-135M, q/v, r=8): 5 and 50 left the collision rate where IncLoRA "
-            "has it, 500 halved it, 5000 cut it 14x at the same accuracy (within noise), 50000 lost 10 points of "
-            "accuracy. With collision_reduction='sum' or the rank_product form the scale is entirely different."
+            "or one per task in training order. 0.2 with the default 'sqrt_numel' reduction pulls every SmolLM2-135M "
+            "q/v entry within 1.6x of the value the sweep in benchmarks/RESULTS.md chose (5000 with 'mean': 5 and 50 "
+            "left the collision rate where IncLoRA has it, 500 halved it, 5000 cut it 14x under label ranking). That "
+            "sweep predates generation scoring; re-sweep for your data. Across model sizes no reduction keeps the "
+            "penalty's pull exactly: see collision_reduction."
         },
     )
     collision_form: Literal["delta_w", "rank_product"] = field(
@@ -94,12 +95,18 @@ class NLoraConfig(IncLoraConfig):
             "choices": ["delta_w", "rank_product"],
         },
     )
-    collision_reduction: Literal["mean", "sum"] = field(
-        default="mean",
+    collision_reduction: Literal["sqrt_numel", "sum", "mean"] = field(
+        default="sqrt_numel",
         metadata={
-            "help": "'mean': sum of |entries| over all adapted modules divided by their number of entries, so that one "
-            "lambda transfers across model sizes. 'sum': the plain sum over modules (the paper's form).",
-            "choices": ["mean", "sum"],
+            "help": "How the modules' l1 norms combine. 'sqrt_numel': each module's l1 divided by the square root of "
+            "its number of entries (an l1 in Frobenius units), summed over modules. 'sum': the plain sum (the "
+            "paper's form). 'mean': the sum divided by the entries of all modules, which makes one lambda ~10-60x "
+            "weaker at 7B/8B q/v than at SmolLM2 (it shrinks with width and with the number of modules). Measured "
+            "ratio of the penalty's gradient to the task loss's gradient on the LoRA factors, 7B/8B shapes vs "
+            "SmolLM2-135M (benchmarks/collision_scale.py): 'sqrt_numel' 0.19-0.94x, 'sum' 1.3-11x, 'mean' "
+            "0.017-0.13x. No reduction transfers within 2x; to move a lambda to another model, multiply it by the "
+            "ratio measured at the old model over the ratio at the new one.",
+            "choices": ["sqrt_numel", "sum", "mean"],
         },
     )
     collision_chunk_elements: int = field(
@@ -120,8 +127,8 @@ class NLoraConfig(IncLoraConfig):
             f"collision_form must be 'delta_w' or 'rank_product', got {self.collision_form!r}.",
         )
         _require(
-            self.collision_reduction in ("mean", "sum"),
-            f"collision_reduction must be 'mean' or 'sum', got {self.collision_reduction!r}.",
+            self.collision_reduction in ("sqrt_numel", "sum", "mean"),
+            f"collision_reduction must be 'sqrt_numel', 'sum' or 'mean', got {self.collision_reduction!r}.",
         )
         _require(self.collision_chunk_elements > 0, "collision_chunk_elements must be a positive integer.")
 

@@ -195,17 +195,19 @@ class NLoraMethod(TaskAdapterMethod):
         if weight == 0:
             return 1.0, {}
         factors = adapter_factors(model, self.adapters[-1])
+        rank_product = self.config.collision_form == "rank_product"
         with gather_params_ctx([p for f in factors for p in (f.A, f.B)]):
-            if self.config.collision_form == "rank_product":
+            if rank_product:
                 norms = [rank_product_l1(f.A, f.B, f.module_name) for f in factors]
             else:
                 norms = [delta_w_l1(f.A, f.B, f.scaling, self.config.collision_chunk_elements) for f in factors]
-        penalty = torch.stack(norms).sum()
-        if self.config.collision_reduction == "mean":
-            if self.config.collision_form == "rank_product":
-                penalty = penalty / sum(f.A.shape[0] ** 2 for f in factors)
-            else:
-                penalty = penalty / sum(f.B.shape[0] * f.A.shape[1] for f in factors)
+        # entries of each penalised matrix: r x r (A @ B) or d_out x d_in (dW)
+        sizes = [f.A.shape[0] ** 2 if rank_product else f.B.shape[0] * f.A.shape[1] for f in factors]
+        reduction = self.config.collision_reduction
+        if reduction == "sqrt_numel":
+            penalty = sum(norm / size**0.5 for norm, size in zip(norms, sizes))
+        else:
+            penalty = torch.stack(norms).sum() / (sum(sizes) if reduction == "mean" else 1)
         return 1.0, {"loss_collision": weight * penalty}
 
 

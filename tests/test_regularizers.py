@@ -95,3 +95,31 @@ def test_orthogonality_penalty_hand_computed():
 
 def test_l2_penalty_is_sum_of_frobenius_norms():
     assert l2_penalty([torch.tensor([3.0, 4.0]), torch.tensor([[1.0, 0.0], [0.0, 0.0]])]).item() == pytest.approx(6.0)
+
+
+@pytest.mark.parametrize("reduction", ["sqrt_numel", "sum", "mean"])
+def test_nlora_reductions_against_naive_delta_w(reduction, tokenizer):
+    """lambda * combine(||s B A||_1 per module), with dW built whole on small shapes (Qwen2: k/v are non-square)."""
+    from peft import get_peft_model
+
+    from conftest import tiny_model
+    from peft_continual import NLoraConfig
+    from peft_continual.adapters import adapter_factors
+    from peft_continual.methods import build_method
+
+    model, targets = tiny_model("qwen2", tokenizer)
+    config = NLoraConfig(r=4, lora_alpha=8, target_modules=set(targets), init_lora_weights=False,
+                         collision_lambda=0.3, collision_reduction=reduction)  # fmt: skip
+    model = get_peft_model(model, config)
+    method = build_method(model)
+    method.begin_task(model, 0, "a")
+    term = method.loss_terms(model, {})[1]["loss_collision"]
+    dws = [f.scaling * f.B.detach().double() @ f.A.detach().double() for f in adapter_factors(model, "task_1_a")]
+    assert {tuple(dw.shape) for dw in dws} == {(32, 32), (16, 32)}
+    l1 = [dw.abs().sum() for dw in dws]
+    expected = {
+        "sqrt_numel": sum(n / dw.numel() ** 0.5 for n, dw in zip(l1, dws)),
+        "sum": sum(l1),
+        "mean": sum(l1) / sum(dw.numel() for dw in dws),
+    }[reduction]
+    torch.testing.assert_close(term.double(), 0.3 * expected, rtol=1e-5, atol=0)
