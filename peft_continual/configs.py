@@ -44,8 +44,24 @@ def _require(condition: bool, message: str) -> None:
         raise ValueError(message)
 
 
+# init_lora_weights values that change the base weights at every add_adapter (each task, I-LoRA's slow copy).
+_BASE_REWRITING_INITS = ("pissa", "olora", "corda", "loftq", "eva", "lora_ga")
+
+
+def check_base_preserved(config: LoraConfig) -> None:
+    """Refuse initialisations that rewrite the base: earlier adapters and the export would refer to a lost base."""
+    init = config.init_lora_weights
+    if isinstance(init, str) and init.lower().startswith(_BASE_REWRITING_INITS):
+        raise ValueError(
+            f"init_lora_weights={init!r} rewrites the base model's weights each time an adapter is added (every task, "
+            "I-LoRA's slow learner), so earlier adapters and the saved root adapter would refer to a base that no "
+            "longer exists. Use init_lora_weights=True (default), 'gaussian' or 'orthogonal'."
+        )
+
+
 def _check_lora_only(config: LoraConfig, method: str) -> None:
     """The continual methods act on ``lora_A``/``lora_B`` only; refuse variants they would silently ignore."""
+    check_base_preserved(config)
     _require(not config.use_dora, f"{method} does not support use_dora=True: set use_dora=False.")
     _require(
         not config.modules_to_save,
@@ -62,7 +78,8 @@ class IncLoraConfig(_ContinualConfigMixin, LoraConfig):
         default=False,
         metadata={
             "help": "Add each finished task's dW into the base weights, so that step cost does not grow with the "
-            "number of tasks. Per-task adapters are still kept, saved and exported unchanged."
+            "number of tasks. Per-task adapters are still kept, saved and exported unchanged. Float32 bases only: "
+            "a quantized base is refused, and so is a bf16/fp16 one, whose rounding loses most of a small update."
         },
     )
 

@@ -18,11 +18,13 @@ from .adapters import (
     adapter_factors,
     adapter_parameters,
     adapters_active,
+    check_concatenable,
+    check_mergeable,
     copy_adapter_weights,
     merge_into_base,
     set_adapter_state,
 )
-from .configs import IncLoraConfig, ILoraConfig, NLoraConfig, OLoraConfig, ReplayConfig
+from .configs import IncLoraConfig, ILoraConfig, NLoraConfig, OLoraConfig, ReplayConfig, check_base_preserved
 from .interpolation import consistency_loss, ema_decay_at, ema_update, select_layers
 from .regularizers import delta_w_l1, l2_penalty, orthogonality_penalty, rank_product_l1
 from .replay import ReservoirBuffer
@@ -44,6 +46,7 @@ def build_method(model) -> "ContinualMethod":
     """The method object for the config of the model's active adapter (its most specific registered class)."""
     adapter = model.active_adapter
     config = model.peft_config[adapter]
+    check_base_preserved(config)
     for klass in type(config).__mro__:
         if klass in _METHODS:
             return _METHODS[klass](config, adapter)
@@ -57,6 +60,7 @@ class ContinualMethod:
     """SeqLoRA, and the hooks every method implements. One adapter is trained on task after task."""
 
     name = "seqlora"
+    data_tensor_prefixes: tuple[str, ...] = ()  # tensors of state_dict() that hold training data (left out of uploads)
 
     def __init__(self, config: LoraConfig, template: str):
         self.config = config
@@ -157,6 +161,12 @@ class TaskAdapterMethod(ContinualMethod):
     def export_adapters(self):
         return list(self.adapters)
 
+    def check_before_training(self, model, num_tasks):
+        adapter = self.adapters[0] if self.adapters else self.template
+        check_concatenable(model, adapter)  # the root adapter is their sum: refuse what it cannot export exactly
+        if self.config.merge_finished_adapters:
+            check_mergeable(model, adapter)
+
     def end_task(self, model, task_index, train_features):
         if self.config.merge_finished_adapters:
             merge_into_base(model, self.adapters[-1])
@@ -183,6 +193,7 @@ class NLoraMethod(TaskAdapterMethod):
     name = "nlora"
 
     def check_before_training(self, model, num_tasks):
+        super().check_before_training(model, num_tasks)
         if num_tasks > 0:
             self.config.lambda_for_task(num_tasks - 1)
         if self.config.collision_form == "rank_product":
@@ -241,6 +252,7 @@ class ReplayMethod(ContinualMethod):
     """ER: from task 2 on, loss = (CE_current + CE_replay) / 2 with a replay batch from a reservoir buffer."""
 
     name = "replay"
+    data_tensor_prefixes = ("buffer.",)
 
     def setup(self, model, *, collator, batch_size, seed, process_index=0, num_processes=1, logits_on_targets_only=False):
         self.collator = collator

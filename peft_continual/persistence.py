@@ -22,22 +22,23 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Optional
 
 import datasets
 import torch
-from peft import PeftModel, set_peft_model_state_dict
+from peft import LoraConfig, PeftModel, TaskType, set_peft_model_state_dict
+from peft.utils import SAFETENSORS_WEIGHTS_NAME
+from peft.utils.integrations import gather_params_ctx
 from safetensors.torch import load_file, save_file
 
+from .adapters import concatenated_lora
 from .configs import CONTINUAL_CONFIG_CLASSES
 from .io_utils import atomic_directory
-from .metrics import ContinualResult
 from .tasks import ContinualTask
 
 STATE_FILE = "continual_state.json"
 TENSORS_FILE = "continual_state.safetensors"
 FORMAT_VERSION = 1
-ROOT_ADAPTER = "continual_root"
 UNSAFE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 
@@ -45,8 +46,16 @@ class ContinualStateError(ValueError):
     """A saved continual folder is incomplete, corrupted, unsafe or does not fit the given base model."""
 
 
-def _save_adapter(model: PeftModel, adapter: str, destination: Path, plain_config: bool = False) -> None:
-    """Save one adapter into ``destination``; ``plain_config`` writes a plain ``LoraConfig`` (silent in plain peft)."""
+def plain_lora_config(config: LoraConfig) -> LoraConfig:
+    """``config`` as a plain ``LoraConfig`` (what plain peft loads silently), for a causal LM unless it says otherwise."""
+    to_plain = getattr(config, "to_lora_config", None)
+    plain = to_plain() if to_plain else copy.deepcopy(config)
+    plain.task_type = plain.task_type or TaskType.CAUSAL_LM  # else plain peft builds a PeftModel, not ...ForCausalLM
+    return plain
+
+
+def _save_adapter(model: PeftModel, adapter: str, destination: Path) -> None:
+    """Save one adapter into ``destination`` with a plain ``LoraConfig``."""
     with tempfile.TemporaryDirectory(dir=destination.parent) as tmp:
         model.save_pretrained(tmp, selected_adapters=[adapter])
         source = Path(tmp) if adapter == "default" else Path(tmp) / adapter
@@ -54,34 +63,41 @@ def _save_adapter(model: PeftModel, adapter: str, destination: Path, plain_confi
         for file in source.iterdir():
             if file.is_file():
                 shutil.move(str(file), destination / file.name)
-    if plain_config:
-        config = model.peft_config[adapter]
-        to_plain = getattr(config, "to_lora_config", None)
-        (to_plain() if to_plain else config).save_pretrained(str(destination))
+    plain_lora_config(model.peft_config[adapter]).save_pretrained(str(destination))
 
 
-def _save_root(model: PeftModel, adapters: list[str], destination: Path) -> None:
-    """The exact sum of ``adapters`` as one LoRA (rank concatenation), saved with a plain ``LoraConfig``."""
-    previous = list(model.base_model.active_adapters)
-    model.add_weighted_adapter(adapters, [1.0] * len(adapters), ROOT_ADAPTER, combination_type="cat")
-    try:
-        model.peft_config[ROOT_ADAPTER].base_model_name_or_path = model.peft_config[adapters[0]].base_model_name_or_path
-        _save_adapter(model, ROOT_ADAPTER, destination, plain_config=True)
-    finally:
-        model.delete_adapter(ROOT_ADAPTER)
-        model.base_model.set_adapter(previous)
+def save_root_adapter(model: PeftModel, adapters: list[str], destination: Path) -> None:
+    """The continual model as one adapter for plain peft: the sum of ``adapters`` on the unmodified base.
+
+    One adapter is saved as it is (every option kept: rsLoRA, DoRA, modules_to_save, ...); several are saved as
+    their exact rank concatenation (:func:`~peft_continual.adapters.concatenated_lora`).
+    """
+    destination.mkdir(parents=True, exist_ok=True)
+    if len(adapters) == 1:
+        _save_adapter(model, adapters[0], destination)
+        return
+    config = plain_lora_config(model.peft_config[adapters[0]])
+    tensors, root_config = concatenated_lora(model, adapters, like=config)
+    save_file(tensors, str(destination / SAFETENSORS_WEIGHTS_NAME), metadata={"format": "pt"})
+    root_config.save_pretrained(str(destination))
 
 
-def task_to_dict(task: ContinualTask) -> dict[str, Any]:
-    """A task's definition and evaluation rows (enough to keep evaluating it after a reload)."""
+def task_to_dict(task: ContinualTask, include_data: bool = True) -> dict[str, Any]:
+    """A task's definition, and its evaluation rows if ``include_data`` (enough to keep evaluating it after a reload)."""
     return {
         "name": task.name, "labels": task.labels, "instruction": task.instruction, "task_type": task.task_type,
-        "show_options": task.show_options, "source": task.source,
-        "eval": {"text": list(task.eval["text"]), "label": list(task.eval["label"])},
+        "show_options": task.show_options, "source": task.source, "prompt_format": task.prompt("{text}"),
+        "eval_examples": len(task.eval),
+        "eval": {"text": list(task.eval["text"]), "label": list(task.eval["label"])} if include_data else None,
     }  # fmt: skip
 
 
 def task_from_dict(data: dict[str, Any]) -> ContinualTask:
+    if data.get("eval") is None:
+        raise ContinualStateError(
+            f"task {data['name']!r} was saved without its evaluation rows (published runs carry no data unless "
+            "include_data=True): continue from the local save of the run instead"
+        )
     return ContinualTask(
         name=data["name"], train=None, eval=datasets.Dataset.from_dict(data["eval"]), labels=data["labels"],
         instruction=data["instruction"], task_type=data["task_type"], show_options=data["show_options"],
@@ -89,14 +105,32 @@ def task_from_dict(data: dict[str, Any]) -> ContinualTask:
     )  # fmt: skip
 
 
-def save_continual(trainer, output_dir: str | os.PathLike, model_card: bool = True) -> Path:
-    """Write adapters, root adapter, state and card of ``trainer``'s run to ``output_dir`` (atomically)."""
+# What the model card reports of the run's TrainingArguments (never tokens or paths).
+TRAINING_ARGUMENTS = (
+    "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
+    "world_size", "lr_scheduler_type", "warmup_steps", "weight_decay", "optim", "max_grad_norm", "seed", "bf16",
+    "fp16",
+)  # fmt: skip
+
+
+def save_continual(
+    trainer, output_dir: str | os.PathLike, *, include_data: bool = True, extra_files: Optional[Callable[[Path, dict], None]] = None
+) -> Path:
+    """Write adapters, root adapter and state of ``trainer``'s run to ``output_dir`` (atomically).
+
+    ``include_data=False`` leaves out every row of data: the tasks' evaluation rows and the method's data tensors
+    (e.g. the replay buffer's training examples). Such a folder serves inference and the record of the run, not
+    ``from_continual``. ``extra_files(staging, state)`` may add files (e.g. a model card) before the folder appears.
+    """
     model, method = trainer.peft_model, trainer.method
     if not trainer.result.accuracy_matrix:
         raise ValueError("nothing to save yet: train at least one task first")
     output_dir = Path(output_dir)
     meta, tensors = method.state_dict()
+    if not include_data:
+        tensors = {k: v for k, v in tensors.items() if not k.startswith(method.data_tensor_prefixes)}
     config = method.config
+    args = trainer.continual_args
     state = {
         "format_version": FORMAT_VERSION,
         "method": method.name,
@@ -104,23 +138,71 @@ def save_continual(trainer, output_dir: str | os.PathLike, model_card: bool = Tr
         "config": json.loads(json.dumps(config.to_dict(), default=list)),
         "adapters": list(model.peft_config),
         "method_state": meta,
-        "tasks": [task_to_dict(t) for t in trainer.tasks],
+        "data_included": include_data,
+        "base_model": {"name_or_path": config.base_model_name_or_path, "fingerprint": trainer.base_fingerprint},
+        "tasks": [task_to_dict(t, include_data) for t in trainer.tasks],
         "result": trainer.result.to_dict(),
         "trainer": {"evaluation_method": trainer.evaluation_method, "max_source_length": trainer.max_source_length,
                     "evaluate_unseen": trainer.evaluate_unseen, "evaluate_seen": trainer.evaluate_seen},
+        "training_arguments": {k: getattr(args, k) for k in TRAINING_ARGUMENTS if hasattr(args, k)},
     }  # fmt: skip
     with atomic_directory(output_dir) as staging:
         for adapter in model.peft_config:
-            _save_adapter(model, adapter, staging / adapter, plain_config=True)
-        _save_root(model, method.export_adapters(), staging)
+            _save_adapter(model, adapter, staging / adapter)
+        save_root_adapter(model, method.export_adapters(), staging)
         method.restore_adapter_state(model)
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(staging / TENSORS_FILE))
         (staging / STATE_FILE).write_text(json.dumps(state, indent=1), encoding="utf-8")
-        if model_card:
-            from .hub import write_model_card
-
-            write_model_card(staging, state, base_model=config.base_model_name_or_path)
+        if extra_files is not None:
+            extra_files(staging, state)
     return output_dir
+
+
+# ---------------------------------------------------------------------------------------------- base fingerprint
+
+FINGERPRINT_SAMPLES = 8
+
+
+@torch.no_grad()
+def base_fingerprint(model: PeftModel) -> dict[str, list]:
+    """A few entries of every base weight at fixed positions, per parameter name.
+
+    Cheap at any size (8 values a tensor), and it tells apart two bases of the same shapes (another model family,
+    another initialisation); the same weights loaded in another float dtype agree within :func:`check_same_base`'s
+    tolerance. Adapter parameters and modules_to_save copies are left out; quantized storage gives its shape only.
+    """
+    fingerprint = {}
+    for name, param in model.named_parameters():
+        if ".lora_" in name or ".modules_to_save." in name or "trainable_tokens_" in name:
+            continue
+        key = name.removeprefix("base_model.model.").replace(".base_layer.", ".").replace(".original_module.", ".")
+        with gather_params_ctx([param]):
+            flat = param.detach().reshape(-1)
+            values = []
+            if flat.dtype.is_floating_point and type(param.data) is torch.Tensor and flat.numel():
+                positions = torch.linspace(0, flat.numel() - 1, FINGERPRINT_SAMPLES).long().to(flat.device)
+                values = [round(v, 6) for v in flat[positions].float().tolist()]
+        fingerprint[key] = [list(param.shape), values]
+    return fingerprint
+
+
+def check_same_base(saved: Optional[dict], current: dict, folder, saved_name: Optional[str]) -> None:
+    """Refuse continuing a run on a base model whose weights differ from the one it was trained on."""
+    if not saved:  # saved before fingerprints were recorded
+        return
+    problems = [name for name in saved.keys() ^ current.keys()][:3]
+    for name in saved.keys() & current.keys():
+        (shape_a, a), (shape_b, b) = saved[name], current[name]
+        if shape_a != shape_b or (a and b and not torch.allclose(torch.tensor(a), torch.tensor(b), rtol=1e-2, atol=1e-5)):
+            problems.append(name)
+        if len(problems) >= 3:
+            break
+    if problems:
+        raise ContinualStateError(
+            f"the base model given is not the one the run in {str(folder)!r} was trained on ({saved_name!r}): its "
+            f"weights differ in {sorted(problems)}. Pass the same base model; to continue on another base on purpose, "
+            "pass allow_other_base=True (--allow_other_base true)."
+        )
 
 
 METHOD_STATE_FILE = "continual_method.json"
@@ -201,13 +283,26 @@ def read_state(folder: str | os.PathLike) -> tuple[dict[str, Any], dict[str, tor
     return state, tensors
 
 
-def load_continual_model(folder: str | os.PathLike, base_model) -> tuple[PeftModel, dict[str, Any], dict[str, torch.Tensor]]:
-    """Rebuild the ``PeftModel`` with every adapter of a saved run on ``base_model`` (a fresh copy of the base)."""
+def load_continual_model(
+    folder: str | os.PathLike, base_model, allow_other_base: bool = False
+) -> tuple[PeftModel, dict[str, Any], dict[str, torch.Tensor]]:
+    """Rebuild the ``PeftModel`` with every adapter of a saved run on ``base_model`` (a fresh copy of the base).
+
+    The base must be the one the run was trained on (checked by fingerprint) unless ``allow_other_base``; the
+    adapters' ``base_model_name_or_path`` becomes ``base_model``'s own name, so later saves and cards name it.
+    """
     folder = Path(folder)
     state, tensors = read_state(folder)
+    if not state.get("data_included", True):
+        raise ContinualStateError(
+            f"{str(folder)!r} was saved without its training and evaluation data (the default of push_to_hub): it "
+            "loads for inference with PeftModel.from_pretrained, but continuing the run needs the local save "
+            "(or a folder pushed with include_data=True)"
+        )
     config_class = CONTINUAL_CONFIG_CLASSES[state["config_class"]]
     known = {f for f in config_class.__dataclass_fields__}
     config = config_class(**{k: v for k, v in state["config"].items() if k in known})
+    saved_base = state.get("base_model", {})
     adapters = state["adapters"]
     try:
         model = PeftModel.from_pretrained(base_model, str(folder / adapters[0]), adapter_name=adapters[0], is_trainable=True)
@@ -218,6 +313,10 @@ def load_continual_model(folder: str | os.PathLike, base_model) -> tuple[PeftMod
             f"the adapters in {str(folder)!r} do not fit this base model (saved for "
             f"{config.base_model_name_or_path!r}): {str(exc).splitlines()[0]}"
         ) from exc
+    if not allow_other_base:
+        check_same_base(saved_base.get("fingerprint"), base_fingerprint(model), folder, saved_base.get("name_or_path"))
+    fallback = None if allow_other_base else config.base_model_name_or_path
+    config.base_model_name_or_path = getattr(base_model, "name_or_path", None) or fallback
     for adapter in adapters:  # peft reloads plain LoraConfigs; the method is read from our config class
         model.peft_config[adapter] = copy.deepcopy(config)
     model.set_adapter(adapters[0])  # any adapter: they share the config the method is built from

@@ -25,11 +25,12 @@ from .adapters import adapters_active
 from .collision import collision_report
 from .evaluation import EvaluationMethod, evaluate_task
 from .methods import ContinualMethod, build_method, task_adapter_name
-from .hub import push_continual_to_hub
+from .hub import push_continual_to_hub, save_continual_with_card
 from .metrics import ContinualResult
 from .target_logits import supports_target_logits, with_target_logits
 from .persistence import (
     ContinualStateError,
+    base_fingerprint,
     check_folder_is_safe,
     load_adapter_weights,
     load_continual_model,
@@ -143,6 +144,11 @@ class ContinualTrainer(Trainer):
         if processing_class.pad_token_id is None:
             processing_class.pad_token = processing_class.eos_token
         kwargs.setdefault("data_collator", ContinualCollator(processing_class.pad_token_id))
+        # Trainer would create the repo now and push every task's checkpoints; the run is pushed once, at the end.
+        self.push_at_end = args is not None and args.push_to_hub
+        if self.push_at_end:
+            args = copy.copy(args)
+            args.push_to_hub = False
         super().__init__(model=model, args=args, processing_class=processing_class, **kwargs)
         self.logits_on_targets_only = (
             logits_on_targets_only and self.label_smoother is None and self.compute_loss_func is None
@@ -155,6 +161,7 @@ class ContinualTrainer(Trainer):
             logits_on_targets_only=self.logits_on_targets_only,
         )  # fmt: skip
         self.add_callback(_MethodCallback(self))
+        self.base_fingerprint = base_fingerprint(self.peft_model)  # before any merge: the base the run refers to
         self.evaluation_method = evaluation_method
         self.max_source_length = max_source_length
         self.evaluate_zero_shot = evaluate_zero_shot
@@ -197,11 +204,13 @@ class ContinualTrainer(Trainer):
             task_dir = os.path.join(self.continual_args.output_dir, task_adapter_name(index, tasks[offset].name))
             checkpoint = get_last_checkpoint(task_dir) if resume_from_checkpoint and os.path.isdir(task_dir) else None
             self._train_one(index, tasks[offset], features[offset], checkpoint)
-        adapters = self.method.task_adapters()
-        if self.collision_eps and len(adapters) > 1:
-            self.result.collision = collision_report(self.peft_model, adapters, self.collision_eps)
-        if self.is_world_process_zero():
+        if self.is_world_process_zero():  # the analysis is for the record: one process computes it
+            adapters = self.method.task_adapters()
+            if self.collision_eps and len(adapters) > 1:
+                self.result.collision = collision_report(self.peft_model, adapters, self.collision_eps)
             print(f"\nAccuracy matrix ({self.method.name}):\n{self.result.format_table()}", flush=True)
+        if self.push_at_end:
+            self.push_to_hub()
         return self.result
 
     def train_task(self, task: ContinualTask) -> ContinualResult:
@@ -268,7 +277,7 @@ class ContinualTrainer(Trainer):
         })  # fmt: skip
         self.restore_adapter_state()
         if self.is_world_process_zero():
-            save_continual(self, os.path.join(self.continual_args.output_dir, PROGRESS_DIR), model_card=False)
+            save_continual(self, os.path.join(self.continual_args.output_dir, PROGRESS_DIR))
             seen = ", ".join(f"{self.tasks[j].name} {100 * a:.1f}%" for j, a in zip(evaluated, accuracies))
             print(f"    after {task.name}: {seen}", flush=True)
 
@@ -352,34 +361,68 @@ class ContinualTrainer(Trainer):
 
     # ------------------------------------------------------------------------------------------ saving
 
-    def save_continual(self, output_dir: str, model_card: bool = True):
-        """Save every adapter, the root adapter for plain peft, the continual state and a model card (atomic)."""
-        if not self.is_world_process_zero():
-            return None
-        return save_continual(self, output_dir, model_card=model_card)
+    def save_continual(self, output_dir: str, model_card: bool = True, include_data: bool = True):
+        """Save every adapter, the root adapter for plain peft, the continual state and a model card (atomic).
 
-    def push_to_hub(self, repo_id: Optional[str] = None, *, private=None, token=None, revision=None, commit_message=None, **kwargs):
-        """Upload the continual run (the layout of :meth:`save_continual`, model card included).
-
-        ``repo_id`` defaults to ``args.hub_model_id``, then to the output folder's name, as in Trainer.
+        ``include_data=False`` leaves out the tasks' evaluation rows and the replay buffer (see :meth:`push_to_hub`).
         """
         if not self.is_world_process_zero():
             return None
-        repo_id = repo_id or self.continual_args.hub_model_id or Path(self.continual_args.output_dir).name
+        if model_card:
+            return save_continual_with_card(self, output_dir, include_data=include_data)
+        return save_continual(self, output_dir, include_data=include_data)
+
+    def save_model(self, output_dir: Optional[str] = None, _internal_call: bool = False) -> None:
+        """Trainer's checkpoints stay Trainer's; a user's ``save_model(out)`` writes the continual layout.
+
+        So ``PeftModel.from_pretrained(base, out)`` loads the whole continual model, as after :meth:`save_continual`.
+        """
+        if _internal_call:
+            return super().save_model(output_dir, _internal_call=True)
+        self.save_continual(output_dir or self.continual_args.output_dir)
+
+    def push_to_hub(
+        self,
+        commit_message: Optional[str] = None,
+        blocking: bool = True,
+        token: Optional[str] = None,
+        revision: Optional[str] = None,
+        private: Optional[bool] = None,
+        *,
+        repo_id: Optional[str] = None,
+        include_data: bool = False,
+        **kwargs,
+    ):
+        """Upload the continual run (the layout of :meth:`save_continual`, model card included); Trainer's signature.
+
+        ``repo_id`` defaults to ``args.hub_model_id``, then to the output folder's name, as in Trainer. The upload
+        carries no training or evaluation data (tasks' evaluation rows, replay buffer) unless ``include_data=True``:
+        it serves inference and documents the run; continue a run from its local save. ``kwargs`` are
+        ``Trainer.create_model_card``'s (``finetuned_from``, ``dataset_tags``, ``tags``, ``language``, ...) and go into
+        the model card.
+        """
+        if not self.is_world_process_zero():
+            return None
+        args = self.continual_args
+        repo_id = repo_id or args.hub_model_id or Path(args.output_dir).name
         message = commit_message or f"{self.method.name}: {' -> '.join(self.result.task_names)}"
         return push_continual_to_hub(
-            self, repo_id, private=private if private is not None else self.continual_args.hub_private_repo,
-            token=token or self.continual_args.hub_token, revision=revision, commit_message=message, **kwargs,
+            self, repo_id, include_data=include_data, card=kwargs, blocking=blocking,
+            private=private if private is not None else args.hub_private_repo, token=token or args.hub_token,
+            revision=revision or args.hub_revision, commit_message=message,
         )  # fmt: skip
 
     @classmethod
-    def from_continual(cls, folder: str, model, args: TrainingArguments, *, processing_class, **kwargs) -> "ContinualTrainer":
+    def from_continual(
+        cls, folder: str, model, args: TrainingArguments, *, processing_class, allow_other_base: bool = False, **kwargs
+    ) -> "ContinualTrainer":
         """Continue a run saved by :meth:`save_continual`: ``model`` is a fresh copy of the same base model.
 
         Adapters, the method's state (replay buffer, merged adapters, ...), the task definitions and the accuracy
-        matrix come back; ``train_task``/``train_continual`` then add tasks with the earlier ones frozen.
+        matrix come back; ``train_task``/``train_continual`` then add tasks with the earlier ones frozen. A base
+        whose weights differ from the saved run's is refused unless ``allow_other_base=True`` (a deliberate switch).
         """
-        peft_model, state, tensors = load_continual_model(folder, model)
+        peft_model, state, tensors = load_continual_model(folder, model, allow_other_base=allow_other_base)
         options = {**state.get("trainer", {}), **kwargs}
         trainer = cls(model=peft_model, args=args, processing_class=processing_class, **options)
         trainer.method.load_state_dict(state["method_state"], tensors, trainer.peft_model)

@@ -220,3 +220,13 @@ def test_end_to_end_with_a_tiny_model_then_continue(script, tmp_path, tokenizer,
                           "--continue_from", str(out / "final"), "--target_modules", "v_proj", "q_proj"])  # fmt: skip
     assert result.task_names == ["colors", "animals", "fruits"] and result.method == "nlora"
     assert result.num_trained == 3 and (more / "final" / "task_3_fruits").is_dir()
+
+    other, _ = tiny_model("llama", tokenizer, seed=1)  # same shapes, other weights
+    other.save_pretrained(tmp_path / "other")
+    tokenizer.save_pretrained(tmp_path / "other")
+    switch = [*common, "--model_name_or_path", str(tmp_path / "other"), "--continual_tasks", f"new={task_files[2]}",
+              "--continue_from", str(more / "final"), "--target_modules", "v_proj", "q_proj"]  # fmt: skip
+    with pytest.raises(SystemExit, match="not the one the run .* was trained on.*--allow_other_base true"):
+        script.main([*switch, "--output_dir", str(tmp_path / "switch")])
+    result = script.main([*switch, "--output_dir", str(tmp_path / "switch"), "--allow_other_base", "true"])
+    assert result.task_names == ["colors", "animals", "fruits", "new"]

@@ -1,15 +1,20 @@
 """Saving, loading with plain peft, continuing later, model card and upload, safety of loading."""
 
+import copy
 import json
 import pickle
 import warnings
+from pathlib import Path
 
+import huggingface_hub
 import pytest
+import safetensors.torch
 import torch
+from huggingface_hub import ModelCard
 from peft import LoraConfig, PeftModel, get_peft_model
 
 from conftest import synthetic_task, tiny_model, training_args
-from peft_continual import ContinualTrainer, IncLoraConfig, ILoraConfig, NLoraConfig, ReplayConfig
+from peft_continual import ContinualTrainer, IncLoraConfig, ILoraConfig, NLoraConfig, OLoraConfig, ReplayConfig
 from peft_continual.adapters import adapter_parameters, adapters_active
 from peft_continual.hub import push_folder_to_hub
 from peft_continual.persistence import ContinualStateError
@@ -59,8 +64,11 @@ def test_root_adapter_is_the_continual_model_for_plain_peft(config, tokenizer, t
     "config",
     [NLoraConfig(r=4, lora_alpha=8, collision_lambda=[0.5, 0.5, 0.5]),
      IncLoraConfig(r=4, lora_alpha=8, merge_finished_adapters=True),
-     ILoraConfig(r=4, lora_alpha=8, ema_decay=0.5, replay_buffer_size=6)],
-    ids=["nlora", "inclora-merged", "ilora"],
+     ILoraConfig(r=4, lora_alpha=8, ema_decay=0.5, replay_buffer_size=6),
+     LoraConfig(r=4, lora_alpha=8, use_rslora=True), OLoraConfig(r=4, lora_alpha=8, use_rslora=True),
+     ReplayConfig(r=4, lora_alpha=8, replay_buffer_size=6, rank_pattern={"v_proj": 2}),
+     NLoraConfig(r=4, lora_alpha=8, use_rslora=True, collision_lambda=1.0, target_modules="all-linear")],
+    ids=["nlora", "inclora-merged", "ilora", "seqlora-rslora", "olora-rslora", "replay-rank_pattern", "nlora-rslora-all-linear"],
 )  # fmt: skip
 def test_continue_in_a_fresh_trainer_with_a_new_task(config, tokenizer, tmp_path):
     trainer = train(tokenizer, tmp_path, config)
@@ -73,7 +81,7 @@ def test_continue_in_a_fresh_trainer_with_a_new_task(config, tokenizer, tmp_path
                                               processing_class=tokenizer)  # fmt: skip
     assert resumed.result.task_names == ["colors", "animals"] and len(resumed.result.accuracy_matrix) == 2
     torch.testing.assert_close(continual_logits(resumed), before, rtol=1e-5, atol=1e-5)
-    if isinstance(config, ILoraConfig):
+    if isinstance(config, ReplayConfig):
         assert resumed.method.buffer.examples == trainer.method.buffer.examples
     result = resumed.train_task(synthetic_task("fruits", n_train=8))
     assert result.task_names == ["colors", "animals", "fruits"]
@@ -82,6 +90,11 @@ def test_continue_in_a_fresh_trainer_with_a_new_task(config, tokenizer, tmp_path
         for adapter, params in frozen.items():  # tasks 1-2 stay frozen while task 3 trains
             assert all(torch.equal(a, b) for a, b in zip(params, adapter_parameters(resumed.peft_model, adapter)))
         assert resumed.method.adapters[-1] == "task_3_fruits"
+    again = resumed.save_continual(tmp_path / "again")  # the root still is the continued model, for plain peft
+    base, _ = tiny_model("llama", tokenizer)
+    with torch.no_grad():
+        plain = PeftModel.from_pretrained(base, str(again)).eval()(input_ids=IDS).logits
+    torch.testing.assert_close(plain, continual_logits(resumed), rtol=1e-5, atol=1e-5)
 
 
 def test_interrupted_save_leaves_no_folder_and_keeps_the_old_one(tokenizer, tmp_path, monkeypatch):
@@ -152,31 +165,38 @@ def test_wrong_base_model_gives_a_clear_error(tokenizer, tmp_path):
 
 
 class FakeApi:
-    def __init__(self):
-        self.calls = []
+    """Replaces huggingface_hub.HfApi's network methods: records every call and what an upload would carry."""
 
-    def create_repo(self, repo_id, **kwargs):
-        self.calls.append(("create_repo", repo_id, kwargs))
+    def __init__(self, monkeypatch):
+        self.calls, self.files = [], {}
+        monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", lambda api, repo_id, **kw: self.calls.append(("create_repo", repo_id, kw)))
+        monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", lambda api, **kw: self._upload(kw))
 
-    def upload_folder(self, **kwargs):
-        folder = kwargs["folder_path"]
-        self.uploaded = sorted(str(p.relative_to(folder)) for p in __import__("pathlib").Path(folder).rglob("*") if p.is_file())
-        self.card = (__import__("pathlib").Path(folder) / "README.md").read_text()
+    def _upload(self, kwargs):
+        folder = Path(kwargs["folder_path"])
+        self.files = {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
         self.calls.append(("upload_folder", kwargs["repo_id"], kwargs))
         return "commit-url"
+
+    @property
+    def card(self):
+        return self.files["README.md"].decode()
+
+    def state(self):
+        return json.loads(self.files["continual_state.json"])
+
+    def tensors(self):
+        return safetensors.torch.load(self.files["continual_state.safetensors"])
 
 
 def test_model_card_and_upload_without_network(tokenizer, tmp_path, monkeypatch):
     trainer = train(tokenizer, tmp_path, NLoraConfig(r=4, lora_alpha=8, collision_lambda=0.7))
-    api = FakeApi()
-    import peft_continual.hub as hub
-
-    monkeypatch.setattr(hub, "HfApi", lambda token=None: api)
-    assert trainer.push_to_hub("me/continual-demo", private=True, token="hf_SECRET_TOKEN") == "commit-url"
+    api = FakeApi(monkeypatch)
+    assert trainer.push_to_hub("my message", repo_id="me/continual-demo", private=True, token="hf_SECRET_TOKEN") == "commit-url"
     assert [c[0] for c in api.calls] == ["create_repo", "upload_folder"] and api.calls[1][1] == "me/continual-demo"
-    assert api.calls[0][2]["private"] is True
+    assert api.calls[0][2]["private"] is True and api.calls[1][2]["commit_message"] == "my message"
     assert {"adapter_config.json", "adapter_model.safetensors", "continual_state.json", "README.md",
-            "task_1_colors/adapter_model.safetensors", "task_2_animals/adapter_config.json"} <= set(api.uploaded)  # fmt: skip
+            "task_1_colors/adapter_model.safetensors", "task_2_animals/adapter_config.json"} <= set(api.files)  # fmt: skip
     card = api.card
     for needle in ("continual-learning", "nlora", "colors → animals", "| 2. animals |", "collision_lambda", "0.7",
                    "Average accuracy", "Backward transfer"):  # fmt: skip
@@ -184,17 +204,174 @@ def test_model_card_and_upload_without_network(tokenizer, tmp_path, monkeypatch)
     assert "hf_SECRET_TOKEN" not in card
 
 
-def test_token_never_written_to_saved_files(tokenizer, tmp_path):
+def test_model_card_documents_prompt_training_and_eval_sizes(tokenizer, tmp_path):
+    trainer = train(tokenizer, tmp_path, NLoraConfig(r=4, lora_alpha=8))
+    card = (trainer.save_continual(tmp_path / "final") / "README.md").read_text()
+    prompt = trainer.tasks[0].prompt("{text}")
+    assert f"```text\n{prompt}\n```" in card and "Dataset:animals" in card and "label and EOS" in card
+    for needle in ("`learning_rate`: `0.01`", "`num_train_epochs`: `2`", "`per_device_train_batch_size`: `4`",
+                   "`seed`: `0`", "colors 8, animals 8", "±17.7 points"):  # fmt: skip  50/sqrt(8) = 17.68
+        assert needle in card, needle
+
+
+@pytest.mark.parametrize("name,expected", [("HuggingFaceTB/SmolLM2-135M-Instruct", "HuggingFaceTB/SmolLM2-135M-Instruct"),
+                                           ("LOCAL", None), ("", None)])  # fmt: skip
+def test_card_base_model_is_a_hub_id_never_a_local_path(name, expected, tokenizer, tmp_path):
+    model, targets = tiny_model("llama", tokenizer)
+    model.name_or_path = model.config._name_or_path = str(tmp_path) if name == "LOCAL" else name
+    trainer = ContinualTrainer(model=get_peft_model(model, NLoraConfig(r=4, target_modules=set(targets))),
+                               processing_class=tokenizer, args=training_args(tmp_path), max_source_length=64)  # fmt: skip
+    trainer.train_continual([synthetic_task("colors", n_train=4)])
+    card = ModelCard.load(trainer.save_continual(tmp_path / "final") / "README.md")
+    assert card.data.base_model == expected
+    assert str(tmp_path) not in card.content
+
+
+def test_upload_carries_no_data_unless_asked(tokenizer, tmp_path, monkeypatch):
+    trainer = train(tokenizer, tmp_path, ILoraConfig(r=4, lora_alpha=8, ema_decay=0.5, replay_buffer_size=6))
+    eval_texts = {t for task in trainer.tasks for t in task.eval["text"]}
+    assert len(trainer.method.buffer) == 6
+    api = FakeApi(monkeypatch)
+    trainer.push_to_hub(repo_id="me/x")
+    everything = b"".join(api.files.values())
+    assert not [t for t in eval_texts if t.encode() in everything]
+    assert not [k for k in api.tensors() if k.startswith("buffer.")]
+    assert api.state()["data_included"] is False and all(t["eval"] is None for t in api.state()["tasks"])
+    assert [t["eval_examples"] for t in api.state()["tasks"]] == [8, 8]  # sizes, not rows
+    assert "buffer" not in json.dumps(api.state()["method_state"])
+    # downloaded, it serves inference but cannot continue the run: a clear error, not a crash later
+    (tmp_path / "dl").mkdir()
+    for name, data in api.files.items():
+        (tmp_path / "dl" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "dl" / name).write_bytes(data)
+    base, _ = tiny_model("llama", tokenizer)
+    PeftModel.from_pretrained(base, str(tmp_path / "dl"))
+    base, _ = tiny_model("llama", tokenizer)
+    with pytest.raises(ContinualStateError, match="without its training and evaluation data.*include_data=True"):
+        ContinualTrainer.from_continual(str(tmp_path / "dl"), base, training_args(tmp_path), processing_class=tokenizer)
+
+    trainer.push_to_hub(repo_id="me/x", include_data=True)  # explicit opt-in
+    assert api.state()["data_included"] is True and {k for k in api.tensors() if k.startswith("buffer.")}
+    assert all(t.encode() in api.files["continual_state.json"] for t in eval_texts)
+    local = trainer.save_continual(tmp_path / "local")  # local saves keep what from_continual needs
+    assert json.loads((local / "continual_state.json").read_text())["data_included"] is True
+
+
+def test_push_to_hub_takes_trainers_arguments(tokenizer, tmp_path, monkeypatch):
     trainer = train(tokenizer, tmp_path, NLoraConfig(r=4, lora_alpha=8), names=("colors",), epochs=1)
-    trainer.args.hub_token = "hf_SECRET_TOKEN"
+    api = FakeApi(monkeypatch)
+    trainer.push_to_hub(
+        "End of training", True, None, None, repo_id="me/x", finetuned_from="HuggingFaceTB/SmolLM2-135M-Instruct",
+        dataset_tags="cl_benchmark", dataset="cl_benchmark", dataset_args="dbpedia", tags=["mine"], language="en",
+        license="apache-2.0", model_name="My continual LoRA", tasks="text-classification",
+    )  # fmt: skip
+    upload = api.calls[-1][2]
+    assert upload["commit_message"] == "End of training" and upload["revision"] is None
+    assert set(upload) == {"repo_id", "folder_path", "commit_message", "revision", "repo_type", "run_as_future"}
+    card = ModelCard(api.card)
+    assert card.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct" and card.data.datasets == ["cl_benchmark"]
+    assert {"mine", "text-classification", "nlora"} <= set(card.data.tags)
+    assert card.data.language == "en" and card.data.license == "apache-2.0"
+    assert "# My continual LoRA" in card.content and "(dbpedia)" in card.content
+    with pytest.raises(TypeError, match="unexpected keyword argument.*bogus"):
+        trainer.push_to_hub(repo_id="me/x", bogus=1)
+
+
+def test_training_arguments_push_to_hub_pushes_once_at_the_end(tokenizer, tmp_path, monkeypatch):
+    api = FakeApi(monkeypatch)
+    model, targets = tiny_model("llama", tokenizer)
+    args = training_args(tmp_path, push_to_hub=True, hub_model_id="me/run", hub_token="hf_SECRET_TOKEN",
+                         save_strategy="steps", save_steps=1)  # fmt: skip
+    trainer = ContinualTrainer(model=get_peft_model(model, NLoraConfig(r=4, target_modules=set(targets))),
+                               processing_class=tokenizer, args=args, max_source_length=64)  # fmt: skip
+    trainer.train_continual([synthetic_task(n, n_train=8) for n in ("colors", "animals")])
+    assert [c[:2] for c in api.calls] == [("create_repo", "me/run"), ("upload_folder", "me/run")]
+    assert "task_2_animals/adapter_model.safetensors" in api.files and not [f for f in api.files if "checkpoint" in f]
+    assert args.push_to_hub is True  # the user's object is left alone
+
+
+def test_token_never_written_to_saved_or_uploaded_files(tokenizer, tmp_path, monkeypatch):
+    model, targets = tiny_model("llama", tokenizer)
+    args = training_args(tmp_path, hub_token="hf_SECRET_TOKEN", hub_model_id="me/x")  # where saving and pushing read it
+    trainer = ContinualTrainer(model=get_peft_model(model, NLoraConfig(r=4, target_modules=set(targets))),
+                               processing_class=tokenizer, args=args, max_source_length=64)  # fmt: skip
+    trainer.train_continual([synthetic_task("colors", n_train=4)])
+    seen = []
+    monkeypatch.setattr(huggingface_hub.HfApi, "__init__", lambda api, token=None, **kw: seen.append(token) or None)
+    api = FakeApi(monkeypatch)
+    trainer.push_to_hub(include_data=True)
+    assert seen == ["hf_SECRET_TOKEN"] and api.files  # the token was in hand while saving and uploading
     folder = trainer.save_continual(tmp_path / "final")
-    for path in folder.rglob("*"):
-        if path.is_file():
-            assert b"hf_SECRET_TOKEN" not in path.read_bytes(), path
+    files = {str(p): p.read_bytes() for p in folder.rglob("*") if p.is_file()} | api.files
+    files |= {str(p): p.read_bytes() for p in (tmp_path / "out" / "continual_progress").rglob("*") if p.is_file()}
+    for name, data in files.items():
+        assert b"hf_SECRET_TOKEN" not in data, name
 
 
 def test_push_folder_to_hub_uses_the_given_api(tmp_path):
-    api = FakeApi()
+    class Api:
+        calls = []
+
+        def create_repo(self, repo_id, **kwargs):
+            self.calls.append(kwargs)
+
+        def upload_folder(self, **kwargs):
+            self.calls.append(kwargs)
+
+    api = Api()
     (tmp_path / "README.md").write_text("card")
     push_folder_to_hub(tmp_path, "me/x", api=api, revision="main")
-    assert api.calls[1][2]["folder_path"] == str(tmp_path) and api.calls[1][2]["revision"] == "main"
+    assert api.calls[1]["folder_path"] == str(tmp_path) and api.calls[1]["revision"] == "main"
+
+
+# ------------------------------------------------------------------------------------------------- base fingerprint
+
+
+def test_continuing_on_another_base_of_the_same_shapes_is_refused(tokenizer, tmp_path):
+    model, targets = tiny_model("llama", tokenizer)
+    model.name_or_path = "org/base-a"
+    trainer = ContinualTrainer(model=get_peft_model(model, NLoraConfig(r=4, target_modules=set(targets))),
+                               processing_class=tokenizer, args=training_args(tmp_path), max_source_length=64)  # fmt: skip
+    trainer.train_continual([synthetic_task("colors", n_train=4)])
+    folder = trainer.save_continual(tmp_path / "final")
+
+    same, _ = tiny_model("llama", tokenizer)  # same weights, loaded from elsewhere and in bf16: accepted
+    same.to(torch.bfloat16).name_or_path = "org/base-a"
+    ContinualTrainer.from_continual(str(folder), same, training_args(tmp_path / "a"), processing_class=tokenizer)
+
+    other, _ = tiny_model("llama", tokenizer, seed=1)  # same shapes, other weights
+    with pytest.raises(ContinualStateError, match="not the one the run .* was trained on .*org/base-a.*allow_other_base=True"):
+        ContinualTrainer.from_continual(str(folder), other, training_args(tmp_path / "b"), processing_class=tokenizer)
+
+    other, _ = tiny_model("llama", tokenizer, seed=1)
+    other.name_or_path = "org/base-b"
+    switched = ContinualTrainer.from_continual(str(folder), other, training_args(tmp_path / "c"), processing_class=tokenizer,
+                                               allow_other_base=True)  # fmt: skip
+    switched.train_task(synthetic_task("animals", n_train=4))
+    saved = switched.save_continual(tmp_path / "switched")
+    assert ModelCard.load(saved / "README.md").data.base_model == "org/base-b"
+    assert json.loads((saved / "adapter_config.json").read_text())["base_model_name_or_path"] == "org/base-b"
+    # the new base's fingerprint is recorded: continuing from there on base b needs no override
+    other, _ = tiny_model("llama", tokenizer, seed=1)
+    ContinualTrainer.from_continual(str(saved), other, training_args(tmp_path / "d"), processing_class=tokenizer)
+
+
+# ------------------------------------------------------------------------------------------------- Trainer.save_model
+
+ALL_METHODS = {
+    "seqlora": LoraConfig(r=4, lora_alpha=8), "inclora": IncLoraConfig(r=4, lora_alpha=8),
+    "olora": OLoraConfig(r=4, lora_alpha=8), "nlora": NLoraConfig(r=4, lora_alpha=8, collision_lambda=1.0),
+    "replay": ReplayConfig(r=4, lora_alpha=8, replay_buffer_size=6), "ilora": ILoraConfig(r=4, lora_alpha=8, ema_decay=0.5),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("method", list(ALL_METHODS))
+def test_save_model_writes_the_continual_layout(method, tokenizer, tmp_path):
+    trainer = train(tokenizer, tmp_path, copy.deepcopy(ALL_METHODS[method]), epochs=1)
+    expected = continual_logits(trainer)
+    trainer.save_model(str(tmp_path / "saved"))  # what run_clm-style scripts call at the end
+    base, _ = tiny_model("llama", tokenizer)
+    plain = PeftModel.from_pretrained(base, str(tmp_path / "saved")).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(plain(input_ids=IDS).logits, expected, rtol=1e-5, atol=1e-5)
+    assert (tmp_path / "saved" / "continual_state.json").is_file()
