@@ -46,9 +46,9 @@ def build_method(model) -> "ContinualMethod":
     """The method object for the config of the model's active adapter (its most specific registered class)."""
     adapter = model.active_adapter
     config = model.peft_config[adapter]
-    check_base_preserved(config)
     for klass in type(config).__mro__:
         if klass in _METHODS:
+            check_base_preserved(config)
             return _METHODS[klass](config, adapter)
     raise TypeError(
         f"ContinualTrainer needs a LoRA-based config (LoraConfig, IncLoraConfig, NLoraConfig, OLoraConfig, "
