@@ -5,9 +5,13 @@ Layout of a saved folder (JSON and safetensors only, never pickle, so that loadi
     adapter_config.json, adapter_model.safetensors   root adapter: *the* continual model for plain peft
                                                      (all task adapters concatenated, or I-LoRA's eval learner)
     <adapter>/adapter_config.json, ...               every adapter of the run (task_1_x, ..., or default + slow)
-    continual_state.json                             method config, task definitions, accuracy matrix, method state
+    continual_state.json                             method config, task definitions with their evaluation rows,
+                                                     accuracy matrix, method state, base-weight fingerprint
     continual_state.safetensors                      method tensors (replay buffer, random state)
-    README.md                                        model card
+    README.md                                        model card (written by :mod:`hub`, which builds on this module)
+
+Saved with ``include_data=False`` (what uploads do), the folder carries no rows of data: no evaluation rows, no
+replay buffer; it serves inference and the record of the run, and ``from_continual`` refuses it.
 
 The folder is written to a staging directory and renamed into place, so an interrupted save never leaves a
 folder that looks complete.
@@ -144,7 +148,7 @@ def save_continual(
         "result": trainer.result.to_dict(),
         "trainer": {"evaluation_method": trainer.evaluation_method, "max_source_length": trainer.max_source_length,
                     "evaluate_unseen": trainer.evaluate_unseen, "evaluate_seen": trainer.evaluate_seen},
-        "training_arguments": {k: getattr(args, k) for k in TRAINING_ARGUMENTS if hasattr(args, k)},
+        "training_arguments": {k: getattr(getattr(args, k), "value", getattr(args, k)) for k in TRAINING_ARGUMENTS},
     }  # fmt: skip
     with atomic_directory(output_dir) as staging:
         for adapter in model.peft_config:

@@ -210,7 +210,7 @@ def test_model_card_documents_prompt_training_and_eval_sizes(tokenizer, tmp_path
     prompt = trainer.tasks[0].prompt("{text}")
     assert f"```text\n{prompt}\n```" in card and "Dataset:animals" in card and "label and EOS" in card
     for needle in ("`learning_rate`: `0.01`", "`num_train_epochs`: `2`", "`per_device_train_batch_size`: `4`",
-                   "`seed`: `0`", "colors 8, animals 8", "±17.7 points"):  # fmt: skip  50/sqrt(8) = 17.68
+                   "`seed`: `0`", "`lr_scheduler_type`: `constant`", "colors 8, animals 8", "±17.7 points"):  # fmt: skip  50/sqrt(8) = 17.68
         assert needle in card, needle
 
 
