@@ -401,6 +401,7 @@ class ContinualTrainer(Trainer):
         ``Trainer.create_model_card``'s (``finetuned_from``, ``dataset_tags``, ``tags``, ``language``, ...) and go into
         the model card.
         """
+        self.callback_handler.on_push_begin(self.args, self.state, self.control)
         if not self.is_world_process_zero():
             return None
         args = self.continual_args

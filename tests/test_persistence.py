@@ -375,3 +375,34 @@ def test_save_model_writes_the_continual_layout(method, tokenizer, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(plain(input_ids=IDS).logits, expected, rtol=1e-5, atol=1e-5)
     assert (tmp_path / "saved" / "continual_state.json").is_file()
+
+
+def test_non_blocking_push_keeps_the_folder_until_the_upload_ends(tokenizer, tmp_path, monkeypatch):
+    from concurrent.futures import Future
+
+    trainer = train(tokenizer, tmp_path, NLoraConfig(r=4, lora_alpha=8), names=("colors",), epochs=1)
+    uploads = []
+
+    def upload_folder(api, **kwargs):
+        uploads.append((Path(kwargs["folder_path"]), kwargs["run_as_future"], Future()))
+        return uploads[-1][2]
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", lambda api, repo_id, **kw: None)
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
+    future = trainer.push_to_hub("msg", blocking=False, repo_id="me/x")
+    folder, as_future, _ = uploads[0]
+    assert as_future is True and (folder / "adapter_model.safetensors").is_file()  # still there while uploading
+    future.set_result("commit-url")
+    assert not folder.exists()
+
+
+def test_saving_knows_nothing_of_publishing():
+    """persistence never imports hub (not even inside a function): hub builds on persistence, one way."""
+    import ast
+
+    import peft_continual.persistence as persistence
+
+    tree = ast.parse(Path(persistence.__file__).read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    assert not {m for m in imported if m and (m == "hub" or m.endswith(".hub") or "huggingface_hub" in m)}
