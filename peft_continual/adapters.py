@@ -12,7 +12,7 @@ import contextlib
 import re
 from dataclasses import dataclass
 from collections import Counter
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, Sequence
 
 import torch
 from peft import LoraConfig
@@ -113,7 +113,8 @@ def check_mergeable(model, adapter: str) -> None:
 
     A quantized base would get the update written into its packed storage (corruption). A half-precision base
     rounds every merged entry to 8 (bf16) or 11 (fp16) significant bits, so a small update is partly or wholly
-    lost; the error gives the share lost on this model's own weights for an update of 1e-4.
+    lost; the error gives the share lost on this model's own weights for an update of 1e-4. (Keeping the merged
+    sum in float32 beside the base would cost a dense d_out x d_in matmul per module, more than the adapters.)
     """
     for name, layer in lora_layers(model):
         if adapter not in layer.lora_A:
@@ -125,7 +126,7 @@ def check_mergeable(model, adapter: str) -> None:
                 f"({type(layer.get_base_layer()).__name__}): the update would be written into packed storage. "
                 "Set merge_finished_adapters=False (adapters stay in the forward), or load the base unquantized."
             )
-        if weight.dtype in (torch.float16, torch.bfloat16):
+        if weight.dtype not in (torch.float32, torch.float64):
             raise ValueError(
                 f"merge_finished_adapters=True would round every merged update to {weight.dtype} in {name!r}: "
                 f"{100 * half_precision_merge_loss(weight):.0f}% of an update of size 1e-4 is lost on these weights. "
@@ -136,12 +137,15 @@ def check_mergeable(model, adapter: str) -> None:
 
 @torch.no_grad()
 def half_precision_merge_loss(weight: torch.Tensor, update: float = 1e-4) -> float:
-    """Mean share of an update of size ``update`` that adding it into ``weight``'s own dtype loses (0 = exact)."""
+    """Mean share of an update of size ``update`` that storing ``weight + update`` in ``weight``'s dtype loses.
+
+    0 means exact; the sum is rounded once, so a merge cannot do better than this.
+    """
     with gather_params_ctx([weight]):
-        w = weight.detach().reshape(-1)[: 2**16]
-        delta = torch.full_like(w, update, dtype=torch.float32)
+        w = weight.detach().reshape(-1)[: 2**16].double()
+        delta = torch.full_like(w, update)
         delta[1::2] *= -1  # both signs: rounding is not symmetric
-        stored = (w + delta.to(w.dtype)).float() - w.float()
+        stored = (w + delta).to(weight.dtype).double() - w
         return ((stored - delta).abs() / update).mean().item()
 
 
@@ -184,7 +188,7 @@ def check_concatenable(model, adapter: str) -> None:
         elif adapter in getattr(layer, "lora_embedding_A", {}) or (
             adapter in layer.lora_A and not isinstance(layer.lora_A[adapter], torch.nn.Linear)
         ):
-            options.append(f"a non-linear layer type ({type(layer.get_base_layer()).__name__}) in {name!r}")
+            options.append(f"a layer type other than Linear/Conv1D ({type(layer.get_base_layer()).__name__}) in {name!r}")
         if len(options) > 2:
             break
     if options:
@@ -196,7 +200,7 @@ def check_concatenable(model, adapter: str) -> None:
 
 
 @torch.no_grad()
-def concatenated_lora(model, adapters: Sequence[str], like: LoraConfig, task_type: Optional[str] = None):
+def concatenated_lora(model, adapters: Sequence[str], like: LoraConfig):
     """The exact sum of ``adapters`` as one LoRA: (state dict in peft's saved layout, plain ``LoraConfig``).
 
     Per module, A = [A_1; ...; A_n] and B = [s_1 B_1, ..., s_n B_n], so B @ A = sum_t s_t B_t A_t; every scaling is
@@ -226,7 +230,7 @@ def concatenated_lora(model, adapters: Sequence[str], like: LoraConfig, task_typ
     config = LoraConfig(
         r=rank, lora_alpha=rank, rank_pattern=pattern, alpha_pattern=dict(pattern), use_rslora=False,
         target_modules=sorted(ranks), fan_in_fan_out=like.fan_in_fan_out, lora_dropout=0.0, bias="none",
-        task_type=task_type or like.task_type, base_model_name_or_path=like.base_model_name_or_path,
+        task_type=like.task_type, base_model_name_or_path=like.base_model_name_or_path,
         revision=like.revision,
     )  # fmt: skip
     return tensors, config

@@ -144,7 +144,7 @@ def test_merge_into_a_half_precision_base_is_refused_with_the_measured_loss(dtyp
     errors = []  # independent: each weight plus or minus 1e-4, rounded to the dtype one value at a time
     for i, w in enumerate(weight.detach().reshape(-1)[: 2**16].tolist()):
         d = 1e-4 if i % 2 == 0 else -1e-4
-        stored = (torch.tensor(w, dtype=dtype) + torch.tensor(d, dtype=dtype)).item() - w
+        stored = torch.tensor(w + d, dtype=torch.float64).to(dtype).item() - w
         errors.append(abs(stored - d) / 1e-4)
     assert loss == pytest.approx(sum(errors) / len(errors), rel=1e-3)
     assert loss > 0.05  # a real share of a small update is rounded away
