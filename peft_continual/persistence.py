@@ -172,7 +172,7 @@ def base_fingerprint(model: PeftModel) -> dict[str, list]:
     """A few entries of every base weight at fixed positions, per parameter name.
 
     Cheap at any size (8 values a tensor), and it tells apart two bases of the same shapes (another model family,
-    another initialisation); the same weights loaded in another float dtype agree within :func:`check_same_base`'s
+    another initialisation); the same weights loaded in another float dtype agree within :func:`base_differences`'s
     tolerance. Adapter parameters and modules_to_save copies are left out; quantized storage gives its shape only.
     """
     fingerprint = {}
@@ -190,23 +190,18 @@ def base_fingerprint(model: PeftModel) -> dict[str, list]:
     return fingerprint
 
 
-def check_same_base(saved: Optional[dict], current: dict, folder, saved_name: Optional[str]) -> None:
-    """Refuse continuing a run on a base model whose weights differ from the one it was trained on."""
+def base_differences(saved: Optional[dict], current: dict) -> list[str]:
+    """Names of (up to 3) base tensors whose fingerprints differ; empty for the same base (or none recorded)."""
     if not saved:  # saved before fingerprints were recorded
-        return
-    problems = [name for name in saved.keys() ^ current.keys()][:3]
+        return []
+    problems = sorted(saved.keys() ^ current.keys())[:3]
     for name in saved.keys() & current.keys():
         (shape_a, a), (shape_b, b) = saved[name], current[name]
         if shape_a != shape_b or (a and b and not torch.allclose(torch.tensor(a), torch.tensor(b), rtol=1e-2, atol=1e-5)):
             problems.append(name)
         if len(problems) >= 3:
             break
-    if problems:
-        raise ContinualStateError(
-            f"the base model given is not the one the run in {str(folder)!r} was trained on ({saved_name!r}): its "
-            f"weights differ in {sorted(problems)}. Pass the same base model; to continue on another base on purpose, "
-            "pass allow_other_base=True (--allow_other_base true)."
-        )
+    return sorted(problems)
 
 
 METHOD_STATE_FILE = "continual_method.json"
@@ -317,10 +312,16 @@ def load_continual_model(
             f"the adapters in {str(folder)!r} do not fit this base model (saved for "
             f"{config.base_model_name_or_path!r}): {str(exc).splitlines()[0]}"
         ) from exc
-    if not allow_other_base:
-        check_same_base(saved_base.get("fingerprint"), base_fingerprint(model), folder, saved_base.get("name_or_path"))
-    fallback = None if allow_other_base else config.base_model_name_or_path
-    config.base_model_name_or_path = getattr(base_model, "name_or_path", None) or fallback
+    differences = base_differences(saved_base.get("fingerprint"), base_fingerprint(model))
+    if differences and not allow_other_base:
+        raise ContinualStateError(
+            f"the base model given is not the one the run in {str(folder)!r} was trained on "
+            f"({saved_base.get('name_or_path')!r}): its weights differ in {differences}. Pass the same base model; to "
+            "continue on another base on purpose, pass allow_other_base=True (--allow_other_base true)."
+        )
+    given = getattr(base_model, "name_or_path", None) or None
+    # the same weights keep the name they were saved under (a Hub id stays, even if this copy came from disk)
+    config.base_model_name_or_path = given if differences else (config.base_model_name_or_path or given)
     for adapter in adapters:  # peft reloads plain LoraConfigs; the method is read from our config class
         model.peft_config[adapter] = copy.deepcopy(config)
     model.set_adapter(adapters[0])  # any adapter: they share the config the method is built from

@@ -335,9 +335,10 @@ def test_continuing_on_another_base_of_the_same_shapes_is_refused(tokenizer, tmp
     trainer.train_continual([synthetic_task("colors", n_train=4)])
     folder = trainer.save_continual(tmp_path / "final")
 
-    same, _ = tiny_model("llama", tokenizer)  # same weights, loaded from elsewhere and in bf16: accepted
-    same.to(torch.bfloat16).name_or_path = "org/base-a"
-    ContinualTrainer.from_continual(str(folder), same, training_args(tmp_path / "a"), processing_class=tokenizer)
+    same, _ = tiny_model("llama", tokenizer)  # same weights, loaded from a local copy and in bf16: accepted
+    same.to(torch.bfloat16).name_or_path = str(tmp_path)
+    again = ContinualTrainer.from_continual(str(folder), same, training_args(tmp_path / "a"), processing_class=tokenizer)
+    assert again.method.config.base_model_name_or_path == "org/base-a"  # the Hub id it was saved under stays
 
     other, _ = tiny_model("llama", tokenizer, seed=1)  # same shapes, other weights
     with pytest.raises(ContinualStateError, match="not the one the run .* was trained on .*org/base-a.*allow_other_base=True"):
