@@ -97,11 +97,6 @@ def task_to_dict(task: ContinualTask, include_data: bool = True) -> dict[str, An
 
 
 def task_from_dict(data: dict[str, Any]) -> ContinualTask:
-    if data.get("eval") is None:
-        raise ContinualStateError(
-            f"task {data['name']!r} was saved without its evaluation rows (published runs carry no data unless "
-            "include_data=True): continue from the local save of the run instead"
-        )
     return ContinualTask(
         name=data["name"], train=None, eval=datasets.Dataset.from_dict(data["eval"]), labels=data["labels"],
         instruction=data["instruction"], task_type=data["task_type"], show_options=data["show_options"],
