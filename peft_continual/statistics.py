@@ -1,0 +1,268 @@
+"""95 % intervals and paired comparisons for the continual-learning metrics, by bootstrap over examples and seeds.
+
+A run's test examples are a sample, and so is its seed: a metric's interval must cover both. The bootstrap here
+is hierarchical, as the runs were drawn: within each stratum (e.g. a task order, a fixed design choice that is
+never resampled) draw the seeds with replacement, then, for every drawn seed, draw each task's test examples with
+replacement; every cell of that run's accuracy matrix (and its zero-shot row) is re-averaged over the *same*
+drawn examples of its task, since every row scores the same test set. The metric of a replicate is the mean over
+its drawn seeds, averaged over strata with equal weight. The interval is the percentile interval of the
+replicates; the estimate is the metric on the data as observed.
+
+A paired comparison draws seeds and examples once for both methods (same seeds, same test examples), so the
+noise both share cancels in the difference; the difference is called significant only when its interval
+excludes 0. The p-value is the two-sided bootstrap one: twice the share of replicates on the far side of 0.
+
+Inputs are per-example scores (0/1 for exact match or ranking, any float for ROUGE-L and the like), as
+:class:`~peft_continual.ContinualResult` records them in ``example_scores`` and ``zero_shot_example_scores``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+
+METRICS = ("average_accuracy", "backward_transfer", "forward_transfer", "forgetting")
+
+
+class MissingExampleScores(ValueError):
+    """A result without per-example scores: its metrics have a value but no interval."""
+
+
+@dataclass(frozen=True)
+class RunScores:
+    """Per-example scores of one run: ``example_scores[i][j]`` holds task j's test scores after training task i.
+
+    A run is complete (one row per task) or joint (one row scoring every task: the multi-task bound, whose only
+    metric is AA). Cells that were not evaluated are ``None``. Every present cell of task j and the zero-shot
+    entry of task j score the same test examples, so they have one length.
+    """
+
+    example_scores: tuple[tuple[Optional[np.ndarray], ...], ...]
+    zero_shot_example_scores: Optional[tuple[Optional[np.ndarray], ...]] = None
+
+    def __post_init__(self):
+        rows, T = len(self.example_scores), len(self.example_scores[0]) if self.example_scores else 0
+        if T == 0 or any(len(row) != T for row in self.example_scores):
+            raise ValueError("example_scores must be a non-empty list of rows, each with one entry per task")
+        if rows not in (1, T):
+            raise ValueError(f"example_scores has {rows} rows for {T} tasks: a run must be complete or joint (one row)")
+        if any(cell is None for cell in self.example_scores[-1]):
+            raise ValueError("the last row of example_scores must score every task")
+        if rows == T and any(self.example_scores[j][j] is None for j in range(T)):
+            raise ValueError("every diagonal cell of example_scores must be present")
+        zero = self.zero_shot_example_scores
+        if zero is not None and len(zero) != T:
+            raise ValueError(f"zero_shot_example_scores has {len(zero)} entries for {T} tasks")
+        for j in range(T):
+            cells = [row[j] for row in self.example_scores] + [zero[j] if zero is not None else None]
+            lengths = {len(c) for c in cells if c is not None}
+            if len(lengths) > 1 or 0 in lengths:
+                raise ValueError(f"task {j}: cells score {sorted(lengths)} examples; every cell must score the same "
+                                 "non-empty test set")  # fmt: skip
+
+    @classmethod
+    def from_lists(cls, example_scores: Sequence[Sequence[Optional[Sequence[float]]]],
+                   zero_shot_example_scores: Optional[Sequence[Optional[Sequence[float]]]] = None) -> "RunScores":  # fmt: skip
+        def cell(values):
+            return None if values is None else np.asarray(values, dtype=np.float64)
+
+        zero = None if zero_shot_example_scores is None else tuple(cell(v) for v in zero_shot_example_scores)
+        return cls(tuple(tuple(cell(v) for v in row) for row in example_scores), zero)
+
+    @classmethod
+    def from_result(cls, data: dict[str, Any], protocol: Optional[str] = None) -> "RunScores":
+        """From a ``ContinualResult.to_dict()`` (or a benchmark JSON carrying one under ``result``).
+
+        ``protocol`` picks a secondary scoring of the same run (``result["secondary"][protocol]``, with its own
+        ``example_scores``); ``None`` is the primary one.
+        """
+        result = data.get("result", data)
+        if protocol is not None:
+            secondary = result.get("secondary") or {}
+            if protocol not in secondary:
+                raise MissingExampleScores(f"no secondary protocol {protocol!r} (have: {sorted(secondary)})")
+            result = secondary[protocol]
+        if result.get("example_scores") is None:
+            raise MissingExampleScores("the result has no example_scores")
+        return cls.from_lists(result["example_scores"], result.get("zero_shot_example_scores"))
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.example_scores[0])
+
+    def num_examples(self, task: int) -> int:
+        return len(self.example_scores[-1][task])
+
+    def cell_means(self, indices: Optional[list[np.ndarray]] = None) -> tuple[list[list], Optional[list]]:
+        """Each cell's mean, over all examples or (with ``indices[j]`` of shape (B, n_j)) over B resamples."""
+
+        def mean(scores, j):
+            if scores is None:
+                return None
+            return scores.mean() if indices is None else scores[indices[j]].mean(axis=-1)
+
+        matrix = [[mean(cell, j) for j, cell in enumerate(row)] for row in self.example_scores]
+        zero = None
+        if self.zero_shot_example_scores is not None:
+            zero = [mean(cell, j) for j, cell in enumerate(self.zero_shot_example_scores)]
+        return matrix, zero
+
+
+def metrics_from_matrix(matrix: list[list], zero_shot: Optional[list] = None) -> dict[str, Any]:
+    """AA, BWT, FWT and forgetting (the definitions of :mod:`peft_continual.metrics`) over a matrix of cells.
+
+    Cells may be floats or equal-shaped arrays (one value per bootstrap replicate); ``None`` marks a cell not
+    evaluated. A joint run (one row, several tasks) has AA only. A metric whose cells are missing is ``None``.
+    """
+    T, rows = len(matrix[0]), len(matrix)
+    last = matrix[-1]
+    out: dict[str, Any] = dict.fromkeys(METRICS)
+    out["average_accuracy"] = sum(last) / T
+    if rows != T or T < 2:
+        return out
+    out["backward_transfer"] = sum(last[j] - matrix[j][j] for j in range(T - 1)) / (T - 1)
+    out["forgetting"] = sum(np.maximum.reduce([matrix[l][j] for l in range(j, T - 1)]) - last[j]
+                            for j in range(T - 1)) / (T - 1)  # fmt: skip
+    if zero_shot is not None and all(matrix[j - 1][j] is not None and zero_shot[j] is not None for j in range(1, T)):
+        out["forward_transfer"] = sum(matrix[j - 1][j] - zero_shot[j] for j in range(1, T)) / (T - 1)
+    return out
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A metric's estimate on the observed data and its bootstrap interval (same units as the scores)."""
+
+    estimate: float
+    low: float
+    high: float
+
+
+@dataclass(frozen=True)
+class Difference(Interval):
+    """Method A minus method B, paired; ``significant`` only when the interval excludes 0."""
+
+    p_value: float
+
+    @property
+    def significant(self) -> bool:
+        return self.low > 0 or self.high < 0
+
+
+Strata = Union[Sequence["RunScores"], Sequence[Sequence["RunScores"]]]
+
+
+def _as_strata(runs: Strata) -> list[list[RunScores]]:
+    """A flat list of runs is one stratum; a list of lists is one stratum per inner list."""
+    if not runs:
+        raise ValueError("no runs given")
+    strata = [list(runs)] if isinstance(runs[0], RunScores) else [list(s) for s in runs]
+    if any(not s for s in strata):
+        raise ValueError("every stratum needs at least one run")
+    return strata
+
+
+def _resampled_metrics(paired: tuple[RunScores, ...], rng: np.random.Generator, B: int) -> dict[str, Optional[np.ndarray]]:
+    """Metrics of each run in ``paired`` over B example resamples shared by all of them: arrays of shape (len, B)."""
+    first = paired[0]
+    for run in paired[1:]:
+        if (len(run.example_scores), run.num_tasks) != (len(first.example_scores), first.num_tasks) or any(
+            run.num_examples(j) != first.num_examples(j) for j in range(first.num_tasks)
+        ):
+            raise ValueError("paired runs must have the same tasks, rows and test examples per task")
+    indices = [rng.integers(0, first.num_examples(j), size=(B, first.num_examples(j))) for j in range(first.num_tasks)]
+    per_run = [metrics_from_matrix(*run.cell_means(indices)) for run in paired]
+    return {m: None if any(r[m] is None for r in per_run) else np.stack([r[m] for r in per_run]) for m in METRICS}
+
+
+def bootstrap_replicates(paired_strata: Sequence[Sequence[tuple[RunScores, ...]]], *, num_resamples: int = 2000,
+                         seed: int = 0) -> dict[str, Optional[np.ndarray]]:  # fmt: skip
+    """Hierarchical bootstrap replicates of every metric: arrays of shape (runs per tuple, ``num_resamples``).
+
+    ``paired_strata[k][s]`` is a tuple of runs sharing seed s of stratum k (one run per method compared; a single
+    method passes 1-tuples). Seeds are drawn with replacement within each stratum, then examples within each
+    task of each drawn seed, the same draw for every run of a tuple.
+    """
+    if num_resamples < 1:
+        raise ValueError(f"num_resamples must be positive, got {num_resamples}")
+    rng, B = np.random.default_rng(seed), num_resamples
+    totals: dict[str, Optional[np.ndarray]] = {}
+    for stratum in paired_strata:
+        k = len(stratum)
+        picks = rng.integers(0, k, size=(B, k))
+        sums: dict[str, Optional[np.ndarray]] = {}
+        for slot in range(k):  # each slot of a replicate holds one drawn seed with its own example draw
+            draws = [_resampled_metrics(tuple(runs), rng, B) for runs in stratum]
+            for m in METRICS:  # whether a metric is defined depends on the runs, never on the draw
+                if any(d[m] is None for d in draws):
+                    sums[m] = None
+                elif sums.get(m, 0) is not None:
+                    sums[m] = sums.get(m, 0) + np.stack([d[m] for d in draws])[picks[:, slot], :, np.arange(B)].T
+        for m in METRICS:
+            value = None if sums[m] is None else sums[m] / k
+            totals[m] = None if value is None or totals.get(m, 0) is None else totals.get(m, 0) + value
+    return {m: None if v is None else v / len(paired_strata) for m, v in totals.items()}
+
+
+def _estimates(paired_strata) -> dict[str, Optional[np.ndarray]]:
+    """Each metric on the observed data: mean over seeds within a stratum, then over strata; shape (len,)."""
+    out = {}
+    for m in METRICS:
+        per_stratum = []
+        for stratum in paired_strata:
+            values = [[metrics_from_matrix(*run.cell_means())[m] for run in runs] for runs in stratum]
+            per_stratum.append(None if any(v is None for vs in values for v in vs) else np.mean(values, axis=0))
+        out[m] = None if any(v is None for v in per_stratum) else np.mean(per_stratum, axis=0)
+    return out
+
+
+def _check_confidence(confidence: float) -> float:
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
+    return (1 - confidence) / 2
+
+
+def bootstrap_metrics(runs: Strata, *, confidence: float = 0.95, num_resamples: int = 2000,
+                      seed: int = 0) -> dict[str, Optional[Interval]]:  # fmt: skip
+    """Estimate and interval of AA, BWT, FWT and forgetting for one method (``None`` where a metric is undefined).
+
+    ``runs``: the runs (seeds) of one stratum, or one list of runs per stratum (e.g. per order; strata weigh the
+    same). With one seed per stratum the interval covers the test examples only.
+    """
+    tail = _check_confidence(confidence)
+    strata = [[(run,) for run in stratum] for stratum in _as_strata(runs)]
+    replicates, estimates = bootstrap_replicates(strata, num_resamples=num_resamples, seed=seed), _estimates(strata)
+    out = {}
+    for m in METRICS:
+        if replicates[m] is None:
+            out[m] = None
+            continue
+        low, high = np.quantile(replicates[m][0], [tail, 1 - tail])
+        out[m] = Interval(float(estimates[m][0]), float(low), float(high))
+    return out
+
+
+def paired_comparison(runs_a: Strata, runs_b: Strata, *, confidence: float = 0.95, num_resamples: int = 2000,
+                      seed: int = 0) -> dict[str, Optional[Difference]]:  # fmt: skip
+    """A minus B for each metric, paired on seeds and test examples: ``runs_a[k][s]`` pairs with ``runs_b[k][s]``.
+
+    Pair only runs that share their seed and test set (same order, same data seed); the function checks that the
+    shapes agree, not that the examples are the same ones.
+    """
+    tail = _check_confidence(confidence)
+    strata_a, strata_b = _as_strata(runs_a), _as_strata(runs_b)
+    if [len(s) for s in strata_a] != [len(s) for s in strata_b]:
+        raise ValueError("paired comparison needs the same number of runs per stratum for both methods")
+    strata = [list(zip(a, b)) for a, b in zip(strata_a, strata_b)]
+    replicates, estimates = bootstrap_replicates(strata, num_resamples=num_resamples, seed=seed), _estimates(strata)
+    out = {}
+    for m in METRICS:
+        if replicates[m] is None:
+            out[m] = None
+            continue
+        diff = replicates[m][0] - replicates[m][1]
+        low, high = np.quantile(diff, [tail, 1 - tail])
+        p_value = min(1.0, 2 * min(np.mean(diff <= 0), np.mean(diff >= 0)))
+        out[m] = Difference(float(estimates[m][0] - estimates[m][1]), float(low), float(high), float(p_value))
+    return out
