@@ -7,6 +7,14 @@ per-task details, collision report for task-adapter methods), the config, versio
 ``results/accuracy/<method>_order<k>_seed<s>.json``; a run with ``--set`` goes to ``results/sweeps/`` instead,
 so that an override never replaces a main result.
 
+Runs accumulate across sessions. A run whose result JSON exists with the same config hash (method, order, seed
+and the merged config) is skipped; one whose JSON holds another config is run again and replaces it. An
+interrupted run resumes: it trains in ``runs/<result name>-<hash>/`` with Trainer checkpoints every
+``--save-steps`` steps and ContinualTrainer's ``continual_progress`` after every task, so finished tasks are not
+retrained and the interrupted task continues from its last checkpoint (``mtl`` resumes its single training;
+``osf`` resumes at the task it was training, from the weights merged after the task before). The folder is
+deleted once the result is written; results are written atomically.
+
     python benchmarks/accuracy.py --method nlora --order 1 --seed 0
     python benchmarks/accuracy.py --method nlora --order 1 --seed 0 --set method.collision_lambda=50
 
@@ -19,29 +27,33 @@ rank, a fresh Trainer per task), scored with the same ``evaluate_task``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import hashlib
 import json
 import re
-import tempfile
+import shutil
 import time
 from pathlib import Path
 
 import datasets
 import torch
 from peft import LoraConfig, OSFConfig, get_peft_model
+from safetensors.torch import load_file, save_file
 from transformers import Trainer, TrainingArguments, set_seed
+from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging as hf_logging
 
 from common import environment
 from peft_continual import STANDARD_ORDERS, ContinualResult, ContinualTrainer, evaluate_task, load_continual_tasks
 from peft_continual.configs import CONTINUAL_CONFIG_CLASSES
 from peft_continual.demo_model import load_smollm2
+from peft_continual.io_utils import atomic_directory, atomic_write_text
 from peft_continual.tasks import ContinualCollator, tokenize_task
 from peft_continual.trainer import tasks_to_evaluate
 
 HERE = Path(__file__).resolve().parent
-EXPERIMENTS, RESULTS = HERE / "experiments", HERE / "results"
+EXPERIMENTS, RESULTS, RUNS = HERE / "experiments", HERE / "results", HERE / "runs"
 METHODS = ["seqlora", "inclora", "olora", "nlora", "replay", "ilora", "mtl", "osf"]
 
 
@@ -53,9 +65,9 @@ def deep_merge(base: dict, override: dict) -> dict:
     return merged
 
 
-def load_experiment(method: str, overrides: list[str]) -> dict:
-    """default.json + <method>.json + ``--set`` overrides (values parsed as JSON, else kept as strings)."""
-    config = deep_merge(json.loads((EXPERIMENTS / "default.json").read_text()),
+def load_experiment(method: str, overrides: list[str], base: str = "default.json") -> dict:
+    """``base`` + <method>.json + ``--set`` overrides (values parsed as JSON, else kept as strings)."""
+    config = deep_merge(json.loads((EXPERIMENTS / base).read_text()),
                         json.loads((EXPERIMENTS / f"{method}.json").read_text()))  # fmt: skip
     for item in overrides:
         key, sep, raw = item.partition("=")
@@ -73,11 +85,35 @@ def load_experiment(method: str, overrides: list[str]) -> dict:
     return config
 
 
-def training_args(config: dict, output_dir: str, seed: int) -> TrainingArguments:
+def config_hash(method: str, order: int, seed: int, config: dict) -> str:
+    """What a result depends on (checkpointing, model path and the like are not part of it)."""
+    key = json.dumps({"method": method, "order": order, "seed": seed, "config": config}, sort_keys=True)
+    return hashlib.sha1(key.encode()).hexdigest()[:12]
+
+
+def stored_hash(path: Path) -> str | None:
+    """The config hash of a result JSON, recomputed from what it stores (older results carry no hash field)."""
+    try:
+        b = json.loads(path.read_text())["benchmark"]
+        return config_hash(b["method"], b["order"], b["seed"], b["config"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def training_args(config: dict, output_dir: str, seed: int, save_steps: int = 0) -> TrainingArguments:
+    """``save_steps`` > 0 keeps the latest Trainer checkpoint every that many steps, so a task can resume."""
+    saving = {"save_strategy": "steps", "save_steps": save_steps, "save_total_limit": 1} if save_steps else {"save_strategy": "no"}
     return TrainingArguments(
-        output_dir=output_dir, seed=seed, use_cpu=True, save_strategy="no", report_to="none", disable_tqdm=True,
-        **config["training"],
+        output_dir=output_dir, seed=seed, use_cpu=config.get("device", "cpu") == "cpu", report_to="none",
+        disable_tqdm=True, **saving, **config["training"],
     )  # fmt: skip
+
+
+def autocast(model, config: dict):
+    """bf16 autocast where the config trains in bf16 (as Trainer does), for the evaluations outside a Trainer."""
+    if not config["training"].get("bf16"):
+        return contextlib.nullcontext()
+    return torch.autocast(next(model.parameters()).device.type, dtype=torch.bfloat16)
 
 
 @torch.no_grad()
@@ -86,53 +122,54 @@ def evaluate_all(model, tokenizer, tasks, config: dict) -> list[float]:
     was_training = model.training
     model.eval()
     options = config["trainer"]
-    scores = [
-        evaluate_task(model, tokenizer, task, method=options["evaluation_method"],
-                      max_source_length=options["max_source_length"],
-                      batch_size=config["training"]["per_device_eval_batch_size"]).accuracy
-        for task in tasks
-    ]  # fmt: skip
+    with autocast(model, config):
+        scores = [
+            evaluate_task(model, tokenizer, task, method=options["evaluation_method"],
+                          max_source_length=options["max_source_length"],
+                          batch_size=config["training"]["per_device_eval_batch_size"]).accuracy
+            for task in tasks
+        ]  # fmt: skip
     model.train(was_training)
     return scores
 
 
-def zero_shot(config: dict, model, tokenizer, tasks, order: int, seed: int) -> list[float]:
+def zero_shot(config: dict, model, tokenizer, tasks, order: int, seed: int, results: Path = RESULTS) -> list[float]:
     """The base model's accuracy per task: the same for every method at one order, seed and scale, so cached.
 
     Evaluation dominates a run at this scale; sharing R0 saves one round of it per method.
     """
     key = json.dumps([order, seed, config["data"], config["trainer"]["evaluation_method"],
                       config["trainer"]["max_source_length"]], sort_keys=True)  # fmt: skip
-    path = RESULTS / "zero_shot" / f"order{order}_seed{seed}_{hashlib.sha1(key.encode()).hexdigest()[:8]}.json"
+    path = results / "zero_shot" / f"order{order}_seed{seed}_{hashlib.sha1(key.encode()).hexdigest()[:8]}.json"
     if path.exists():
         return json.loads(path.read_text())["zero_shot"]
     scores = evaluate_all(model, tokenizer, tasks, config)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"key": key, "tasks": [t.name for t in tasks], "zero_shot": scores}, indent=2) + "\n")
+    atomic_write_text(path, json.dumps({"key": key, "tasks": [t.name for t in tasks], "zero_shot": scores}, indent=2) + "\n")
     return scores
 
 
-def run_continual(config: dict, model, tokenizer, tasks, output_dir: str, seed: int, r0) -> ContinualResult:
-    """The ContinualTrainer methods: the PEFT config class carries the method."""
+def run_continual(config: dict, model, tokenizer, tasks, output_dir: str, seed: int, r0, save_steps: int) -> ContinualResult:
+    """The ContinualTrainer methods: the PEFT config class carries the method; an interrupted run resumes."""
     config_class = CONTINUAL_CONFIG_CLASSES[config["config_class"]]
     peft_config = config_class(task_type="CAUSAL_LM", **config["lora"], **config["method"])
     options = {k: v for k, v in config["trainer"].items() if k != "evaluate_zero_shot"}
     trainer = ContinualTrainer(
-        model=get_peft_model(model, peft_config), args=training_args(config, output_dir, seed),
+        model=get_peft_model(model, peft_config), args=training_args(config, output_dir, seed, save_steps),
         processing_class=tokenizer, evaluate_zero_shot=False, **options,
     )  # fmt: skip
     trainer.result.zero_shot = r0  # the cached base-model scores (what evaluate_zero_shot=True would measure)
-    return trainer.train_continual(tasks)
+    return trainer.train_continual(tasks, resume_from_checkpoint=True)
 
 
-def run_mtl(config: dict, model, tokenizer, tasks, output_dir: str, seed: int, r0) -> ContinualResult:
+def run_mtl(config: dict, model, tokenizer, tasks, output_dir: str, seed: int, r0, save_steps: int) -> ContinualResult:
     """Upper bound: each task's examples keep their own prompt; the union is shuffled and trained once."""
     length = config["trainer"]["max_source_length"]
     features = datasets.concatenate_datasets([tokenize_task(tokenizer, t, length) for t in tasks])
     model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **config["lora"], **config["method"]))
     started = time.perf_counter()
-    output = Trainer(model=model, args=training_args(config, output_dir, seed), train_dataset=features,
-                     data_collator=ContinualCollator(tokenizer.pad_token_id)).train()  # fmt: skip
+    checkpoint = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
+    output = Trainer(model=model, args=training_args(config, output_dir, seed, save_steps), train_dataset=features,
+                     data_collator=ContinualCollator(tokenizer.pad_token_id)).train(resume_from_checkpoint=checkpoint)  # fmt: skip
     seconds = round(time.perf_counter() - started, 2)
     row = evaluate_all(model, tokenizer, tasks, config)
     details = [{"task": "+".join(t.name for t in tasks), "train_examples": len(features), "steps": output.global_step,
@@ -141,20 +178,29 @@ def run_mtl(config: dict, model, tokenizer, tasks, output_dir: str, seed: int, r
                            evaluation_method=config["trainer"]["evaluation_method"], details=details)  # fmt: skip
 
 
-def run_osf(config: dict, model, tokenizer, tasks, output_dir: str, seed: int, r0) -> ContinualResult:
+def run_osf(config: dict, model, tokenizer, tasks, output_dir: str, seed: int, r0, save_steps: int) -> ContinualResult:
     """peft's OSF recipe for a sequence: wrap, train with a fresh Trainer, merge, re-wrap with a larger preserved rank.
 
     peft's docs unwrap with ``model.unload()``; in peft 0.21 OSF adds its update in the forward instead of writing
     it into the weights, so ``unload()`` would silently drop every task's training. ``merge_and_unload()`` keeps it.
+    After each task the merged weights of the target modules and the result so far go to ``osf_progress/``, from
+    which an interrupted run resumes at the next task (the task it was in starts over).
     """
     options, osf = config["trainer"], config["osf"]
     ranks = osf["effective_rank"]
     if len(ranks) != len(tasks):
         raise SystemExit(f"osf.effective_rank lists {len(ranks)} ranks for {len(tasks)} tasks")
-    result = ContinualResult(task_names=[t.name for t in tasks], method="osf", zero_shot=r0,
-                             evaluation_method=options["evaluation_method"])  # fmt: skip
+    progress = Path(output_dir) / "osf_progress"
+    if (progress / "result.json").is_file():
+        result = ContinualResult.from_json(str(progress / "result.json"))
+        model.load_state_dict(load_file(progress / "merged.safetensors"), strict=False)
+        print(f"Resuming from {progress}: {result.num_trained}/{len(tasks)} task(s) already trained", flush=True)
+    else:
+        result = ContinualResult(task_names=[t.name for t in tasks], method="osf", zero_shot=r0,
+                                 evaluation_method=options["evaluation_method"])  # fmt: skip
     collator = ContinualCollator(tokenizer.pad_token_id)
-    for i, task in enumerate(tasks):
+    for i in range(result.num_trained, len(tasks)):
+        task = tasks[i]
         peft_model = get_peft_model(model, OSFConfig(task_type="CAUSAL_LM", target_modules=osf["target_modules"],
                                                      effective_rank=ranks[i]))  # fmt: skip
         trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
@@ -172,18 +218,73 @@ def run_osf(config: dict, model, tokenizer, tasks, output_dir: str, seed: int, r
         seen = ", ".join(f"{tasks[j].name} {100 * s:.1f}%" for j, s in zip(evaluated, scores))
         print(f"    after {task.name}: {seen}", flush=True)
         model = peft_model.merge_and_unload()
+        if i + 1 < len(tasks):
+            merged = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()
+                      if any(f".{module}." in name for module in osf["target_modules"])}  # fmt: skip
+            with atomic_directory(progress) as staging:
+                save_file(merged, staging / "merged.safetensors")
+                result.to_json(str(staging / "result.json"))
     return result
 
 
 RUNNERS = {"mtl": run_mtl, "osf": run_osf}
 
 
-def result_path(method: str, order: int, seed: int, overrides: list[str]) -> Path:
+def result_path(method: str, order: int, seed: int, overrides: list[str], results: Path = RESULTS) -> Path:
     name = f"{method}_order{order}_seed{seed}"
     if not overrides:
-        return RESULTS / "accuracy" / f"{name}.json"
+        return results / "accuracy" / f"{name}.json"
     suffix = "__".join(re.sub(r"[^0-9A-Za-z_.=-]", "_", item) for item in overrides)
-    return RESULTS / "sweeps" / f"{name}__{suffix}.json"
+    return results / "sweeps" / f"{name}__{suffix}.json"
+
+
+def run_benchmark(method: str, order: int, seed: int, overrides: list[str] = (), *, config: dict | None = None,
+                  results: Path = RESULTS, runs: Path = RUNS, load_model=None, force: bool = False,
+                  save_steps: int = 50) -> Path:  # fmt: skip
+    """Run one (method, order, seed) unless its result exists with the same config; returns the result's path.
+
+    ``config`` defaults to default.json + <method>.json + ``overrides``; ``load_model`` returns (model, tokenizer)
+    (default: SmolLM2 from peft_continual's cache).
+    """
+    overrides = list(overrides)
+    config = config if config is not None else load_experiment(method, overrides)
+    digest = config_hash(method, order, seed, config)
+    path = result_path(method, order, seed, overrides, results)
+    if path.exists() and not force:
+        if stored_hash(path) == digest:
+            print(f"skip {path.name}: finished with this config ({digest})", flush=True)
+            return path
+        print(f"{path.name} holds another config: running again and replacing it", flush=True)
+    torch.set_num_threads(config["threads"])
+    hf_logging.set_verbosity_warning()
+    set_seed(seed)
+    started = time.perf_counter()
+    data = config["data"]
+    tasks = load_continual_tasks(STANDARD_ORDERS[order], HERE.parent / data["data_dir"],
+                                 max_train_per_label=data["max_train_per_label"],
+                                 max_eval_samples=data["max_eval_samples"], seed=seed)  # fmt: skip
+    model, tokenizer = (load_model or load_smollm2)()
+    model.to(config.get("device", "cpu"))
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    r0 = None  # no forward transfer for the joint (mtl) upper bound
+    if config["trainer"]["evaluate_zero_shot"] and method != "mtl":
+        r0 = zero_shot(config, model, tokenizer, tasks, order, seed, results)
+    output_dir = runs / f"{path.stem}-{digest}"
+    resumed = output_dir.is_dir()
+    result = RUNNERS.get(method, run_continual)(config, model, tokenizer, tasks, str(output_dir), seed, r0, save_steps)
+    wall = time.perf_counter() - started
+
+    payload = result.to_dict()
+    if method == "mtl":  # one row: every task's accuracy after the single joint training
+        payload["average_accuracy"] = sum(payload["accuracy_matrix"][0]) / len(tasks)
+    payload.update(benchmark={"method": method, "order": order, "seed": seed, "overrides": overrides, "config": config,
+                              "config_hash": digest, "wall_seconds": round(wall, 1), "resumed": resumed,
+                              "environment": environment()})  # fmt: skip
+    atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
+    shutil.rmtree(output_dir, ignore_errors=True)
+    print(f"AA {100 * payload['average_accuracy']:.1f}%  wall {wall:.0f} s  -> {path}", flush=True)
+    return path
 
 
 def main() -> None:
@@ -195,37 +296,12 @@ def main() -> None:
                         help="override one key of the merged config, e.g. method.collision_lambda=50")  # fmt: skip
     parser.add_argument("--model-cache", default=None,
                         help="converted SmolLM2 checkpoint folder (default: peft_continual's cache, converted once)")
+    parser.add_argument("--save-steps", type=int, default=50,
+                        help="Trainer checkpoint every that many steps, so an interrupted task resumes (0: none)")
+    parser.add_argument("--force", action="store_true", help="run even if the result exists with this config")
     args = parser.parse_args()
-
-    config = load_experiment(args.method, args.overrides)
-    torch.set_num_threads(config["threads"])
-    hf_logging.set_verbosity_warning()
-    set_seed(args.seed)
-    started = time.perf_counter()
-    data = config["data"]
-    tasks = load_continual_tasks(STANDARD_ORDERS[args.order], HERE.parent / data["data_dir"],
-                                 max_train_per_label=data["max_train_per_label"],
-                                 max_eval_samples=data["max_eval_samples"], seed=args.seed)  # fmt: skip
-    model, tokenizer = load_smollm2(cache_dir=args.model_cache)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    r0 = None  # no forward transfer for the joint (mtl) upper bound
-    if config["trainer"]["evaluate_zero_shot"] and args.method != "mtl":
-        r0 = zero_shot(config, model, tokenizer, tasks, args.order, args.seed)
-    with tempfile.TemporaryDirectory() as output_dir:
-        result = RUNNERS.get(args.method, run_continual)(config, model, tokenizer, tasks, output_dir, args.seed, r0)
-    wall = time.perf_counter() - started
-
-    payload = result.to_dict()
-    if args.method == "mtl":  # one row: every task's accuracy after the single joint training
-        payload["average_accuracy"] = sum(payload["accuracy_matrix"][0]) / len(tasks)
-    payload.update(benchmark={"method": args.method, "order": args.order, "seed": args.seed,
-                              "overrides": args.overrides, "config": config, "wall_seconds": round(wall, 1),
-                              "environment": environment()})  # fmt: skip
-    path = result_path(args.method, args.order, args.seed, args.overrides)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2) + "\n")
-    print(f"AA {100 * payload['average_accuracy']:.1f}%  wall {wall:.0f} s  -> {path.relative_to(HERE.parent)}")
+    run_benchmark(args.method, args.order, args.seed, args.overrides, force=args.force, save_steps=args.save_steps,
+                  load_model=lambda: load_smollm2(cache_dir=args.model_cache))  # fmt: skip
 
 
 if __name__ == "__main__":

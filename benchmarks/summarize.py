@@ -1,7 +1,9 @@
 """Tables and heatmaps from the benchmarks' result JSONs, written into ``benchmarks/RESULTS.md``.
 
 Accuracy runs (per order and seed, averaged over orders, the issue's targets checked on the runs both methods
-share), the sweeps, and the cost measurements (``step_time.json``, ``regularizer_memory.json``,
+share; for every scoring protocol present, 95 % intervals by bootstrap over seeds and test examples and paired
+comparisons between methods, from the per-example scores that newer results carry), the sweeps, the GPU profile
+(``results/gpu/``) when it has been run, and the cost measurements (``step_time.json``, ``regularizer_memory.json``,
 ``inference.json``, rendered by their own scripts). Only the part of RESULTS.md between the ``GENERATED`` markers
 is rewritten (the prose around it is kept); a missing RESULTS.md is created with a skeleton. Heatmaps of the
 accuracy matrices go to ``results/accuracy/plots/``.
@@ -22,16 +24,24 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from common import markdown_table  # noqa: E402
+from peft_continual.statistics import MissingExampleScores, RunScores, bootstrap_metrics, paired_comparison  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 RESULTS_MD = HERE / "RESULTS.md"
-ACCURACY, SWEEPS = HERE / "results" / "accuracy", HERE / "results" / "sweeps"
+ACCURACY, SWEEPS, GPU = HERE / "results" / "accuracy", HERE / "results" / "sweeps", HERE / "results" / "gpu" / "accuracy"
 PLOTS = ACCURACY / "plots"
 BEGIN, END = "<!-- BEGIN GENERATED (benchmarks/summarize.py) -->", "<!-- END GENERATED -->"
 METHOD_ORDER = ["seqlora", "inclora", "olora", "nlora", "replay", "ilora", "osf", "mtl"]
 # DESIGN.md section 4: T5-large average accuracy over orders 1-3 (Standard CL benchmark), from the O-LoRA/N-LoRA papers.
 PUBLISHED_T5_LARGE = {"seqlora": 43.7, "inclora": 66.4, "olora": 75.8, "nlora": 78.8, "mtl": 80.0}
 METRICS = ["average_accuracy", "backward_transfer", "forward_transfer", "forgetting"]
+METRIC_NAMES = {"average_accuracy": "AA", "backward_transfer": "BWT", "forward_transfer": "FWT", "forgetting": "forgetting"}
+PROTOCOL_NAMES = {"generate": "generation + normalised exact match", "rank": "label ranking"}
+# Paired comparisons shown (A, B): the issue's target chain and claims, then every method against SeqLoRA.
+COMPARISONS = [("nlora", "olora"), ("olora", "inclora"), ("inclora", "seqlora"), ("ilora", "replay"), ("nlora", "osf"),
+               ("ilora", "osf"), ("replay", "osf"), ("nlora", "replay"), ("olora", "seqlora"), ("nlora", "seqlora"),
+               ("replay", "seqlora"), ("ilora", "seqlora"), ("osf", "seqlora"), ("mtl", "nlora")]  # fmt: skip
+NO_SCORES = "no interval: no per-example scores"
 SKELETON = f"""# Benchmark results
 
 {BEGIN}
@@ -149,6 +159,101 @@ def targets_table(runs: list[dict]) -> str:
     return markdown_table(["target", "shared runs", "values", "verdict"], rows)
 
 
+def protocols(runs: list[dict]) -> list[str]:
+    """Scoring protocols present: each run's primary one and those under ``secondary``; generation first."""
+    found = {r["evaluation_method"] for r in runs} | {p for r in runs for p in (r.get("secondary") or {})}
+    return sorted(found, key=lambda p: (p != "generate", p))
+
+
+def run_scores(run: dict, protocol: str) -> RunScores | None:
+    """The run's per-example scores under ``protocol``; None when it was not scored that way or kept no scores."""
+    try:
+        return RunScores.from_result(run, None if run["evaluation_method"] == protocol else protocol)
+    except MissingExampleScores:
+        return None
+
+
+def scored(run: dict, protocol: str) -> bool:
+    return run["evaluation_method"] == protocol or protocol in (run.get("secondary") or {})
+
+
+def interval(value, signed: bool = True) -> str:
+    if value is None:
+        return "n/a"
+    f = "{:+.1f}" if signed else "{:.1f}"
+    return f"{f.format(100 * value.estimate)} [{f.format(100 * value.low)}, {f.format(100 * value.high)}]"
+
+
+def strata(runs: list[dict], protocol: str) -> dict[int, list[tuple[int, RunScores | None]]]:
+    """(seed, scores) per order, seeds sorted."""
+    out = defaultdict(list)
+    for r in sorted(runs, key=lambda r: (r["benchmark"]["order"], r["benchmark"]["seed"])):
+        out[r["benchmark"]["order"]].append((r["benchmark"]["seed"], run_scores(r, protocol)))
+    return dict(sorted(out.items()))
+
+
+def interval_table(runs: list[dict], protocol: str) -> str:
+    """Per method: each order and all orders (equal weight), estimate [95 % interval] in points."""
+    methods = defaultdict(list)
+    for r in runs:
+        if scored(r, protocol):
+            methods[r["benchmark"]["method"]].append(r)
+    rows = []
+    for method in sorted(methods, key=lambda m: METHOD_ORDER.index(m) if m in METHOD_ORDER else 99):
+        by_order = strata(methods[method], protocol)
+        groups = [([o], by_order[o]) for o in by_order] + ([(list(by_order), None)] if len(by_order) > 1 else [])
+        for orders, members in groups:
+            members = members or [m for o in orders for m in by_order[o]]
+            seeds = ",".join(str(seed) for seed, _ in members)
+            if any(scores is None for _, scores in members):
+                rows.append([method, ",".join(map(str, orders)), seeds, NO_SCORES, "", "", ""])
+                continue
+            result = bootstrap_metrics([[scores for _, scores in by_order[o]] for o in orders])
+            one_seed = " †" if any(len(by_order[o]) == 1 for o in orders) else ""
+            rows.append([method, ",".join(map(str, orders)) + one_seed, seeds,
+                         *(interval(result[m], signed=m != "average_accuracy") for m in METRICS)])  # fmt: skip
+    return markdown_table(["method", "order(s)", "seeds", "AA %", "BWT", "FWT", "forgetting"], rows)
+
+
+def paired_table(runs: list[dict], protocol: str) -> str:
+    """A − B on the (order, seed) runs both have, all their orders weighing the same; * marks a significant one."""
+    index = {(r["benchmark"]["method"], r["benchmark"]["order"], r["benchmark"]["seed"]): r for r in runs
+             if scored(r, protocol)}  # fmt: skip
+    rows = []
+    for a, b in COMPARISONS:
+        shared = sorted({(o, s) for m, o, s in index if m == a} & {(o, s) for m, o, s in index if m == b})
+        if not shared:
+            continue
+        orders = sorted({o for o, _ in shared})
+        label = f"{a} − {b}"
+        pairs = [[(run_scores(index[a, o, s], protocol), run_scores(index[b, o, s], protocol)) for oo, s in shared if oo == o]
+                 for o in orders]  # fmt: skip
+        where = f"orders {','.join(map(str, orders))}, {len(shared)} seed-runs"
+        if any(x is None or y is None for stratum in pairs for x, y in stratum):
+            rows.append([label, where, NO_SCORES, "", "", "", ""])
+            continue
+        diff = paired_comparison([[x for x, _ in st] for st in pairs], [[y for _, y in st] for st in pairs])
+        cells = ["n/a" if d is None else f"{interval(d)}{' *' if d.significant else ''} (p {d.p_value:.3f})"
+                 for d in (diff[m] for m in METRICS)]  # fmt: skip
+        aa = diff["average_accuracy"]
+        verdict = (f"{a if aa.estimate > 0 else b} higher AA" if aa.significant else "no significant AA difference")
+        rows.append([label, where, *cells, verdict])
+    return markdown_table(["A − B", "runs paired", "ΔAA", "ΔBWT", "ΔFWT", "Δforgetting", "verdict (AA)"], rows)
+
+
+def statistics_sections(runs: list[dict]) -> list[str]:
+    parts = []
+    for protocol in protocols(runs):
+        name = PROTOCOL_NAMES.get(protocol, protocol)
+        parts += [f"### Intervals, {name} (estimate [95 % interval], points; bootstrap over seeds, then test examples)",
+                  interval_table(runs, protocol),
+                  "† one seed in an order: that order's interval covers its test examples only, not seed-to-seed "
+                  "variation.",
+                  f"### Paired comparisons, {name} (same seeds, same test examples; * = interval excludes 0)",
+                  paired_table(runs, protocol)]  # fmt: skip
+    return parts
+
+
 def collision_table(groups) -> str:
     header = ["method", "order", "seeds", "collision ε=0.01 (%)", "collision ε=0.1 (%)",
               "overlap Σ_m abs(<ΔW_i, ΔW_j>)"]  # fmt: skip
@@ -249,8 +354,8 @@ def generated_section(runs: list[dict], sweeps: list[dict]) -> str:
     PLOTS.mkdir(parents=True, exist_ok=True)
     parts = ["### Averaged over orders (per order, seeds first; metrics in accuracy points, macro over tasks)",
              overall_table(runs), "### The issue's targets", targets_table(runs),
-             "### Per order (mean ± sample std over seeds)",
-             main_table(groups), "### Collision analysis of the task adapters (N-LoRA's metrics)",
+             "### Per order (mean ± sample std over seeds)", main_table(groups), *statistics_sections(runs),
+             "### Collision analysis of the task adapters (N-LoRA's metrics)",
              collision_table(groups), "### Accuracy matrices"]  # fmt: skip
     for run in sorted(runs, key=lambda r: (r["benchmark"]["order"], r["benchmark"]["seed"],
                                            METHOD_ORDER.index(r["benchmark"]["method"]))):  # fmt: skip
@@ -265,6 +370,10 @@ def generated_section(runs: list[dict], sweeps: list[dict]) -> str:
         if lambdas:
             lambda_plot(lambdas, PLOTS / "nlora_lambda_sweep.png")
             parts.append("![N-LoRA λ sweep](results/accuracy/plots/nlora_lambda_sweep.png)")
+    gpu = load(GPU) if GPU.is_dir() else []
+    if gpu:
+        parts += ["## GPU profile (`python benchmarks/gpu_profile.py`; results in `results/gpu/`)",
+                  overall_table(gpu), main_table(by_method_and_order(gpu)), *statistics_sections(gpu)]  # fmt: skip
     return "\n\n".join(parts + cost_sections())
 
 

@@ -1,0 +1,239 @@
+"""The benchmark runners end to end on a tiny model: finished runs are skipped, interrupted ones resume and end
+exactly like uninterrupted ones, the plan runner finds the missing runs and projects their cost, and the GPU
+profile's dry run goes through the same code path on the CPU."""
+
+import copy
+import textwrap
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import TASK_WORDS, make_tokenizer, synthetic_rows, tiny_model
+from peft_continual import ContinualTrainer
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+import accuracy  # noqa: E402
+import plan  # noqa: E402
+
+# Standard CL order 1 names, backed by synthetic keyword tasks (the real data is not needed to test the runner).
+FAKE = {"dbpedia": ("TC", "colors"), "amazon": ("SC", "animals"), "yahoo": ("TC", "fruits"), "agnews": ("TC", "colors")}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cl_benchmark")
+    for seed, (name, (kind, words)) in enumerate(FAKE.items()):
+        folder = root / kind / name
+        folder.mkdir(parents=True)
+        for split, n in (("train", 16), ("test", 6)):
+            rows = [{"sentence": r["text"], "label": r["label"]} for r in synthetic_rows(words, n, seed + 100 * len(split))]
+            (folder / f"{split}.json").write_text(json.dumps(rows))
+        (folder / "labels.json").write_text(json.dumps(sorted(TASK_WORDS[words])))
+    return root
+
+
+def tiny_config(data_dir, method: str) -> dict:
+    config = accuracy.load_experiment(method, [])
+    config.update(threads=1)
+    config["data"] = {"data_dir": str(data_dir), "max_train_per_label": 4, "max_eval_samples": 6}
+    config["trainer"]["max_source_length"] = 128
+    config["training"].update(per_device_train_batch_size=4, num_train_epochs=4, learning_rate=2e-2, logging_steps=50)
+    config["lora"].update(r=4, lora_alpha=8)
+    if method == "nlora":
+        config["method"]["collision_lambda"] = 0.01  # the SmolLM2 default would stop a tiny model from learning
+    if method == "osf":
+        config["osf"]["effective_rank"] = [1, 0.25, 0.5, 0.75]
+    return config
+
+
+class Loader:
+    """The tiny model and tokenizer, counting how often the runner asks for them."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self):
+        self.calls += 1
+        tokenizer = make_tokenizer()
+        return tiny_model("llama", tokenizer)[0], tokenizer
+
+
+def run(method, config, root, **kwargs):
+    return accuracy.run_benchmark(method, 1, 0, config=config, results=root / "results", runs=root / "runs",
+                                  save_steps=1, **kwargs)  # fmt: skip
+
+
+def interrupt_at_call(monkeypatch, owner, name, call):
+    """Make ``owner.name`` raise at its ``call``-th call (a crash after some tasks are done)."""
+    original, count = getattr(owner, name), {"n": 0}
+
+    def failing(*args, **kwargs):
+        count["n"] += 1
+        if count["n"] == call:
+            raise KeyboardInterrupt("interrupted for the test")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, failing)
+
+
+@pytest.mark.parametrize("method, owner, name, call", [
+    ("nlora", ContinualTrainer, "training_step", 8 + 3),  # task 2's third step: resumes from its checkpoint-2
+    ("osf", accuracy, "evaluate_all", 3),  # zero-shot, task 1, then task 2's evaluation: task 2 starts over
+])  # fmt: skip
+def test_interrupted_run_resumes_and_finished_run_is_skipped(tmp_path, data_dir, monkeypatch, method, owner, name, call):
+    config = tiny_config(data_dir, method)
+    reference = json.loads(run(method, copy.deepcopy(config), tmp_path / "reference", load_model=Loader()).read_text())
+
+    with monkeypatch.context() as patch:
+        interrupt_at_call(patch, owner, name, call)
+        with pytest.raises(KeyboardInterrupt):
+            run(method, copy.deepcopy(config), tmp_path, load_model=Loader())
+    path = accuracy.result_path(method, 1, 0, [], tmp_path / "results")
+    assert not path.exists() and len(list((tmp_path / "runs").iterdir())) == 1
+
+    resumed = json.loads(run(method, copy.deepcopy(config), tmp_path, load_model=Loader()).read_text())
+    assert resumed["benchmark"]["resumed"] and not reference["benchmark"]["resumed"]
+    assert resumed["accuracy_matrix"] == reference["accuracy_matrix"]
+    # a task resumed mid-way reports the loss of its remaining steps only; the tasks after it must match
+    losses = [[d["train_loss"] for d in r["details"][2:]] for r in (resumed, reference)]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    if method == "nlora":  # the final adapters themselves, through the collision analysis of their dW
+        flat = [[v for row in r["collision"]["overlap"] for v in row if v is not None] for r in (resumed, reference)]
+        assert flat[0] == pytest.approx(flat[1], rel=1e-4)
+    assert not list((tmp_path / "runs").iterdir())  # the run folder goes once the result is written
+
+    loader = Loader()
+    assert run(method, copy.deepcopy(config), tmp_path, load_model=loader) == path
+    assert loader.calls == 0  # finished with the same config: not run again
+    changed = copy.deepcopy(config)
+    changed["training"]["learning_rate"] = 3e-2
+    run(method, changed, tmp_path, load_model=loader)
+    assert loader.calls == 1 and accuracy.stored_hash(path) == accuracy.config_hash(method, 1, 0, changed)
+
+
+def test_config_hash_covers_what_a_result_depends_on():
+    config = accuracy.load_experiment("nlora", [])
+    base = accuracy.config_hash("nlora", 1, 0, config)
+    assert base == accuracy.config_hash("nlora", 1, 0, copy.deepcopy(config))
+    assert base != accuracy.config_hash("nlora", 1, 1, config) != accuracy.config_hash("olora", 1, 0, config)
+    assert base != accuracy.config_hash("nlora", 1, 0, accuracy.load_experiment("nlora", ["method.collision_lambda=1"]))
+
+
+# ----------------------------------------------------------------------------------------------- plan.py
+
+
+def test_plan_expands_entries_and_names_bad_ones():
+    runs = plan.expand({"runs": [{"methods": ["seqlora", "nlora"], "orders": [1, 2], "seeds": [0, 1]},
+                                 {"method": "nlora", "order": 1, "seed": 0},  # a duplicate: listed once
+                                 {"method": "nlora", "order": 1, "seed": 0, "set": ["method.collision_lambda=5"]}]})  # fmt: skip
+    assert len(runs) == 9
+    assert runs[0] == plan.Run("seqlora", 1, 0) and runs[-1].overrides == ("method.collision_lambda=5",)
+    assert "sweeps" in str(runs[-1].path)
+    for bad, message in (({"runs": []}, "non-empty"), ({"runs": [{"method": "ewc", "order": 1, "seed": 0}]}, "entry 0"),
+                         ({"runs": [{"method": "nlora", "order": 4, "seed": 0}]}, "'order'"),
+                         ({"runs": [{"method": "nlora", "order": 1, "seed": 0, "lr": 1}]}, "keys among"),
+                         ({"runs": [{"method": "nlora", "order": 1, "seed": 0, "base": "nope.json"}]}, "nope.json")):  # fmt: skip
+        with pytest.raises(SystemExit, match=message):
+            plan.expand(bad)
+
+
+def test_plan_counts_steps_and_evaluated_examples(data_dir):
+    config = tiny_config(data_dir, "nlora")
+    config["data"].update(max_train_per_label=4, max_eval_samples=4)  # 2 labels x 4 = 8 training examples per task
+    config["training"].update(per_device_train_batch_size=4, num_train_epochs=1)
+    assert plan.work("nlora", 1, 0, config) == {"steps": 4 * 2, "eval_examples": 4 * (2 + 3 + 4 + 4),
+                                                "zero_shot_examples": 4 * 4}  # fmt: skip
+    config["trainer"]["evaluate_unseen"] = False
+    config["training"].update(num_train_epochs=2, per_device_train_batch_size=3)  # ceil(8 / 3) = 3 steps per epoch
+    assert plan.work("nlora", 1, 0, config)["eval_examples"] == 4 * (1 + 2 + 3 + 4)
+    assert plan.work("nlora", 1, 0, config)["steps"] == 4 * 3 * 2
+    assert plan.work("mtl", 1, 0, config) == {"steps": 11 * 2, "eval_examples": 16, "zero_shot_examples": 0}
+
+
+def test_plan_unit_costs_from_results_and_measurement(tmp_path, monkeypatch):
+    monkeypatch.setattr(plan, "RESULTS", tmp_path)
+    run = plan.Run("nlora", 1, 0)
+    payload = {"details": [{"train_seconds": 6.0, "steps": 3, "eval_examples": [2, 2]},
+                           {"train_seconds": 4.0, "steps": 2, "eval_examples": [2, 2, 2]}],
+               "benchmark": {"method": "nlora", "config": run.config, "wall_seconds": 30.0}}  # fmt: skip
+    (tmp_path / "accuracy").mkdir()
+    (tmp_path / "accuracy" / "x.json").write_text(json.dumps(payload))
+    observed = plan.costs_from_results()
+    key = plan.cost_key(run.config)
+    assert observed["step"][key, "nlora"] == pytest.approx(10.0 / 5)
+    assert observed["eval"][key, "rank"] == pytest.approx((30.0 - 10.0) / 10)
+    amount = {"steps": 7, "eval_examples": 11, "zero_shot_examples": 5}
+    seconds, source = plan.price(run, amount, observed, {}, {})
+    assert seconds == pytest.approx(plan.LOAD_SECONDS + 7 * 2.0 + 16 * 2.0) and source == "results"
+    measured = {key: {"step_seconds": 3.0, "eval_seconds_per_example": {"rank": 0.5, "generate": 1.5}}}
+    seconds, source = plan.price(plan.Run("olora", 1, 0), amount, observed, measured, {"olora": 1.1})
+    assert seconds == pytest.approx(plan.LOAD_SECONDS + 7 * 3.0 * 1.1 + 16 * 2.0) and "step_time" in source
+    assert plan.price(plan.Run("olora", 1, 0), amount, observed, {}, {"olora": 1.1}) is None
+
+
+def test_plan_runs_only_missing_runs_jobs_at_a_time(tmp_path, monkeypatch):
+    """accuracy.py is replaced by a script that writes a finished result and records when it ran."""
+    monkeypatch.setattr(plan, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(plan, "RUNS", tmp_path / "runs")
+    runs = plan.expand({"runs": [{"methods": ["seqlora", "inclora", "olora", "nlora"], "order": 1, "seed": 0}]})
+    done = runs[1]
+    done.path.parent.mkdir(parents=True)
+    done.path.write_text(json.dumps({"benchmark": {"method": done.method, "order": 1, "seed": 0, "config": done.config}}))
+    script = tmp_path / "fake_run.py"
+    script.write_text(textwrap.dedent("""
+        import json, sys, time
+        path, log, payload = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+        open(log, "a").write(f"start {time.time()}\\n"); time.sleep(0.5)
+        open(path, "w").write(json.dumps(payload)); open(log, "a").write(f"end {time.time()}\\n")
+    """))  # fmt: skip
+    timeline = tmp_path / "timeline"
+
+    def command(run, model_cache):
+        payload = {"benchmark": {"method": run.method, "order": run.order, "seed": run.seed, "config": run.config}}
+        return [sys.executable, str(script), str(run.path), str(timeline), json.dumps(payload)]
+
+    monkeypatch.setattr(plan.Run, "command", command)
+    assert plan.run_missing(runs, jobs=2, model_cache=None, nice=0, commit=False) == 0
+    assert all(r.finished for r in runs)
+    events = sorted((float(t), kind) for kind, t in (line.split() for line in timeline.read_text().splitlines()))
+    assert sum(kind == "start" for _, kind in events) == 3  # the finished run was not started again
+    running, most = 0, 0
+    for _, kind in events:
+        running += 1 if kind == "start" else -1
+        most = max(most, running)
+    assert most == 2
+
+
+# ----------------------------------------------------------------------------------------------- gpu_profile.py
+
+
+def test_gpu_profile_dry_run_goes_through_every_method(tmp_path, data_dir):
+    model_dir = tmp_path / "tiny"
+    tokenizer = make_tokenizer()
+    tiny_model("llama", tokenizer)[0].save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    results = tmp_path / "results"
+    command = [sys.executable, str(BENCHMARKS / "gpu_profile.py"), "--dry-run", "--orders", "1", "--model",
+               str(model_dir), "--data-dir", str(data_dir), "--results-dir", str(results), "--runs-dir",
+               str(tmp_path / "runs")]  # fmt: skip
+    out = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    profile = json.loads((results / "profile.json").read_text())
+    assert profile["dry_run"] and not profile["skipped"]
+    assert [r["run"] for r in profile["runs"]] == [f"{m}_order1_seed0" for m in plan_methods()]
+    for method in plan_methods():
+        result = json.loads((results / "accuracy" / f"{method}_order1_seed0.json").read_text())
+        assert len(result["accuracy_matrix"]) == (1 if method == "mtl" else 4)
+        assert result["benchmark"]["config"]["device"] == "cpu" and result["benchmark"]["config"]["data"]["max_train_per_label"] == 1
+        assert sum(d["steps"] for d in result["details"]) > 0
+    assert not list((tmp_path / "runs").iterdir())
+
+
+def plan_methods():
+    import gpu_profile
+
+    return gpu_profile.PRIORITY
