@@ -204,7 +204,7 @@ def interval_table(runs: list[dict], protocol: str) -> str:
         groups = [([o], by_order[o]) for o in by_order] + ([(list(by_order), None)] if len(by_order) > 1 else [])
         for orders, members in groups:
             members = members or [m for o in orders for m in by_order[o]]
-            seeds = ",".join(str(seed) for seed, _ in members)
+            seeds = ",".join(str(seed) for seed, _ in members) if len(orders) == 1 else f"{len(members)} runs"
             if any(scores is None for _, scores in members):
                 rows.append([method, ",".join(map(str, orders)), seeds, NO_SCORES, "", "", ""])
                 continue
@@ -245,6 +245,10 @@ def statistics_sections(runs: list[dict]) -> list[str]:
     parts = []
     for protocol in protocols(runs):
         name = PROTOCOL_NAMES.get(protocol, protocol)
+        if not any(run_scores(r, protocol) for r in runs if scored(r, protocol)):
+            parts.append(f"### Intervals and paired comparisons, {name}\n\nNo interval: none of these results carries "
+                         "per-example scores (they were written before results recorded them).")  # fmt: skip
+            continue
         parts += [f"### Intervals, {name} (estimate [95 % interval], points; bootstrap over seeds, then test examples)",
                   interval_table(runs, protocol),
                   "† one seed in an order: that order's interval covers its test examples only, not seed-to-seed "

@@ -3,6 +3,7 @@ exactly like uninterrupted ones, the plan runner finds the missing runs and proj
 profile's dry run goes through the same code path on the CPU."""
 
 import copy
+import re
 import textwrap
 import json
 import subprocess
@@ -237,3 +238,37 @@ def plan_methods():
     import gpu_profile
 
     return gpu_profile.PRIORITY
+
+
+# ----------------------------------------------------------------------------------------------- summarize.py
+
+
+def scored_result(method: str, seed: int, right: int, protocol: str = "generate") -> dict:
+    """A 2-task run with 40 test examples per task; the final row gets ``right`` of each task's examples right."""
+    before, after = [1.0] * 30 + [0.0] * 10, [1.0] * right + [0.0] * (40 - right)
+    zero = [0.0] * 40
+    return {"task_names": ["a", "b"], "evaluation_method": protocol, "accuracy_matrix": [[0.75, 0.0], [right / 40] * 2],
+            "zero_shot": [0.0, 0.0], "example_scores": [[before, zero], [after, after]],
+            "zero_shot_example_scores": [zero, zero], "average_accuracy": right / 40,
+            "benchmark": {"method": method, "order": 1, "seed": seed}}  # fmt: skip
+
+
+def test_summarize_renders_intervals_and_paired_verdicts():
+    import summarize
+
+    runs = [scored_result("nlora", s, 36) for s in (0, 1, 2)] + [scored_result("olora", s, 20) for s in (0, 1, 2)]
+    runs += [scored_result("inclora", s, 20) for s in (0, 1)]
+    runs.append(scored_result("inclora", 2, 20) | {"example_scores": None})  # an older result: no scores
+    table = summarize.interval_table(runs, "generate")
+    # estimates: AA 36/40; BWT = forgetting = 36/40 - 30/40 on task a (the only earlier task); FWT 0 - 0
+    row = re.search(r"\| nlora \| 1 \| 0,1,2 \| 90\.0 \[(.*?)\] \| \+15\.0 \[.*?\] \| \+0\.0 \[\+0\.0, \+0\.0\] \| -15\.0 \[", table)
+    low, high = map(float, row.group(1).split(", "))
+    assert low < 90 < high
+    assert f"| inclora | 1 | 0,1,2 | {summarize.NO_SCORES} |" in table
+    paired = summarize.paired_table(runs, "generate")
+    assert re.search(r"\| nlora − olora \| orders 1, 3 seed-runs \| \+40\.0 \[\+[0-9.]+, \+[0-9.]+\] \* \(p 0\.000\) \|", paired)
+    assert "nlora higher AA" in paired and f"| olora − inclora | orders 1, 3 seed-runs | {summarize.NO_SCORES} |" in paired
+    sections = "\n".join(summarize.statistics_sections(runs))
+    assert "generation + normalised exact match" in sections and "label ranking" not in sections
+    old = [scored_result("nlora", 0, 36, "rank") | {"example_scores": None}]
+    assert "none of these results carries per-example scores" in "\n".join(summarize.statistics_sections(old))
