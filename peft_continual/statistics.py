@@ -35,12 +35,14 @@ class RunScores:
     """Per-example scores of one run: ``example_scores[i][j]`` holds task j's test scores after training task i.
 
     A run is complete (one row per task) or joint (one row scoring every task: the multi-task bound, whose only
-    metric is AA). Cells that were not evaluated are ``None``. Every present cell of task j and the zero-shot
-    entry of task j score the same test examples, so they have one length.
+    metric is AA). Cells that were not evaluated are ``None``; so is every cell of a task the protocol cannot
+    score (``scored[j]`` False, e.g. a generation task under label ranking), which the metrics leave out. Every
+    present cell of task j and its zero-shot entry score the same test examples, so they have one length.
     """
 
     example_scores: tuple[tuple[Optional[np.ndarray], ...], ...]
     zero_shot_example_scores: Optional[tuple[Optional[np.ndarray], ...]] = None
+    scored: Optional[tuple[bool, ...]] = None  # None: every task
 
     def __post_init__(self):
         rows, T = len(self.example_scores), len(self.example_scores[0]) if self.example_scores else 0
@@ -48,15 +50,21 @@ class RunScores:
             raise ValueError("example_scores must be a non-empty list of rows, each with one entry per task")
         if rows not in (1, T):
             raise ValueError(f"example_scores has {rows} rows for {T} tasks: a run must be complete or joint (one row)")
-        if any(cell is None for cell in self.example_scores[-1]):
-            raise ValueError("the last row of example_scores must score every task")
-        if rows == T and any(self.example_scores[j][j] is None for j in range(T)):
-            raise ValueError("every diagonal cell of example_scores must be present")
+        scored = (True,) * T if self.scored is None else tuple(bool(s) for s in self.scored)
+        if len(scored) != T or not any(scored):
+            raise ValueError(f"scored must mark {T} tasks, at least one of them scored; got {self.scored!r}")
+        object.__setattr__(self, "scored", scored)
         zero = self.zero_shot_example_scores
         if zero is not None and len(zero) != T:
             raise ValueError(f"zero_shot_example_scores has {len(zero)} entries for {T} tasks")
         for j in range(T):
             cells = [row[j] for row in self.example_scores] + [zero[j] if zero is not None else None]
+            if not scored[j]:
+                if any(c is not None for c in cells):
+                    raise ValueError(f"task {j} is marked as not scored but has scores")
+                continue
+            if self.example_scores[-1][j] is None or (rows == T and self.example_scores[j][j] is None):
+                raise ValueError(f"task {j}: the last row and the diagonal of example_scores must score it")
             lengths = {len(c) for c in cells if c is not None}
             if len(lengths) > 1 or 0 in lengths:
                 raise ValueError(f"task {j}: cells score {sorted(lengths)} examples; every cell must score the same "
@@ -64,19 +72,22 @@ class RunScores:
 
     @classmethod
     def from_lists(cls, example_scores: Sequence[Sequence[Optional[Sequence[float]]]],
-                   zero_shot_example_scores: Optional[Sequence[Optional[Sequence[float]]]] = None) -> "RunScores":  # fmt: skip
+                   zero_shot_example_scores: Optional[Sequence[Optional[Sequence[float]]]] = None,
+                   scored: Optional[Sequence[bool]] = None) -> "RunScores":  # fmt: skip
         def cell(values):
             return None if values is None else np.asarray(values, dtype=np.float64)
 
         zero = None if zero_shot_example_scores is None else tuple(cell(v) for v in zero_shot_example_scores)
-        return cls(tuple(tuple(cell(v) for v in row) for row in example_scores), zero)
+        return cls(tuple(tuple(cell(v) for v in row) for row in example_scores), zero,
+                   None if scored is None else tuple(scored))  # fmt: skip
 
     @classmethod
     def from_result(cls, data: dict[str, Any], protocol: Optional[str] = None) -> "RunScores":
         """From a ``ContinualResult.to_dict()`` (or a benchmark JSON carrying one under ``result``).
 
         ``protocol`` picks a secondary scoring of the same run (``result["secondary"][protocol]``, with its own
-        ``example_scores``); ``None`` is the primary one.
+        ``example_scores``); ``None`` is the primary one. Tasks whose ``task_metrics`` entry is ``None`` are
+        the ones that protocol cannot score.
         """
         result = data.get("result", data)
         if protocol is not None:
@@ -84,16 +95,22 @@ class RunScores:
             if protocol not in secondary:
                 raise MissingExampleScores(f"no secondary protocol {protocol!r} (have: {sorted(secondary)})")
             result = secondary[protocol]
-        if result.get("example_scores") is None:
-            raise MissingExampleScores("the result has no example_scores")
-        return cls.from_lists(result["example_scores"], result.get("zero_shot_example_scores"))
+        rows, metrics = result.get("example_scores"), result.get("task_metrics")
+        scored = [m is not None for m in metrics] if metrics else None
+        if not rows or all(cell is None for cell in rows[-1]) or (
+            scored and any(cell is None for cell, s in zip(rows[-1], scored) if s)
+        ):
+            raise MissingExampleScores("the result has no per-example scores (example_scores)")
+        return cls.from_lists(rows, result.get("zero_shot_example_scores"), scored)
 
     @property
     def num_tasks(self) -> int:
         return len(self.example_scores[0])
 
     def num_examples(self, task: int) -> int:
-        return len(self.example_scores[-1][task])
+        """Test examples of a scored task (0 for a task the protocol cannot score)."""
+        cell = self.example_scores[-1][task]
+        return 0 if cell is None else len(cell)
 
     def cell_means(self, indices: Optional[list[np.ndarray]] = None) -> tuple[list[list], Optional[list]]:
         """Each cell's mean, over all examples or (with ``indices[j]`` of shape (B, n_j)) over B resamples."""
@@ -110,23 +127,28 @@ class RunScores:
         return matrix, zero
 
 
-def metrics_from_matrix(matrix: list[list], zero_shot: Optional[list] = None) -> dict[str, Any]:
+def metrics_from_matrix(matrix: list[list], zero_shot: Optional[list] = None,
+                        scored: Optional[Sequence[bool]] = None) -> dict[str, Any]:  # fmt: skip
     """AA, BWT, FWT and forgetting (the definitions of :mod:`peft_continual.metrics`) over a matrix of cells.
 
     Cells may be floats or equal-shaped arrays (one value per bootstrap replicate); ``None`` marks a cell not
-    evaluated. A joint run (one row, several tasks) has AA only. A metric whose cells are missing is ``None``.
+    evaluated. Tasks with ``scored[j]`` False are left out of every mean. A joint run (one row, several tasks)
+    has AA only. A metric whose cells are missing is ``None``.
     """
     T, rows = len(matrix[0]), len(matrix)
+    tasks = [j for j in range(T) if scored is None or scored[j]]
     last = matrix[-1]
     out: dict[str, Any] = dict.fromkeys(METRICS)
-    out["average_accuracy"] = sum(last) / T
-    if rows != T or T < 2:
+    out["average_accuracy"] = sum(last[j] for j in tasks) / len(tasks)
+    if rows != T:
         return out
-    out["backward_transfer"] = sum(last[j] - matrix[j][j] for j in range(T - 1)) / (T - 1)
-    out["forgetting"] = sum(np.maximum.reduce([matrix[l][j] for l in range(j, T - 1)]) - last[j]
-                            for j in range(T - 1)) / (T - 1)  # fmt: skip
-    if zero_shot is not None and all(matrix[j - 1][j] is not None and zero_shot[j] is not None for j in range(1, T)):
-        out["forward_transfer"] = sum(matrix[j - 1][j] - zero_shot[j] for j in range(1, T)) / (T - 1)
+    earlier, later = [j for j in tasks if j < T - 1], [j for j in tasks if j > 0]
+    if earlier:
+        out["backward_transfer"] = sum(last[j] - matrix[j][j] for j in earlier) / len(earlier)
+        out["forgetting"] = sum(np.maximum.reduce([matrix[l][j] for l in range(j, T - 1)]) - last[j]
+                                for j in earlier) / len(earlier)  # fmt: skip
+    if zero_shot is not None and later and all(matrix[j - 1][j] is not None and zero_shot[j] is not None for j in later):
+        out["forward_transfer"] = sum(matrix[j - 1][j] - zero_shot[j] for j in later) / len(later)
     return out
 
 
@@ -166,13 +188,12 @@ def _as_strata(runs: Strata) -> list[list[RunScores]]:
 def _resampled_metrics(paired: tuple[RunScores, ...], rng: np.random.Generator, B: int) -> dict[str, Optional[np.ndarray]]:
     """Metrics of each run in ``paired`` over B example resamples shared by all of them: arrays of shape (len, B)."""
     first = paired[0]
+    shape = (len(first.example_scores), first.scored, [first.num_examples(j) for j in range(first.num_tasks)])
     for run in paired[1:]:
-        if (len(run.example_scores), run.num_tasks) != (len(first.example_scores), first.num_tasks) or any(
-            run.num_examples(j) != first.num_examples(j) for j in range(first.num_tasks)
-        ):
+        if (len(run.example_scores), run.scored, [run.num_examples(j) for j in range(run.num_tasks)]) != shape:
             raise ValueError("paired runs must have the same tasks, rows and test examples per task")
-    indices = [rng.integers(0, first.num_examples(j), size=(B, first.num_examples(j))) for j in range(first.num_tasks)]
-    per_run = [metrics_from_matrix(*run.cell_means(indices)) for run in paired]
+    indices = [rng.integers(0, n, size=(B, n)) if n else None for n in shape[2]]
+    per_run = [metrics_from_matrix(*run.cell_means(indices), run.scored) for run in paired]
     return {m: None if any(r[m] is None for r in per_run) else np.stack([r[m] for r in per_run]) for m in METRICS}
 
 
@@ -211,7 +232,7 @@ def _estimates(paired_strata) -> dict[str, Optional[np.ndarray]]:
     for m in METRICS:
         per_stratum = []
         for stratum in paired_strata:
-            values = [[metrics_from_matrix(*run.cell_means())[m] for run in runs] for runs in stratum]
+            values = [[metrics_from_matrix(*run.cell_means(), run.scored)[m] for run in runs] for runs in stratum]
             per_stratum.append(None if any(v is None for vs in values for v in vs) else np.mean(values, axis=0))
         out[m] = None if any(v is None for v in per_stratum) else np.mean(per_stratum, axis=0)
     return out

@@ -221,3 +221,34 @@ def test_from_result_reads_primary_and_secondary_protocols():
         RunScores.from_result(data, protocol="generate")
     with pytest.raises(MissingExampleScores, match="example_scores"):
         RunScores.from_result({"accuracy_matrix": [[1.0]]})
+
+
+def test_tasks_a_protocol_cannot_score_are_left_out():
+    """Task 1 is a generation task under label ranking: no scores at all; the means run over tasks 0 and 2."""
+    a, c = [1.0, 0.0, 1.0, 1.0], [0.0, 1.0, 1.0]
+    rows = [[a, None, c], [[0.0, 0.0, 1.0, 1.0], None, c], [[0.0, 0.0, 0.0, 1.0], None, [1.0, 1.0, 1.0]]]
+    run = RunScores.from_lists(rows, [[0.0] * 4, None, [0.0, 0.0, 1.0]], scored=[True, False, True])
+    intervals = bootstrap_metrics([run], num_resamples=200)
+    assert intervals["average_accuracy"].estimate == pytest.approx((0.25 + 1.0) / 2)
+    assert intervals["backward_transfer"].estimate == pytest.approx(0.25 - 0.75)  # task 0 only (task 2 is last)
+    assert intervals["forgetting"].estimate == pytest.approx(0.75 - 0.25)
+    assert intervals["forward_transfer"].estimate == pytest.approx(2 / 3 - 1 / 3)  # task 2 only: R[1][2] - R0[2]
+    with pytest.raises(ValueError, match="not scored but has scores"):
+        RunScores.from_lists(rows, scored=[False, False, True])
+    data = {"example_scores": rows, "task_metrics": ["accuracy", None, "accuracy"], "zero_shot_example_scores": None}
+    assert RunScores.from_result(data).scored == (True, False, True)
+
+
+def test_missing_zero_shot_scores_leave_forward_transfer_undefined():
+    run = random_run(random.Random(8))
+    partial = RunScores(run.example_scores, (run.zero_shot_example_scores[0], None, run.zero_shot_example_scores[2]))
+    intervals = bootstrap_metrics([partial], num_resamples=100)
+    assert intervals["forward_transfer"] is None and intervals["average_accuracy"] is not None
+
+
+def test_results_saved_without_scores_have_none():
+    """ContinualResult.from_dict fills old results' example_scores with None cells: no scores, not an error."""
+    with pytest.raises(MissingExampleScores):
+        RunScores.from_result({"example_scores": [[None, None], [None, None]], "accuracy_matrix": [[1, 0], [1, 1]]})
+    with pytest.raises(MissingExampleScores):
+        RunScores.from_result({"example_scores": [], "accuracy_matrix": [[1.0]]})
