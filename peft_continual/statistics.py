@@ -132,7 +132,8 @@ def metrics_from_matrix(matrix: list[list], zero_shot: Optional[list] = None,
     """AA, BWT, FWT and forgetting (the definitions of :mod:`peft_continual.metrics`) over a matrix of cells.
 
     Cells may be floats or equal-shaped arrays (one value per bootstrap replicate); ``None`` marks a cell not
-    evaluated. Tasks with ``scored[j]`` False are left out of every mean. A joint run (one row, several tasks)
+    evaluated (forgetting takes its maximum over the evaluated cells). Tasks with ``scored[j]`` False are left out
+    of every mean. A joint run (one row, several tasks)
     has AA only. A metric whose cells are missing is ``None``.
     """
     T, rows = len(matrix[0]), len(matrix)
@@ -145,8 +146,8 @@ def metrics_from_matrix(matrix: list[list], zero_shot: Optional[list] = None,
     earlier, later = [j for j in tasks if j < T - 1], [j for j in tasks if j > 0]
     if earlier:
         out["backward_transfer"] = sum(last[j] - matrix[j][j] for j in earlier) / len(earlier)
-        out["forgetting"] = sum(np.maximum.reduce([matrix[l][j] for l in range(j, T - 1)]) - last[j]
-                                for j in earlier) / len(earlier)  # fmt: skip
+        out["forgetting"] = sum(np.maximum.reduce([matrix[l][j] for l in range(j, T - 1) if matrix[l][j] is not None])
+                                - last[j] for j in earlier) / len(earlier)  # fmt: skip
     if zero_shot is not None and later and all(matrix[j - 1][j] is not None and zero_shot[j] is not None for j in later):
         out["forward_transfer"] = sum(matrix[j - 1][j] - zero_shot[j] for j in later) / len(later)
     return out

@@ -252,3 +252,11 @@ def test_results_saved_without_scores_have_none():
         RunScores.from_result({"example_scores": [[None, None], [None, None]], "accuracy_matrix": [[1, 0], [1, 1]]})
     with pytest.raises(MissingExampleScores):
         RunScores.from_result({"example_scores": [], "accuracy_matrix": [[1.0]]})
+
+
+def test_forgetting_takes_the_maximum_over_evaluated_cells_only():
+    """Only the diagonal and the last row evaluated (ContinualTrainer's evaluate_seen="needed")."""
+    rows = [[[1.0, 1.0], None, None], [None, [1.0, 0.0], None], [[0.0, 1.0], [0.0, 0.0], [1.0, 1.0]]]
+    intervals = bootstrap_metrics([RunScores.from_lists(rows)], num_resamples=50)
+    assert intervals["forgetting"].estimate == pytest.approx(((1.0 - 0.5) + (0.5 - 0.0)) / 2)
+    assert intervals["backward_transfer"].estimate == pytest.approx(-0.5)
