@@ -209,7 +209,8 @@ def run_osf(config: dict, model, tokenizer, tasks, output_dir: str, seed: int, r
         output = Trainer(model=peft_model, args=training_args(config, f"{output_dir}/task_{i + 1}", seed),
                          train_dataset=features, data_collator=collator).train()  # fmt: skip
         seconds = round(time.perf_counter() - started, 2)
-        evaluated = tasks_to_evaluate(i, len(tasks), options["evaluate_unseen"])  # as ContinualTrainer does
+        evaluated = tasks_to_evaluate(i, len(tasks), options["evaluate_unseen"],
+                                      options.get("evaluate_seen", "needed"))  # as ContinualTrainer does
         scores = evaluate_all(peft_model, tokenizer, [tasks[j] for j in evaluated], config)
         result.accuracy_matrix.append([dict(zip(evaluated, scores)).get(j) for j in range(len(tasks))])
         result.details.append({"task": task.name, "train_examples": len(features), "train_loss": output.training_loss,

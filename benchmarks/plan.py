@@ -133,7 +133,9 @@ def work(method: str, order: int, seed: int, config: dict) -> dict:
         return {"steps": math.ceil(sum(n for n, _ in sizes) / per_step) * epochs,
                 "eval_examples": sum(e for _, e in sizes), "zero_shot_examples": 0}  # fmt: skip
     T = len(sizes)
-    evaluated = sum(sizes[j][1] for i in range(T) for j in tasks_to_evaluate(i, T, config["trainer"]["evaluate_unseen"]))
+    options = config["trainer"]
+    evaluated = sum(sizes[j][1] for i in range(T)
+                    for j in tasks_to_evaluate(i, T, options["evaluate_unseen"], options.get("evaluate_seen", "needed")))  # fmt: skip
     zero = sum(e for _, e in sizes) if config["trainer"]["evaluate_zero_shot"] else 0
     return {"steps": sum(math.ceil(n / per_step) * epochs for n, _ in sizes), "eval_examples": evaluated,
             "zero_shot_examples": zero}  # fmt: skip

@@ -146,9 +146,10 @@ def test_plan_counts_steps_and_evaluated_examples(data_dir):
     config = tiny_config(data_dir, "nlora")
     config["data"].update(max_train_per_label=4, max_eval_samples=4)  # 2 labels x 4 = 8 training examples per task
     config["training"].update(per_device_train_batch_size=4, num_train_epochs=1)
-    assert plan.work("nlora", 1, 0, config) == {"steps": 4 * 2, "eval_examples": 4 * (2 + 3 + 4 + 4),
+    # after tasks 1-3: the task just trained and the next one; after task 4: all four
+    assert plan.work("nlora", 1, 0, config) == {"steps": 4 * 2, "eval_examples": 4 * (2 + 2 + 2 + 4),
                                                 "zero_shot_examples": 4 * 4}  # fmt: skip
-    config["trainer"]["evaluate_unseen"] = False
+    config["trainer"].update(evaluate_unseen=False, evaluate_seen="all")  # the lower triangle
     config["training"].update(num_train_epochs=2, per_device_train_batch_size=3)  # ceil(8 / 3) = 3 steps per epoch
     assert plan.work("nlora", 1, 0, config)["eval_examples"] == 4 * (1 + 2 + 3 + 4)
     assert plan.work("nlora", 1, 0, config)["steps"] == 4 * 3 * 2
