@@ -39,6 +39,7 @@ from pathlib import Path
 
 from accuracy import HERE, METHODS, RESULTS, RUNS, config_hash, load_experiment, result_path, stored_hash
 from common import environment, markdown_table
+from peft_continual.demo_model import load_smollm2
 from peft_continual.io_utils import atomic_write_text
 
 UNIT_COSTS = RESULTS / "unit_costs.json"
@@ -187,20 +188,24 @@ def step_ratios() -> dict[str, float]:
             for method, variant in STEP_VARIANTS.items() if variant in table}  # fmt: skip
 
 
-def measure(config: dict, model_cache: str | None, steps: int = 3, examples: int = 8) -> dict:
-    """CPU seconds of one plain-LoRA optimizer step and of one evaluated example per protocol, on this machine."""
+def measure(config: dict, load_model, steps: int = 3, examples: int = 8) -> dict:
+    """CPU seconds of one plain-LoRA optimizer step and of one evaluated example per protocol, on this machine.
+
+    ``load_model`` returns (model, tokenizer); the steps run on order 1's first task, the evaluations spread
+    ``examples`` over its four tasks.
+    """
     import torch
     from peft import LoraConfig, get_peft_model
 
     from peft_continual import STANDARD_ORDERS, ContinualCollator, evaluate_task, load_continual_tasks
-    from peft_continual.demo_model import load_smollm2
+    from peft_continual.target_logits import supports_target_logits, with_target_logits
     from peft_continual.tasks import tokenize_task
 
     torch.set_num_threads(config["threads"])
     data, training, length = config["data"], config["training"], config["trainer"]["max_source_length"]
     tasks = load_continual_tasks(STANDARD_ORDERS[1], HERE.parent / data["data_dir"], max_train_per_label=8,
                                  max_eval_samples=examples // 4 or 1, seed=0)  # fmt: skip
-    model, tokenizer = load_smollm2(cache_dir=model_cache)
+    model, tokenizer = load_model()
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **config["lora"]))
@@ -210,6 +215,8 @@ def measure(config: dict, model_cache: str | None, steps: int = 3, examples: int
     times = []
     for i in range(steps + 1):  # the first step warms up
         batch = collate([features[(i * batch_size + k) % len(features)] for k in range(batch_size)])
+        if supports_target_logits(model):  # as ContinualTrainer trains: the LM head on target positions only
+            batch = with_target_logits(batch)
         started = time.process_time()
         model(**batch).loss.backward()
         optimizer.step()
@@ -233,7 +240,7 @@ def unit_costs(runs: list[Run], model_cache: str | None, remeasure: bool) -> dic
     if remeasure:
         for key, config in {cost_key(r.config): r.config for r in runs}.items():
             print(f"measuring {key} ...", file=sys.stderr, flush=True)
-            saved["measured"][key] = measure(config, model_cache)
+            saved["measured"][key] = measure(config, lambda: load_smollm2(cache_dir=model_cache))
         saved["environment"] = environment()
         atomic_write_text(UNIT_COSTS, json.dumps(saved, indent=2) + "\n")
     return saved

@@ -177,6 +177,13 @@ def test_plan_unit_costs_from_results_and_measurement(tmp_path, monkeypatch):
     assert plan.price(plan.Run("olora", 1, 0), amount, observed, {}, {"olora": 1.1}) is None
 
 
+def test_plan_measures_unit_costs_with_the_runs_code(data_dir):
+    costs = plan.measure(tiny_config(data_dir, "seqlora"), Loader(), steps=2, examples=4)
+    assert costs["step_seconds"] > 0
+    assert set(costs["eval_seconds_per_example"]) == {"rank", "generate"}
+    assert all(v > 0 for v in costs["eval_seconds_per_example"].values())
+
+
 def test_plan_runs_only_missing_runs_jobs_at_a_time(tmp_path, monkeypatch):
     """accuracy.py is replaced by a script that writes a finished result and records when it ran."""
     monkeypatch.setattr(plan, "RESULTS", tmp_path / "results")
