@@ -401,11 +401,32 @@ def cost_sections() -> list[str]:
         settings = argparse.Namespace(**data["settings"])
         parts += ["### N-LoRA's penalty at 7B shapes (`python benchmarks/regularizer_memory.py`)",
                   regularizer_memory.render(data["results"], settings), environment_line(data)]  # fmt: skip
+    if (results / "threads.json").exists():
+        data = json.loads((results / "threads.json").read_text())
+        parts += ["### Threads: two one-thread jobs side by side or one two-thread job (`python benchmarks/threads.py`)",
+                  threads_table(data), environment_line(data)]  # fmt: skip
     if (results / "inference.json").exists():
         data = json.loads((results / "inference.json").read_text())
         parts += ["### Scoring and serving (`python benchmarks/inference.py`)", inference.render(data),
                   environment_line(data)]  # fmt: skip
     return parts
+
+
+def threads_table(data: dict) -> str:
+    """The same LoRA steps run (a) as one two-thread job twice in sequence, (b) as two one-thread jobs at once."""
+    r, settings = data["results"], data["settings"]
+    rows = []
+    for label, phases in (("(a) one 2-thread job, twice in sequence", r["one_two_thread_job_twice"]),
+                          ("(b) two 1-thread jobs side by side", [r["two_one_thread_jobs_side_by_side"]])):  # fmt: skip
+        steps = sum(p["steps"] for p in phases)
+        wall = sum(p["wall_seconds"] for p in phases)
+        cpu = sum(sum(p["cpu_seconds"]) for p in phases)
+        loads = ", ".join(f"{p['load_average_before'][0]:.1f}→{p['load_average_after'][0]:.1f}" for p in phases)
+        rows.append([label, steps, f"{wall:.0f}", f"{3600 * steps / wall:.0f}", f"{cpu / steps:.1f}", loads])
+    table = markdown_table(["layout", "steps", "wall s", "steps per hour", "CPU s per step", "1-min load (before→after)"],
+                           rows)  # fmt: skip
+    return (f"{table}\n\nThroughput (b)/(a): **{r['throughput_ratio_side_by_side_over_sequential']:.2f}×** "
+            f"({settings['model']}, batch {settings['batch']} × {settings['length']} tokens).")
 
 
 def environment_line(data: dict) -> str:
