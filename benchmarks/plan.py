@@ -356,7 +356,8 @@ def main() -> None:
     plan = json.loads(args.plan.read_text())
     runs = expand(plan)
     if args.status:
-        rows = [[r.path.stem, r.base, "finished" if r.finished else "missing"] for r in runs]
+        state = lambda r: "finished" if r.finished else "stale (other config)" if r.path.exists() else "missing"  # noqa: E731
+        rows = [[r.path.stem, r.base, state(r)] for r in runs]
         print(markdown_table(["run", "base", "state"], rows))
         return
     if args.project or args.measure:
