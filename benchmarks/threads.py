@@ -94,8 +94,7 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=128)
     parser.add_argument("--model-cache", default=None, help="converted SmolLM2 checkpoint folder")
     parser.add_argument("--output", default="threads.json")
-    for hidden in ("--worker",):
-        parser.add_argument(hidden, action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # one job, started by the phases
     for hidden, kind in (("--threads", int), ("--index", int), ("--siblings", int), ("--barrier", str)):
         parser.add_argument(hidden, type=kind, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
