@@ -2,9 +2,17 @@
 
 from .collision import collision_report
 from .configs import IncLoraConfig, ILoraConfig, NLoraConfig, OLoraConfig, ReplayConfig
-from .evaluation import evaluate_task, normalize_answer
+from .evaluation import TaskEvaluation, evaluate_task
 from .metrics import ContinualResult
-from .tasks import STANDARD_ORDERS, ContinualCollator, ContinualTask, TaskSpecError, load_continual_tasks
+from .scoring import METRICS, normalize_answer
+from .tasks import (
+    GENERATION_ORDER,
+    STANDARD_ORDERS,
+    ContinualCollator,
+    ContinualTask,
+    TaskSpecError,
+    load_continual_tasks,
+)
 from .trainer import ContinualTrainer
 
 __version__ = "0.1.0"
@@ -14,12 +22,15 @@ __all__ = [
     "ContinualResult",
     "ContinualTask",
     "ContinualTrainer",
+    "GENERATION_ORDER",
     "ILoraConfig",
+    "METRICS",
     "IncLoraConfig",
     "NLoraConfig",
     "OLoraConfig",
     "ReplayConfig",
     "STANDARD_ORDERS",
+    "TaskEvaluation",
     "TaskSpecError",
     "collision_report",
     "evaluate_task",

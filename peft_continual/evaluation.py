@@ -1,37 +1,55 @@
-"""Scoring a model on a task: label ranking (fast, default) or greedy generation with exact match (the papers').
+"""Scoring a model on a task under a protocol: label ranking, or greedy generation scored by the task's metric.
 
-Label ranking picks the option whose tokens (label + EOS) have the highest log-likelihood after the prompt.
-The prompt is run once per example; its KV cache is repeated for every option, so the cost grows with the
-options' few tokens, not with options x prompt length.
+* ``rank`` (classification only): the option whose tokens (label + EOS/end-of-turn) have the highest
+  log-likelihood after the prompt. The prompt is run once per example; its KV cache is repeated for every option,
+  so the cost grows with the options' few tokens, not with options x prompt length.
+* ``generate``: batched, left-padded, KV-cached greedy decoding until EOS/end-of-turn or ``max_new_tokens``; the
+  answer is scored by the task's metric (the papers' protocol, where format forgetting counts).
+
+Every example's score is kept (for intervals and paired comparisons), and the predictions can be written as JSONL.
 """
 
 from __future__ import annotations
 
-import re
-import string
+import json
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Optional
 
 import torch
+from transformers import GenerationConfig
 
-from .tasks import ContinualTask, encode_answer, encode_prompt, left_pad
+from .io_utils import atomic_write_text
+from .scoring import normalize_answer, score_predictions  # noqa: F401  (normalize_answer: public name)
+from .tasks import GENERATION, ContinualTask, EvalEncoding, encode_eval, left_pad, use_chat_template
 
 EvaluationMethod = Literal["rank", "generate"]
+EVALUATION_METHODS = ("rank", "generate")
+CLASSIFICATION_EXTRA_TOKENS = 2  # generated past the longest label, so a wrong longer answer is seen as such
 
 
 @dataclass
 class TaskEvaluation:
-    accuracy: float
+    score: float
+    metric: str
+    method: str
     num_examples: int
     predictions: list[str]
+    example_scores: list[float]
+
+    @property
+    def accuracy(self) -> float:
+        """The task's score (the name predates per-task metrics)."""
+        return self.score
 
 
-def normalize_answer(text: str) -> str:
-    """Lower-case, first line only, no punctuation, articles or extra spaces (SQuAD-style normalisation)."""
-    text = text.strip().split("\n")[0].lower()
-    text = "".join(ch for ch in text if ch not in set(string.punctuation))
-    text = re.sub(r"\b(a|an|the)\b", " ", text)
-    return " ".join(text.split())
+def check_protocol(method: str, task: ContinualTask) -> None:
+    if method not in EVALUATION_METHODS:
+        raise ValueError(f"evaluation method must be 'rank' or 'generate', got {method!r}")
+    if method == "rank" and task.kind == GENERATION:
+        raise ValueError(
+            f"task {task.name!r} is a generation task: it has no label options to rank; evaluate it with "
+            "evaluation_method='generate'"
+        )
 
 
 def _batches(n: int, size: int):
@@ -69,6 +87,37 @@ def rank_scores(model, prompts: list[list[int]], options: list[list[int]], pad_t
 
 
 @torch.no_grad()
+def generate_greedy(
+    model, prompts: list[list[int]], *, pad_token_id: int, stop_ids: list[int], max_new_tokens: int, batch_size: int
+) -> list[list[int]]:
+    """Greedy continuations of left-padded prompt batches (KV-cached), each cut before its first stop token."""
+    device = next(model.parameters()).device
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, use_cache=True,
+        eos_token_id=stop_ids, pad_token_id=pad_token_id,
+    )  # fmt: skip
+    continuations = []
+    for batch in _batches(len(prompts), batch_size):
+        ids, mask = left_pad([prompts[i] for i in batch], pad_token_id)
+        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config)
+        for row in out[:, ids.shape[1] :].tolist():
+            end = next((k for k, token in enumerate(row) if token in stop_ids), len(row))
+            continuations.append(row[:end])
+    return continuations
+
+
+def default_max_new_tokens(task: ContinualTask, encoding: EvalEncoding) -> int:
+    """A classification task: the longest option and a little more. A generation task must carry its own."""
+    if task.max_new_tokens is not None:
+        return task.max_new_tokens
+    if encoding.options is not None:
+        return max(len(o) for o in encoding.options) + CLASSIFICATION_EXTRA_TOKENS
+    raise ValueError(
+        f"task {task.name!r}: pass max_new_tokens (ContinualTrainer sets it from the longest training target)"
+    )
+
+
+@torch.no_grad()
 def evaluate_task(
     model,
     tokenizer,
@@ -77,30 +126,43 @@ def evaluate_task(
     method: EvaluationMethod = "rank",
     max_source_length: int = 256,
     batch_size: int = 8,
-    max_new_tokens: int | None = None,
+    max_new_tokens: Optional[int] = None,
+    chat_template: str = "auto",
+    encoding: Optional[EvalEncoding] = None,
 ) -> TaskEvaluation:
-    """Accuracy of ``model`` on ``task.eval`` (the model's current adapters and mode are used as they are)."""
+    """The task's metric on ``task.eval`` (the model's current adapters and mode are used as they are).
+
+    ``encoding`` is the task's :func:`~peft_continual.tasks.encode_eval` output, to encode the prompts once for
+    many evaluations; ``chat_template`` and ``max_source_length`` only matter when it is not given.
+    """
+    check_protocol(method, task)
+    if encoding is None:
+        encoding = encode_eval(tokenizer, task, max_source_length, use_chat_template(tokenizer, chat_template))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    texts, gold = list(task.eval["text"]), list(task.eval["label"])
-    prompts = [encode_prompt(tokenizer, task, t, max_source_length) for t in texts]
-    predictions: list[str] = []
     if method == "rank":
-        options = [encode_answer(tokenizer, label) for label in task.labels]
-        for batch in _batches(len(prompts), batch_size):
-            best = rank_scores(model, [prompts[i] for i in batch], options, pad).argmax(-1)
+        predictions: list[str] = []
+        for batch in _batches(len(encoding.prompts), batch_size):
+            best = rank_scores(model, [encoding.prompts[i] for i in batch], encoding.options, pad).argmax(-1)
             predictions += [task.labels[i] for i in best.tolist()]
-        correct = sum(p == g for p, g in zip(predictions, gold))
-    elif method == "generate":
-        device = next(model.parameters()).device
-        limit = max_new_tokens or max(len(encode_answer(tokenizer, label)) for label in task.labels) + 2
-        for batch in _batches(len(prompts), batch_size):
-            ids, mask = left_pad([prompts[i] for i in batch], pad)
-            out = model.generate(
-                input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=limit,
-                do_sample=False, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id,
-            )  # fmt: skip
-            predictions += tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
-        correct = sum(normalize_answer(p) == normalize_answer(g) for p, g in zip(predictions, gold))
     else:
-        raise ValueError(f"evaluation method must be 'rank' or 'generate', got {method!r}")
-    return TaskEvaluation(accuracy=correct / len(gold), num_examples=len(gold), predictions=predictions)
+        continuations = generate_greedy(
+            model, encoding.prompts, pad_token_id=pad, stop_ids=encoding.stop_ids, batch_size=batch_size,
+            max_new_tokens=max_new_tokens or default_max_new_tokens(task, encoding),
+        )  # fmt: skip
+        predictions = [text.strip() for text in tokenizer.batch_decode(continuations, skip_special_tokens=True)]
+    scores = score_predictions(task.metric, predictions, encoding.references)
+    return TaskEvaluation(
+        score=sum(scores) / len(scores), metric=task.metric, method=method, num_examples=len(scores),
+        predictions=predictions, example_scores=scores,
+    )  # fmt: skip
+
+
+def write_predictions(path, encoding: EvalEncoding, evaluation: TaskEvaluation) -> None:
+    """One JSON line per example: prompt, target, prediction, score (written atomically)."""
+    lines = (
+        json.dumps({"prompt": prompt, "target": target, "prediction": prediction, "score": score}, ensure_ascii=False)
+        for prompt, target, prediction, score in zip(
+            encoding.prompt_texts, encoding.references, evaluation.predictions, evaluation.example_scores
+        )
+    )
+    atomic_write_text(path, "\n".join(lines) + "\n")

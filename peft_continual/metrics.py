@@ -1,4 +1,7 @@
-"""Continual-learning metrics over the accuracy matrix R, where R[i][j] is the accuracy on task j after task i.
+"""Continual-learning metrics over the score matrix R, where R[i][j] is the score on task j after task i.
+
+Each task has its own metric (accuracy, exact match, F1, ROUGE-L, edit similarity; all in [0, 1]), named in
+``task_metrics``; the matrix keeps its historical name ``accuracy_matrix`` (``score_matrix`` is an alias).
 
 Definitions (per task, i.e. macro; 0-based indices, T tasks trained so far):
 
@@ -10,6 +13,11 @@ Definitions (per task, i.e. macro; 0-based indices, T tasks trained so far):
 R[i][j] for j < i (earlier tasks before the last row) is only known with ``evaluate_seen="all"``; forgetting
 takes its maximum over the evaluated cells. R[i][j] for j > i is only known when tasks are evaluated before they are trained (``evaluate_unseen``); FWT
 needs R[j-1][j] (``evaluate_unseen="next"`` is enough) and R0, and is ``None`` otherwise. BWT and forgetting are ``None`` for a single task.
+A task a protocol cannot score (a generation task under label ranking, in a secondary protocol) has no scores and
+is left out of the means.
+
+Per-example scores are kept beside each cell (``example_scores``, same shape as R, ``None`` where not evaluated)
+for bootstrap intervals and paired comparisons; ``secondary`` holds the same result for every further protocol.
 """
 
 from __future__ import annotations
@@ -20,8 +28,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
 
-def _mean(values: list[float]) -> Optional[float]:
+def _mean(values: list[Optional[float]]) -> Optional[float]:
+    values = [v for v in values if v is not None]
     return sum(values) / len(values) if values else None
+
+
+def _diff(a: Optional[float], b: Optional[float]) -> Optional[float]:
+    return None if a is None or b is None else a - b
 
 
 @dataclass
@@ -33,18 +46,26 @@ class ContinualResult:
     method: str = ""
     details: list[dict[str, Any]] = field(default_factory=list)
     collision: Optional[dict[str, Any]] = None
+    task_metrics: list[Optional[str]] = field(default_factory=list)  # None: this protocol cannot score the task
+    example_scores: list[list[Optional[list[float]]]] = field(default_factory=list)
+    zero_shot_example_scores: Optional[list[Optional[list[float]]]] = None
+    secondary: dict[str, "ContinualResult"] = field(default_factory=dict)
+
+    @property
+    def score_matrix(self) -> list[list[Optional[float]]]:
+        return self.accuracy_matrix
 
     @property
     def num_trained(self) -> int:
         return len(self.accuracy_matrix)
 
-    def _final(self) -> Optional[list[float]]:
+    def _final(self) -> Optional[list[Optional[float]]]:
         """The last row over the trained tasks; None while it is incomplete (in the middle of a run that evaluates
-        only the task just trained, see ``ContinualTrainer(evaluate_seen=...)``)."""
+        only the task just trained, see ``ContinualTrainer(evaluate_seen=...)``). Unscored tasks stay None in it."""
         if not self.accuracy_matrix:
             raise ValueError("no task has been trained yet")
         final = self.accuracy_matrix[-1][: self.num_trained]
-        return None if any(a is None for a in final) else final
+        return None if any(a is None for j, a in enumerate(final) if self._scored(j)) else final
 
     @property
     def average_accuracy(self) -> Optional[float]:
@@ -54,21 +75,25 @@ class ContinualResult:
     @property
     def backward_transfer(self) -> Optional[float]:
         R, T, final = self.accuracy_matrix, self.num_trained, self._final()
-        return None if final is None else _mean([final[j] - R[j][j] for j in range(T - 1)])
+        return None if final is None else _mean([_diff(final[j], R[j][j]) for j in range(T - 1)])
 
     @property
     def forgetting(self) -> Optional[float]:
         R, T, final = self.accuracy_matrix, self.num_trained, self._final()
         if final is None:
             return None
-        return _mean([max(R[l][j] for l in range(j, T - 1) if R[l][j] is not None) - final[j] for j in range(T - 1)])
+        return _mean([max(R[l][j] for l in range(j, T - 1) if R[l][j] is not None) - final[j] for j in range(T - 1) if self._scored(j)])
 
     @property
     def forward_transfer(self) -> Optional[float]:
         R, T = self.accuracy_matrix, self.num_trained
-        if self.zero_shot is None or T < 2 or any(R[j - 1][j] is None or self.zero_shot[j] is None for j in range(1, T)):
+        scored = [j for j in range(1, T) if self._scored(j)]
+        if self.zero_shot is None or not scored or any(R[j - 1][j] is None or self.zero_shot[j] is None for j in scored):
             return None
-        return _mean([R[j - 1][j] - self.zero_shot[j] for j in range(1, T)])
+        return _mean([R[j - 1][j] - self.zero_shot[j] for j in scored])
+
+    def _scored(self, j: int) -> bool:
+        return not self.task_metrics or self.task_metrics[j] is not None
 
     def summary(self) -> dict[str, Optional[float]]:
         return {
@@ -81,7 +106,9 @@ class ContinualResult:
     # ------------------------------------------------------------------------------------ (de)serialising
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), **self.summary()}
+        data = asdict(self)
+        data["secondary"] = {name: result.to_dict() for name, result in self.secondary.items()}
+        return {**data, **self.summary()}
 
     def to_json(self, path: Optional[str] = None) -> str:
         text = json.dumps(self.to_dict(), indent=2)
@@ -94,7 +121,15 @@ class ContinualResult:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ContinualResult":
         fields = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        fields["secondary"] = {name: cls.from_dict(sub) for name, sub in (fields.get("secondary") or {}).items()}
         result = cls(**fields)
+        # Results saved before per-task metrics and per-example scores: accuracy everywhere, no example scores.
+        if not result.task_metrics:
+            result.task_metrics = ["accuracy"] * len(result.task_names)
+        if not result.example_scores:
+            result.example_scores = [[None] * len(row) for row in result.accuracy_matrix]
+        if result.zero_shot is not None and result.zero_shot_example_scores is None:
+            result.zero_shot_example_scores = [None] * len(result.zero_shot)
         result.validate()
         return result
 
@@ -107,22 +142,29 @@ class ContinualResult:
         return cls.from_dict(json.loads(text))
 
     def validate(self) -> None:
-        """Reject a matrix that is not square-by-rows, or accuracies outside [0, 1] (a corrupted state)."""
+        """Reject a matrix that is not square-by-rows, or scores outside [0, 1] (a corrupted state)."""
         T = len(self.task_names)
         if len(self.accuracy_matrix) > T or any(len(row) != T for row in self.accuracy_matrix):
             raise ValueError(f"accuracy_matrix must have at most {T} rows of {T} entries (one per task)")
+        if len(self.task_metrics) != T:
+            raise ValueError(f"task_metrics must name one metric per task ({T}), got {self.task_metrics!r}")
+        if len(self.example_scores) != len(self.accuracy_matrix) or any(len(r) != T for r in self.example_scores):
+            raise ValueError("example_scores must have the shape of accuracy_matrix")
         for i, row in enumerate(self.accuracy_matrix):
             for j, value in enumerate(row):
-                if (j == i or value is not None) and (value is None or not 0.0 <= value <= 1.0 or math.isnan(value)):
-                    raise ValueError(f"accuracy_matrix[{i}][{j}] = {value!r} is not an accuracy in [0, 1]")
+                needed = j == i and self._scored(j)
+                if (needed or value is not None) and (value is None or not 0.0 <= value <= 1.0 or math.isnan(value)):
+                    raise ValueError(f"accuracy_matrix[{i}][{j}] = {value!r} is not a score in [0, 1]")
 
     # ---------------------------------------------------------------------------------------- printing
 
     def format_table(self) -> str:
-        """The accuracy matrix (%) as a text table, rows = after training task i, with the summary below."""
+        """The score matrix (%) as a text table, rows = after training task i, with the summary below."""
         names = self.task_names
         width = max([len(n) for n in names] + [8])
         lines = ["after \\ on".ljust(width + 2) + "".join(n[:width].rjust(width + 2) for n in names)]
+        if self.task_metrics:
+            lines.append("metric".ljust(width + 2) + "".join((m or "-")[:width].rjust(width + 2) for m in self.task_metrics))
         if self.zero_shot is not None:
             cells = ["-" if a is None else f"{100 * a:.1f}" for a in self.zero_shot]
             lines.append("zero-shot".ljust(width + 2) + "".join(c.rjust(width + 2) for c in cells))
@@ -139,4 +181,6 @@ class ContinualResult:
             f"FWT {pct(s['forward_transfer'])}  forgetting {pct(s['forgetting'])}  "
             f"({self.evaluation_method} scoring, macro over tasks)"
         )
+        for name, result in self.secondary.items():
+            lines.append(f"\n{name} scoring:\n{result.format_table()}")
         return "\n".join(lines)

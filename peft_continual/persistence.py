@@ -89,18 +89,21 @@ def save_root_adapter(model: PeftModel, adapters: list[str], destination: Path) 
 def task_to_dict(task: ContinualTask, include_data: bool = True) -> dict[str, Any]:
     """A task's definition, and its evaluation rows if ``include_data`` (enough to keep evaluating it after a reload)."""
     return {
-        "name": task.name, "labels": task.labels, "instruction": task.instruction, "task_type": task.task_type,
+        "name": task.name, "kind": task.kind, "metric": task.metric, "max_new_tokens": task.max_new_tokens,
+        "labels": task.labels, "instruction": task.instruction, "task_type": task.task_type,
         "show_options": task.show_options, "source": task.source, "prompt_format": task.prompt("{text}"),
         "eval_examples": len(task.eval),
-        "eval": {"text": list(task.eval["text"]), "label": list(task.eval["label"])} if include_data else None,
+        "eval": {column: list(task.eval[column]) for column in task.columns} if include_data else None,
     }  # fmt: skip
 
 
 def task_from_dict(data: dict[str, Any]) -> ContinualTask:
+    """Runs saved before generation tasks have no kind, metric or max_new_tokens: classification by accuracy."""
     return ContinualTask(
         name=data["name"], train=None, eval=datasets.Dataset.from_dict(data["eval"]), labels=data["labels"],
         instruction=data["instruction"], task_type=data["task_type"], show_options=data["show_options"],
-        source=data["source"],
+        source=data["source"], kind=data.get("kind", "classification"), metric=data.get("metric"),
+        max_new_tokens=data.get("max_new_tokens"),
     )  # fmt: skip
 
 
@@ -141,8 +144,9 @@ def save_continual(
         "base_model": {"name_or_path": config.base_model_name_or_path, "fingerprint": trainer.base_fingerprint},
         "tasks": [task_to_dict(t, include_data) for t in trainer.tasks],
         "result": trainer.result.to_dict(),
-        "trainer": {"evaluation_method": trainer.evaluation_method, "max_source_length": trainer.max_source_length,
-                    "evaluate_unseen": trainer.evaluate_unseen, "evaluate_seen": trainer.evaluate_seen},
+        "trainer": {"evaluation_method": trainer.evaluation_methods, "max_source_length": trainer.max_source_length,
+                    "evaluate_unseen": trainer.evaluate_unseen, "evaluate_seen": trainer.evaluate_seen,
+                    "chat_template": trainer.chat_template, "max_new_tokens": trainer.max_new_tokens},
         "training_arguments": {k: getattr(getattr(args, k), "value", getattr(args, k)) for k in TRAINING_ARGUMENTS},
     }  # fmt: skip
     with atomic_directory(output_dir) as staging:

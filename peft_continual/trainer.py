@@ -23,7 +23,7 @@ from transformers.utils import logging
 
 from .adapters import adapters_active
 from .collision import collision_report
-from .evaluation import EvaluationMethod, evaluate_task
+from .evaluation import EVALUATION_METHODS, EvaluationMethod, TaskEvaluation, check_protocol, evaluate_task, write_predictions
 from .methods import ContinualMethod, build_method, task_adapter_name
 from .hub import push_continual_to_hub, save_continual_with_card
 from .metrics import ContinualResult
@@ -40,12 +40,24 @@ from .persistence import (
     save_method_state,
     task_from_dict,
 )
-from .tasks import ContinualCollator, ContinualTask, check_unique_names, tokenize_task
+from .tasks import (
+    GENERATION,
+    IGNORE_INDEX,
+    ChatTemplateMode,
+    ContinualCollator,
+    ContinualTask,
+    EvalEncoding,
+    check_unique_names,
+    encode_eval,
+    tokenize_task,
+    use_chat_template,
+)
 
 logger = logging.get_logger(__name__)
 
 PROGRESS_DIR = "continual_progress"
 EvaluateSeen = Literal["needed", "all"]
+PREDICTIONS_DIR = "predictions"
 
 
 class _MethodCallback(TrainerCallback):
@@ -82,11 +94,20 @@ class ContinualTrainer(Trainer):
 
     The continual method and its hyper-parameters come from the PEFT config of the model (see
     :mod:`peft_continual.configs`). Each task trains in ``<output_dir>/task_<i>_<name>`` with a fresh optimizer and
-    learning-rate schedule; after each task every task seen so far is evaluated and the accuracy matrix grows.
+    learning-rate schedule; after each task every task seen so far is evaluated and the score matrix grows
+    (each task scored by its own metric, see :mod:`peft_continual.scoring`).
 
     Args:
-        evaluation_method: ``"rank"`` (label ranking by log-likelihood, default) or ``"generate"`` (greedy
-            generation and normalised exact match, the papers' protocol).
+        evaluation_method: ``"rank"`` (label ranking by log-likelihood, default; classification tasks only) or
+            ``"generate"`` (greedy generation scored by each task's metric, the papers' protocol), or a list of both:
+            the first fills the score matrix, the others fill ``result.secondary[<protocol>]`` from the same run
+            (tasks a secondary protocol cannot score are skipped).
+        chat_template: ``"auto"`` (render prompts with the tokenizer's chat template when it has one), ``"on"``
+            or ``"off"`` (the reference prompt).
+        max_new_tokens: cap on generated tokens; a generation task without its own ``max_new_tokens`` gets its
+            longest training target (in tokens), capped by this.
+        save_predictions: write every evaluation's predictions to
+            ``<output_dir>/predictions/<after>/<task>.<protocol>.jsonl`` (prompt, target, prediction, score).
         max_source_length: prompt length in tokens; longer texts are shortened, never the options or question.
         evaluate_zero_shot: evaluate the base model on every task first (needed for forward transfer).
         evaluate_seen: ``"needed"`` (default) evaluates, after each task, the task just trained, and after the last
@@ -110,7 +131,10 @@ class ContinualTrainer(Trainer):
         args: TrainingArguments = None,
         *,
         processing_class=None,
-        evaluation_method: EvaluationMethod = "rank",
+        evaluation_method: Union[EvaluationMethod, Sequence[EvaluationMethod]] = "rank",
+        chat_template: ChatTemplateMode = "auto",
+        max_new_tokens: int = 128,
+        save_predictions: bool = True,
         max_source_length: int = 256,
         evaluate_zero_shot: bool = False,
         evaluate_unseen: Union[bool, Literal["next"]] = False,
@@ -126,8 +150,11 @@ class ContinualTrainer(Trainer):
             )
         if processing_class is None:
             raise ValueError("ContinualTrainer needs the tokenizer: pass processing_class=tokenizer")
-        if evaluation_method not in ("rank", "generate"):
-            raise ValueError(f"evaluation_method must be 'rank' or 'generate', got {evaluation_method!r}")
+        methods = [evaluation_method] if isinstance(evaluation_method, str) else list(evaluation_method)
+        if not methods or any(m not in EVALUATION_METHODS for m in methods) or len(set(methods)) != len(methods):
+            raise ValueError(f"evaluation_method must be 'rank' or 'generate', or a list of both, got {evaluation_method!r}")
+        if max_new_tokens <= 0:
+            raise ValueError(f"max_new_tokens must be positive, got {max_new_tokens}")
         if evaluate_unseen not in (True, False, "next"):
             raise ValueError(f"evaluate_unseen must be True, False or 'next', got {evaluate_unseen!r}")
         if evaluate_seen not in ("needed", "all"):
@@ -143,6 +170,7 @@ class ContinualTrainer(Trainer):
             raise ValueError("the tokenizer has no eos_token: set tokenizer.eos_token before training")
         if processing_class.pad_token_id is None:
             processing_class.pad_token = processing_class.eos_token
+        self.chat = use_chat_template(processing_class, chat_template)  # 'on' without a template fails here
         kwargs.setdefault("data_collator", ContinualCollator(processing_class.pad_token_id))
         # Trainer would create the repo now and push every task's checkpoints; the run is pushed once, at the end.
         self.push_at_end = args is not None and args.push_to_hub
@@ -162,7 +190,11 @@ class ContinualTrainer(Trainer):
         )  # fmt: skip
         self.add_callback(_MethodCallback(self))
         self.base_fingerprint = base_fingerprint(self.peft_model)  # before any merge: the base the run refers to
-        self.evaluation_method = evaluation_method
+        self.evaluation_methods = methods
+        self.evaluation_method = methods[0]
+        self.chat_template = chat_template
+        self.max_new_tokens = max_new_tokens
+        self.save_predictions = save_predictions
         self.max_source_length = max_source_length
         self.evaluate_zero_shot = evaluate_zero_shot
         self.evaluate_unseen = evaluate_unseen
@@ -170,8 +202,14 @@ class ContinualTrainer(Trainer):
         self.collision_eps = tuple(collision_eps)
         self.continual_args = self.args  # the user's arguments; each task trains with a copy in its own folder
         self.tasks: list[ContinualTask] = []
-        self.result = ContinualResult(method=self.method.name, evaluation_method=evaluation_method)
+        self.result = self._new_result()
         self._loss_terms: dict[str, list[float]] = defaultdict(list)
+        self._eval_encodings: dict[str, EvalEncoding] = {}  # each task's prompts, encoded once
+
+    def _new_result(self) -> ContinualResult:
+        result = ContinualResult(method=self.method.name, evaluation_method=self.evaluation_method)
+        result.secondary = {m: ContinualResult(method=self.method.name, evaluation_method=m) for m in self.evaluation_methods[1:]}
+        return result
 
     @property
     def peft_model(self) -> PeftModel:
@@ -190,8 +228,14 @@ class ContinualTrainer(Trainer):
         if not tasks:
             raise ValueError("train_continual needs at least one task")
         check_unique_names(self.tasks + tasks)
+        for task in tasks:
+            check_protocol(self.evaluation_method, task)
         self.method.check_before_training(self.peft_model, len(self.tasks) + len(tasks))
-        features = [tokenize_task(self.processing_class, t, self.max_source_length) for t in tasks]  # fail early
+        features = [tokenize_task(self.processing_class, t, self.max_source_length, self.chat) for t in tasks]  # fail early
+        for task, encoded in zip(tasks, features):
+            if task.kind == GENERATION and task.max_new_tokens is None:
+                longest = max(sum(label != IGNORE_INDEX for label in row) for row in encoded["labels"])
+                task.max_new_tokens = min(self.max_new_tokens, longest)
         first_new = len(self.tasks)
         finished = self._restore_progress(tasks) if resume_from_checkpoint else None
         if finished is None:
@@ -208,7 +252,7 @@ class ContinualTrainer(Trainer):
             adapters = self.method.task_adapters()
             if self.collision_eps and len(adapters) > 1:
                 self.result.collision = collision_report(self.peft_model, adapters, self.collision_eps)
-            print(f"\nAccuracy matrix ({self.method.name}):\n{self.result.format_table()}", flush=True)
+            print(f"\nScore matrix ({self.method.name}):\n{self.result.format_table()}", flush=True)
         if self.push_at_end:
             self.push_to_hub()
         return self.result
@@ -219,12 +263,36 @@ class ContinualTrainer(Trainer):
 
     def _register_tasks(self, tasks: Sequence[ContinualTask]) -> None:
         self.tasks += tasks
-        self.result.task_names += [t.name for t in tasks]
-        T = len(self.result.task_names)
-        for row in self.result.accuracy_matrix:
-            row += [None] * (T - len(row))
-        if self.result.zero_shot is not None:
-            self.result.zero_shot += [None] * (T - len(self.result.zero_shot))
+        for protocol, result in self._results().items():
+            result.task_names += [t.name for t in tasks]
+            result.task_metrics += [None if protocol == "rank" and t.kind == GENERATION else t.metric for t in tasks]
+            T = len(result.task_names)
+            for matrix in (result.accuracy_matrix, result.example_scores):
+                for row in matrix:
+                    row += [None] * (T - len(row))
+            if result.zero_shot is not None:
+                result.zero_shot += [None] * (T - len(result.zero_shot))
+                result.zero_shot_example_scores += [None] * (T - len(result.zero_shot_example_scores))
+
+    def _adopt_result(self, result: ContinualResult) -> None:
+        """A restored result, with an empty (unscored) matrix for any secondary protocol it did not have."""
+        if result.evaluation_method != self.evaluation_method:
+            raise ValueError(
+                f"the saved run was scored by {result.evaluation_method!r}, not {self.evaluation_method!r}: keep its "
+                "primary evaluation_method (other protocols may follow it in a list)"
+            )
+        for protocol in self.evaluation_methods[1:]:
+            if protocol not in result.secondary:
+                T, rows = len(result.task_names), len(result.accuracy_matrix)
+                result.secondary[protocol] = ContinualResult(
+                    task_names=list(result.task_names), task_metrics=[None] * T, accuracy_matrix=[[None] * T for _ in range(rows)],
+                    example_scores=[[None] * T for _ in range(rows)], evaluation_method=protocol, method=result.method,
+                )  # fmt: skip
+        self.result = result
+
+    def _results(self) -> dict[str, ContinualResult]:
+        """The result of every protocol, the primary first."""
+        return {self.evaluation_method: self.result, **self.result.secondary}
 
     def _restore_progress(self, tasks: list[ContinualTask]) -> Optional[int]:
         """Reload the progress an interrupted run saved; returns how many of ``tasks`` it finished (None: none saved)."""
@@ -241,7 +309,7 @@ class ContinualTrainer(Trainer):
             )
         load_adapter_weights(self.peft_model, folder, state["adapters"], self.method.config)
         self.method.load_state_dict(state["method_state"], tensors, self.peft_model)
-        self.result = ContinualResult.from_dict(state["result"])
+        self._adopt_result(ContinualResult.from_dict(state["result"]))
         self.tasks = self.tasks + tasks
         self.restore_adapter_state()
         finished = len(self.result.accuracy_matrix) - (len(self.tasks) - len(tasks))
@@ -265,11 +333,15 @@ class ContinualTrainer(Trainer):
         train_seconds = time.perf_counter() - started
         self.method.end_task(model, index, features)
         evaluated = tasks_to_evaluate(index, T, self.evaluate_unseen, self.evaluate_seen)
-        accuracies = self.evaluate_tasks([self.tasks[j] for j in evaluated])
-        row = [None] * len(self.result.task_names)
-        for j, acc in zip(evaluated, accuracies):
-            row[j] = acc
-        self.result.accuracy_matrix.append(row)
+        evaluations = self.evaluate_tasks([self.tasks[j] for j in evaluated], stage=f"after_{index + 1}_{task.name}")
+        for protocol, result in self._results().items():
+            row, examples = [None] * len(result.task_names), [None] * len(result.task_names)
+            for j, evaluation in zip(evaluated, evaluations[protocol]):
+                if evaluation is not None:
+                    row[j], examples[j] = evaluation.score, evaluation.example_scores
+            result.accuracy_matrix.append(row)
+            result.example_scores.append(examples)
+        accuracies = [e.score for e in evaluations[self.evaluation_method]]
         self.result.details.append({
             "task": task.name, "train_examples": len(features), "train_loss": output.training_loss,
             "steps": output.global_step, "train_seconds": round(train_seconds, 2),
@@ -288,22 +360,48 @@ class ContinualTrainer(Trainer):
     # ------------------------------------------------------------------------------------------ evaluation
 
     @torch.no_grad()
-    def evaluate_tasks(self, tasks: Sequence[ContinualTask]) -> list[float]:
-        """Accuracy on each task with the method's evaluation learner (e.g. I-LoRA's slow adapter)."""
+    def evaluate_tasks(
+        self, tasks: Sequence[ContinualTask], stage: Optional[str] = None
+    ) -> dict[str, list[Optional[TaskEvaluation]]]:
+        """Each task under every protocol with the method's evaluation learner (e.g. I-LoRA's slow adapter).
+
+        Returns ``{protocol: [evaluation or None (protocol cannot score the task)]}``; with ``stage`` and
+        ``save_predictions``, predictions go to ``<output_dir>/predictions/<stage>/``.
+        """
         model = self.peft_model
         was_training = model.training
         model.eval()
         try:
             with adapters_active(model, self.method.eval_adapters()), self.autocast_smart_context_manager():
-                return [self._evaluate(model, task) for task in tasks]
+                return self._evaluate_all(model, tasks, stage)
         finally:
             model.train(was_training)
 
-    def _evaluate(self, model, task: ContinualTask) -> float:
-        return evaluate_task(
-            model, self.processing_class, task, method=self.evaluation_method,
-            max_source_length=self.max_source_length, batch_size=self.args.per_device_eval_batch_size,
-        ).accuracy  # fmt: skip
+    def _evaluate_all(self, model, tasks: Sequence[ContinualTask], stage: Optional[str]) -> dict[str, list[Optional[TaskEvaluation]]]:
+        evaluations: dict[str, list[Optional[TaskEvaluation]]] = {}
+        for protocol in self.evaluation_methods:
+            evaluations[protocol] = [
+                None if protocol == "rank" and task.kind == GENERATION else self._evaluate(model, task, protocol, stage)
+                for task in tasks
+            ]
+        return evaluations
+
+    def eval_encoding(self, task: ContinualTask) -> EvalEncoding:
+        """The task's evaluation prompts, encoded on first use and reused by every later evaluation."""
+        if task.name not in self._eval_encodings:
+            self._eval_encodings[task.name] = encode_eval(self.processing_class, task, self.max_source_length, self.chat)
+        return self._eval_encodings[task.name]
+
+    def _evaluate(self, model, task: ContinualTask, protocol: str, stage: Optional[str]) -> TaskEvaluation:
+        encoding = self.eval_encoding(task)
+        evaluation = evaluate_task(
+            model, self.processing_class, task, method=protocol, batch_size=self.args.per_device_eval_batch_size,
+            max_new_tokens=task.max_new_tokens, encoding=encoding,
+        )  # fmt: skip
+        if stage is not None and self.save_predictions and self.is_world_process_zero():
+            folder = os.path.join(self.continual_args.output_dir, PREDICTIONS_DIR, stage)
+            write_predictions(os.path.join(folder, f"{task.name}.{protocol}.jsonl"), encoding, evaluation)
+        return evaluation
 
     @torch.no_grad()
     def _evaluate_zero_shot(self, tasks: Sequence[ContinualTask]) -> None:
@@ -314,12 +412,19 @@ class ContinualTrainer(Trainer):
         model.eval()
         try:
             with model.disable_adapter(), self.autocast_smart_context_manager():
-                scores = [self._evaluate(model, task) for task in tasks]
+                evaluations = self._evaluate_all(model, tasks, stage="zero_shot")
         finally:
             model.train(was_training)
             self.restore_adapter_state()  # leaving disable_adapter() unfreezes every adapter
-        known = (self.result.zero_shot or [])[: len(self.result.task_names) - len(tasks)]
-        self.result.zero_shot = known + [None] * (len(self.result.task_names) - len(tasks) - len(known)) + scores
+        for protocol, result in self._results().items():
+            earlier = len(result.task_names) - len(tasks)
+            known = (result.zero_shot or [])[:earlier]
+            known_examples = (result.zero_shot_example_scores or [])[:earlier]
+            result.zero_shot = known + [None] * (earlier - len(known)) + [e and e.score for e in evaluations[protocol]]
+            result.zero_shot_example_scores = (
+                known_examples + [None] * (earlier - len(known_examples)) + [e and e.example_scores for e in evaluations[protocol]]
+            )
+        scores = [e.score for e in evaluations[self.evaluation_method]]
         if self.is_world_process_zero():
             print("zero-shot: " + ", ".join(f"{t.name} {100 * s:.1f}%" for t, s in zip(tasks, scores)), flush=True)
 
@@ -428,7 +533,7 @@ class ContinualTrainer(Trainer):
         trainer = cls(model=peft_model, args=args, processing_class=processing_class, **options)
         trainer.method.load_state_dict(state["method_state"], tensors, trainer.peft_model)
         trainer.tasks = [task_from_dict(t) for t in state["tasks"]]
-        trainer.result = ContinualResult.from_dict(state["result"])
+        trainer._adopt_result(ContinualResult.from_dict(state["result"]))
         trainer.restore_adapter_state()
         return trainer
 

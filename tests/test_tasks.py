@@ -8,7 +8,7 @@ import pytest
 
 from conftest import SHARED_DATA, synthetic_task
 from peft_continual import ContinualCollator, ContinualTask, TaskSpecError, load_continual_tasks
-from peft_continual.tasks import IGNORE_INDEX, encode_answer, encode_prompt, left_pad, tokenize_task
+from peft_continual.tasks import IGNORE_INDEX, PromptEncoder, left_pad, tokenize_task
 
 
 def write_benchmark_folder(root, task_type="TC", name="mytopics", labels=("World", "Sports"), n=6, extra_eval=()):
@@ -34,8 +34,8 @@ def test_prompt_has_the_reference_form():
 def test_long_text_is_cut_but_options_and_question_stay(tokenizer):
     task = synthetic_task("colors")
     long_text = " ".join(["red"] * 500)
-    ids = encode_prompt(tokenizer, task, long_text, max_source_length=40)
-    assert len(ids) == 40
+    text, ids = PromptEncoder(tokenizer, 40).prompt(task, {"text": long_text})
+    assert 36 <= len(ids) <= 40 and ids == tokenizer(text)["input_ids"]
     decoded = tokenizer.decode(ids)
     assert decoded.startswith("Task:TC\nDataset:colors") and "Option: cold, warm" in decoded
     assert decoded.endswith("\nAnswer:")
@@ -43,14 +43,14 @@ def test_long_text_is_cut_but_options_and_question_stay(tokenizer):
 
 def test_too_small_max_length_is_a_clear_error(tokenizer):
     with pytest.raises(TaskSpecError, match="max_source_length=5 leaves no room"):
-        encode_prompt(tokenizer, synthetic_task("colors"), "red", max_source_length=5)
+        PromptEncoder(tokenizer, 5).prompt(synthetic_task("colors"), {"text": "red"})
 
 
 def test_labels_mask_the_prompt_and_cover_answer_and_eos(tokenizer):
     task = synthetic_task("colors", n_train=4)
     features = tokenize_task(tokenizer, task, 64)
     for row, label in zip(features, task.train["label"]):
-        answer = encode_answer(tokenizer, label)
+        answer = tokenizer(" " + label)["input_ids"] + [tokenizer.eos_token_id]
         assert answer[-1] == tokenizer.eos_token_id
         n_prompt = len(row["input_ids"]) - len(answer)
         assert row["labels"][:n_prompt] == [IGNORE_INDEX] * n_prompt

@@ -49,7 +49,7 @@ def test_three_task_run_on_every_architecture(arch, config, tokenizer, tmp_path)
     assert [len(row) for row in R] == [3, 3, 3]
     known = [[value is not None for value in row] for row in R]
     assert known == [[True, False, False], [False, True, False], [True, True, True]]  # diagonal and last row
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["continual_progress", "task_1_colors", "task_2_animals", "task_3_fruits"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["continual_progress", "predictions", "task_1_colors", "task_2_animals", "task_3_fruits"]
     adapter = trainer.method.training_adapters()[1][0]
     checkpoint = tmp_path / "out" / "task_3_fruits" / "checkpoint-8"
     assert (checkpoint / ("" if adapter == "default" else adapter) / "adapter_model.safetensors").is_file()

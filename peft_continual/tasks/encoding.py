@@ -1,0 +1,160 @@
+"""Token ids of prompts and targets with an exact boundary, loss masks, and the collators.
+
+The target's ids are read off the tokenisation of the *whole* string prompt + target, not of the target alone:
+SentencePiece tokenizers (Llama-2, Mistral) put a ``▁`` before a piece tokenised on its own, so a target tokenised
+alone would train a token that never follows the prompt at inference. The prompt is always tokenised whole too
+(shortening re-renders it), so training and evaluation see the same prompt ids.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+import datasets
+import torch
+
+from .formats import GENERATION, TaskSpecError
+from .prompts import end_of_turn, prompt_parts, render_prompt, target_text
+
+IGNORE_INDEX = -100
+
+
+def _ids(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def special_prefix(tokenizer) -> list[int]:
+    """What the tokenizer puts before a text (e.g. BOS for Llama, nothing for GPT-2)."""
+    ids = tokenizer("", add_special_tokens=True)["input_ids"]
+    return [i for i in ids if i != tokenizer.eos_token_id]
+
+
+@dataclass
+class PromptEncoder:
+    """Encodes rows for one tokenizer and prompt style (reference prompt, or chat template when ``chat``)."""
+
+    tokenizer: Any
+    max_source_length: int
+    chat: bool = False
+
+    def __post_init__(self):
+        if self.tokenizer.eos_token_id is None:
+            raise ValueError("the tokenizer has no eos_token: set tokenizer.eos_token before training")
+        if self.max_source_length <= 0:
+            raise ValueError(f"max_source_length must be positive, got {self.max_source_length}")
+        # The chat template renders its own BOS as text; the reference prompt gets the tokenizer's prefix.
+        self.prefix = [] if self.chat else special_prefix(self.tokenizer)
+        self.eot = end_of_turn(self.tokenizer) if self.chat else ""
+
+    def _encode(self, text: str) -> list[int]:
+        return self.prefix + _ids(self.tokenizer, text)
+
+    def prompt(self, task, row: dict[str, Any]) -> tuple[str, list[int]]:
+        """(prompt text, ids) within ``max_source_length``: an over-long body is cut, never the head or tail."""
+        text = render_prompt(self.tokenizer, task, row, self.chat)
+        ids = self._encode(text)
+        if len(ids) <= self.max_source_length:
+            return text, ids
+        fixed = len(self._encode(render_prompt(self.tokenizer, task, row, self.chat, body="")))
+        if fixed >= self.max_source_length:
+            what = "instruction and chat template" if task.kind == GENERATION else "instruction, options and question"
+            raise TaskSpecError(
+                f"task {task.name!r}: max_source_length={self.max_source_length} leaves no room for the text: "
+                f"{what} alone take {fixed} tokens; raise max_source_length"
+            )
+        body = _ids(self.tokenizer, prompt_parts(task, row, self.chat)[1])
+        keep = len(body) - (len(ids) - self.max_source_length)
+        while True:  # re-tokenising the shortened text may merge differently: shorten until it fits
+            text = render_prompt(self.tokenizer, task, row, self.chat, body=self.tokenizer.decode(body[: max(keep, 0)]))
+            ids = self._encode(text)
+            if len(ids) <= self.max_source_length or keep <= 0:
+                return text, ids
+            keep -= len(ids) - self.max_source_length
+
+    def target(self, task, row: dict[str, Any], prompt_text: str, prompt_ids: list[int]) -> list[int]:
+        """Target ids (with end-of-turn or EOS), exactly as they follow the prompt in the whole string."""
+        target = target_text(task, row, self.chat, self.eot)
+        full = self._encode(prompt_text + target)
+        if full[: len(prompt_ids)] == prompt_ids and len(full) > len(prompt_ids):
+            ids = full[len(prompt_ids) :]
+        else:  # the prompt's last token merges with the target's first: tokenise the target on its own
+            ids = _ids(self.tokenizer, target)
+        if not (self.chat and self.eot):
+            ids = ids + [self.tokenizer.eos_token_id]
+        return ids
+
+    def stop_ids(self) -> list[int]:
+        """Token ids that end a generated answer: EOS, and the chat template's end-of-turn when it is one token."""
+        stops = [self.tokenizer.eos_token_id]
+        eot = _ids(self.tokenizer, self.eot) if self.eot else []
+        if len(eot) == 1 and eot[0] not in stops:
+            stops.append(eot[0])
+        return stops
+
+
+def tokenize_task(tokenizer, task, max_source_length: int, chat: bool = False) -> datasets.Dataset:
+    """Training features: ``input_ids``, ``attention_mask`` and ``labels`` (-100 on every prompt token)."""
+    if task.train is None:
+        raise TaskSpecError(f"task {task.name!r} has no training data (it was restored from a saved run)")
+    encoder = PromptEncoder(tokenizer, max_source_length, chat)
+    input_ids, labels = [], []
+    for row in task.train:
+        text, prompt = encoder.prompt(task, row)
+        target = encoder.target(task, row, text, prompt)
+        input_ids.append(prompt + target)
+        labels.append([IGNORE_INDEX] * len(prompt) + target)
+    return datasets.Dataset.from_dict(
+        {"input_ids": input_ids, "attention_mask": [[1] * len(x) for x in input_ids], "labels": labels}
+    )
+
+
+@dataclass
+class EvalEncoding:
+    """A task's evaluation rows, encoded once: prompts, references, label options (classification) and stops."""
+
+    prompts: list[list[int]]
+    prompt_texts: list[str]
+    references: list[str]
+    options: Optional[list[list[int]]]
+    stop_ids: list[int]
+
+
+def encode_eval(tokenizer, task, max_source_length: int, chat: bool = False) -> EvalEncoding:
+    encoder = PromptEncoder(tokenizer, max_source_length, chat)
+    texts, prompts = zip(*(encoder.prompt(task, row) for row in task.eval))
+    options = None
+    if task.kind != GENERATION:  # every prompt ends with the same tail, so the options follow any of them alike
+        options = [encoder.target(task, {"label": label}, texts[0], prompts[0]) for label in task.labels]
+    references = list(task.eval["completion" if task.kind == GENERATION else "label"])
+    return EvalEncoding(list(prompts), list(texts), references, options, encoder.stop_ids())
+
+
+@dataclass
+class ContinualCollator:
+    """Pads ``input_ids``/``attention_mask``/``labels`` on the right (training, replay)."""
+
+    pad_token_id: int
+    pad_to_multiple_of: Optional[int] = None
+
+    def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        length = max(len(f["input_ids"]) for f in features)
+        if self.pad_to_multiple_of:
+            length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
+
+        def pad(key, value):
+            return torch.tensor([list(f[key]) + [value] * (length - len(f[key])) for f in features], dtype=torch.long)
+
+        batch = {"input_ids": pad("input_ids", self.pad_token_id), "labels": pad("labels", IGNORE_INDEX)}
+        batch["attention_mask"] = torch.tensor(
+            [[1] * len(f["input_ids"]) + [0] * (length - len(f["input_ids"])) for f in features], dtype=torch.long
+        )
+        return batch
+
+
+def left_pad(sequences: Sequence[Sequence[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded ids and attention mask (prompts for generation and scoring)."""
+    length = max(len(s) for s in sequences)
+    ids = torch.tensor([[pad_token_id] * (length - len(s)) + list(s) for s in sequences], dtype=torch.long)
+    mask = torch.tensor([[0] * (length - len(s)) + [1] * len(s) for s in sequences], dtype=torch.long)
+    return ids, mask
