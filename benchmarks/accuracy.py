@@ -125,7 +125,7 @@ def evaluate_all(model, tokenizer, tasks, config: dict) -> list[float]:
     with autocast(model, config):
         scores = [
             evaluate_task(model, tokenizer, task, method=options["evaluation_method"],
-                          max_source_length=options["max_source_length"],
+                          max_source_length=options["max_source_length"], chat_template=options.get("chat_template", "off"),
                           batch_size=config["training"]["per_device_eval_batch_size"]).accuracy
             for task in tasks
         ]  # fmt: skip
@@ -153,6 +153,7 @@ def run_continual(config: dict, model, tokenizer, tasks, output_dir: str, seed: 
     config_class = CONTINUAL_CONFIG_CLASSES[config["config_class"]]
     peft_config = config_class(task_type="CAUSAL_LM", **config["lora"], **config["method"])
     options = {k: v for k, v in config["trainer"].items() if k != "evaluate_zero_shot"}
+    options.setdefault("chat_template", "off")  # the reference prompt, as the runners outside ContinualTrainer use
     trainer = ContinualTrainer(
         model=get_peft_model(model, peft_config), args=training_args(config, output_dir, seed, save_steps),
         processing_class=tokenizer, evaluate_zero_shot=False, **options,

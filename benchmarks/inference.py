@@ -30,7 +30,7 @@ from transformers.utils import logging as hf_logging
 from common import environment, markdown_table, quartiles, run_rounds, write_json
 from peft_continual import evaluate_task, load_continual_tasks
 from peft_continual.demo_model import load_smollm2
-from peft_continual.tasks import encode_answer, encode_prompt
+from peft_continual.tasks import PromptEncoder
 
 HERE = Path(__file__).resolve().parent
 
@@ -38,10 +38,11 @@ HERE = Path(__file__).resolve().parent
 @torch.no_grad()
 def rank_by_full_sequences(model, tokenizer, task, max_source_length: int) -> list[str]:
     """Label ranking without sharing the prompt: every (prompt, option) pair is its own sequence."""
-    options = [encode_answer(tokenizer, label) for label in task.labels]
+    encoder = PromptEncoder(tokenizer, max_source_length)  # the reference prompt, as evaluate_task's below
     predictions = []
-    for text in task.eval["text"]:
-        prompt = encode_prompt(tokenizer, task, text, max_source_length)
+    for row in task.eval:
+        text, prompt = encoder.prompt(task, row)
+        options = [encoder.target(task, {"label": label}, text, prompt) for label in task.labels]
         scores = []
         for option in options:
             ids = torch.tensor([prompt + option])
@@ -65,10 +66,10 @@ def scoring(model, tokenizer, args) -> dict:
     results = {}
     for task in tasks:
         run = {
-            "rank, shared prompt": lambda: evaluate_task(model, tokenizer, task, method="rank",
+            "rank, shared prompt": lambda: evaluate_task(model, tokenizer, task, method="rank", chat_template="off",
                                                          max_source_length=args.max_source_length, batch_size=8),
             "rank, prompt per option": lambda: rank_by_full_sequences(model, tokenizer, task, args.max_source_length),
-            "generate": lambda: evaluate_task(model, tokenizer, task, method="generate",
+            "generate": lambda: evaluate_task(model, tokenizer, task, method="generate", chat_template="off",
                                               max_source_length=args.max_source_length, batch_size=8),
         }  # fmt: skip
         shared, full, generated = (run[name]() for name in run)

@@ -228,7 +228,7 @@ def measure(config: dict, load_model, steps: int = 3, examples: int = 8) -> dict
         started, n = time.process_time(), 0
         with torch.no_grad():
             for task in tasks:
-                n += evaluate_task(model, tokenizer, task, method=protocol, max_source_length=length,
+                n += evaluate_task(model, tokenizer, task, method=protocol, max_source_length=length, chat_template="off",
                                    batch_size=training["per_device_eval_batch_size"]).num_examples  # fmt: skip
         per_example[protocol] = (time.process_time() - started) / n
     return {"step_seconds": sum(times[1:]) / steps, "eval_seconds_per_example": per_example}

@@ -116,7 +116,7 @@ class Runner:
             config = variant.config_class(r=8, lora_alpha=32, target_modules=variant.modules, task_type="CAUSAL_LM",
                                           **variant.options)  # fmt: skip
             peft_model = get_peft_model(model, config)
-            self.trainer = ContinualTrainer(model=peft_model, args=args, processing_class=tokenizer)
+            self.trainer = ContinualTrainer(model=peft_model, args=args, processing_class=tokenizer, chat_template="off")
             self.method = self.trainer.method
             for task in range(variant.task):
                 self.method.begin_task(peft_model, task, f"task{task}")

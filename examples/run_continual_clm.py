@@ -15,8 +15,8 @@
 Continual learning of a causal language model on a sequence of tasks with LoRA: SeqLoRA, IncLoRA, O-LoRA, N-LoRA,
 experience replay or I-LoRA (see ``peft_continual.configs``).
 
-Every task is trained in turn; after each one, every task seen so far is evaluated, which fills the accuracy matrix
-R[i][j] (accuracy on task j after training task i). The matrix is written as JSON and as a heatmap, and the run is
+Every task is trained in turn; after each one, every task seen so far is evaluated, which fills the score matrix
+R[i][j] (the score on task j after training task i, by task j's metric). The matrix is written as JSON and as a heatmap, and the run is
 saved by ``ContinualTrainer.save_continual`` (per-task adapters, a root adapter that plain peft loads, the continual
 state and a model card), so that ``--continue_from`` can train further tasks later.
 
@@ -31,6 +31,13 @@ A full run:
     python examples/run_continual_clm.py --model_name_or_path NAME \
         --continual_tasks dbpedia amazon yahoo agnews --cl_method nlora \
         --output_dir out --num_train_epochs 1 --learning_rate 1e-3 [--push_to_hub]
+
+Instruction data (prompt/completion, messages, Alpaca or TRACE-style files), the tokenizer's chat template and
+per-task metrics:
+
+    python examples/run_continual_clm.py --model_name_or_path NAME --chat_template on \
+        --continual_tasks agnews summaries.jsonl chat.jsonl --task_metrics summaries=rouge_l \
+        --evaluation_method generate rank --output_dir out
 
 Arguments may also come from a single ``.json`` file: ``python examples/run_continual_clm.py args.json``.
 An interrupted run resumes with ``--resume_from_checkpoint true`` (from ``OUTPUT_DIR/continual_progress``).
@@ -89,8 +96,11 @@ DATA_DIR_ENV = "PEFT_CONTINUAL_DATA_DIR"
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cl_benchmark"
 TASKS_HELP = (
     "Pass tasks with --continual_tasks: CL benchmark names (e.g. dbpedia amazon agnews) found under --data_dir, "
-    f"${DATA_DIR_ENV} or {DEFAULT_DATA_DIR} (a folder holding CL_Benchmark/), CL_Benchmark-style folders, "
-    ".json/.jsonl/.csv files with text and label columns, or Hub datasets 'owner/name[:config]'."
+    f"${DATA_DIR_ENV} or {DEFAULT_DATA_DIR} (a folder holding CL_Benchmark/), the offline generation tasks "
+    "amazon-title arithmetic spelling, CL_Benchmark-style folders, .json/.jsonl/.csv files or Hub datasets "
+    "'owner/name[:config]' with classification rows (a text and a label column: --text_column, --label_column) or "
+    "generation rows (prompt/completion, messages, instruction/input/output or prompt/answer; other names with "
+    "--prompt_column, --completion_column)."
 )
 
 # Every argument not given explicitly takes these values in the offline demo (no --model_name_or_path, or --demo).
@@ -165,12 +175,47 @@ class DataTrainingArguments:
             "Default: ContinualTrainer's, or the saved run's with --continue_from."
         },
     )
-    evaluation_method: Optional[str] = field(
+    task_kind: str = field(
+        default="auto",
+        metadata={
+            "help": "Kind of the file/folder/Hub tasks: 'auto' (generation if the columns hold a generation format), "
+            "'classification' or 'generation'.",
+            "choices": ["auto", "classification", "generation"],
+        },
+    )
+    text_column: Optional[str] = field(
+        default=None, metadata={"help": "Classification files: the text column (default: sentence/text/content/input)."}
+    )
+    label_column: Optional[str] = field(default=None, metadata={"help": "Classification files: the label column (default: label)."})
+    prompt_column: Optional[str] = field(default=None, metadata={"help": "Generation files: the prompt column (default: prompt)."})
+    completion_column: Optional[str] = field(
+        default=None, metadata={"help": "Generation files: the target column (default: completion, else answer)."}
+    )
+    task_metrics: Optional[list[str]] = field(
         default=None,
         metadata={
-            "help": "'rank': the option with the highest log-likelihood; 'generate': greedy generation and exact "
-            "match (the papers' protocol). Default: 'rank', or the saved run's with --continue_from.",
-            "choices": ["rank", "generate"],
+            "help": "Per-task metrics as NAME=METRIC (accuracy, exact_match, f1, rouge_l, edit_similarity). Default: "
+            "accuracy for classification, exact_match for generation, the task's own for amazon-title/arithmetic/spelling."
+        },
+    )
+    chat_template: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "Render prompts with the tokenizer's chat template: 'auto' (when it has one), 'on' or 'off' (the "
+            "reference prompt). Default: 'auto', or the saved run's with --continue_from.",
+            "choices": ["auto", "on", "off"],
+        },
+    )
+    max_new_tokens: Optional[int] = field(
+        default=None,
+        metadata={"help": "Cap on generated tokens (generation tasks get their longest training target, capped)."},
+    )
+    evaluation_method: Optional[list[str]] = field(
+        default=None,
+        metadata={
+            "help": "'rank': the option with the highest log-likelihood (classification only); 'generate': greedy "
+            "generation scored by each task's metric (the papers' protocol). Two values score both from one run: the "
+            "first fills the score matrix. Default: 'rank', or the saved run's with --continue_from.",
         },
     )
     evaluate_zero_shot: bool = field(
@@ -192,12 +237,21 @@ class DataTrainingArguments:
         if self.continual_tasks is not None:
             specs = (spec.strip() for item in self.continual_tasks for spec in item.split(","))
             self.continual_tasks = [spec for spec in specs if spec]
-        for name in ("max_train_samples", "max_train_per_label", "max_eval_samples", "max_source_length"):
+        for name in ("max_train_samples", "max_train_per_label", "max_eval_samples", "max_source_length", "max_new_tokens"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"--{name} must be a positive integer, got {value}")
-        if self.evaluation_method not in (None, "rank", "generate"):
-            raise ValueError(f"--evaluation_method must be 'rank' or 'generate', got {self.evaluation_method!r}")
+        if isinstance(self.evaluation_method, str):
+            self.evaluation_method = [self.evaluation_method]
+        if self.evaluation_method is not None and (
+            not self.evaluation_method or any(m not in ("rank", "generate") for m in self.evaluation_method)
+        ):
+            raise ValueError(f"--evaluation_method takes 'rank' and/or 'generate', got {self.evaluation_method!r}")
+        if isinstance(self.task_metrics, str):
+            self.task_metrics = [self.task_metrics]
+        for item in self.task_metrics or []:
+            if "=" not in item:
+                raise ValueError(f"--task_metrics takes NAME=METRIC pairs (e.g. amazon-title=rouge_l), got {item!r}")
 
 
 @dataclass
@@ -395,6 +449,12 @@ def load_tasks(data_args: DataTrainingArguments, seed: int):
     return load_continual_tasks(
         data_args.continual_tasks,
         data_dir=data_dir,
+        kind=data_args.task_kind,
+        text_column=data_args.text_column,
+        label_column=data_args.label_column,
+        prompt_column=data_args.prompt_column,
+        completion_column=data_args.completion_column,
+        metrics=dict(item.split("=", 1) for item in data_args.task_metrics or []),
         max_train_samples=data_args.max_train_samples,
         max_train_per_label=data_args.max_train_per_label,
         max_eval_samples=data_args.max_eval_samples,
@@ -419,14 +479,14 @@ def load_model(model_args: ModelArguments, demo: bool):
 
 
 def plot_accuracy_matrix(result: ContinualResult, path: Path) -> None:
-    """Heatmap of the lower triangle of R (accuracy on each task after each task), values annotated."""
+    """Heatmap of the lower triangle of R (each task's score after each task), values annotated; ticks name metrics."""
     import numpy as np
     from matplotlib.figure import Figure  # no pyplot: renders with Agg, needs no display
 
     names, rows = result.task_names, result.accuracy_matrix
     values = np.full((len(rows), len(names)), np.nan)
     for i, row in enumerate(rows):
-        values[i, : i + 1] = [100 * a for a in row[: i + 1]]
+        values[i, : i + 1] = [np.nan if a is None else 100 * a for a in row[: i + 1]]
     size = 1.2 + 0.9 * len(names)
     fig = Figure(figsize=(size + 1.5, size))
     ax = fig.subplots()
@@ -434,11 +494,12 @@ def plot_accuracy_matrix(result: ContinualResult, path: Path) -> None:
     for (i, j), value in np.ndenumerate(values):
         if not np.isnan(value):
             ax.text(j, i, f"{value:.1f}", ha="center", va="center", color="white" if value < 60 else "black")
-    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    metrics = result.task_metrics or ["accuracy"] * len(names)
+    ax.set_xticks(range(len(names)), [f"{n}\n({m})" for n, m in zip(names, metrics)], rotation=30, ha="right")
     ax.set_yticks(range(len(rows)), [f"after {i + 1}. {names[i]}" for i in range(len(rows))])
     ax.set_xlabel("evaluated on")
-    ax.set_title(f"{result.method}: accuracy (%), {result.evaluation_method} scoring")
-    fig.colorbar(image, ax=ax, label="accuracy (%)")
+    ax.set_title(f"{result.method}: score (%), {result.evaluation_method} scoring")
+    fig.colorbar(image, ax=ax, label="score (%)")
     fig.savefig(path, dpi=150, bbox_inches="tight")
 
 
@@ -477,6 +538,8 @@ def main(argv: Optional[list[str]] = None) -> ContinualResult:
 
     options = {
         "evaluation_method": data_args.evaluation_method,
+        "chat_template": data_args.chat_template,
+        "max_new_tokens": data_args.max_new_tokens,
         "max_source_length": data_args.max_source_length,
         "evaluate_unseen": {None: None, "no": False, "next": "next", "all": True}[data_args.evaluate_unseen],
     }
@@ -505,7 +568,8 @@ def main(argv: Optional[list[str]] = None) -> ContinualResult:
         print(
             f"\n***** {result.method}: {' -> '.join(result.task_names)} *****\n{result.format_table()}\n\n"
             f"Outputs in {output_dir}/:\n"
-            f"  accuracy_matrix.json, accuracy_matrix.png  the accuracy matrix, as data and heatmap\n"
+            f"  accuracy_matrix.json, accuracy_matrix.png  the score matrix (per-task metrics), as data and heatmap\n"
+            f"  predictions/<after>/<task>.<protocol>.jsonl  every evaluation's answers (prompt, target, prediction, score)\n"
             f"  final/  per-task adapters, root adapter, continual state, model card\n"
             f"Inference with plain peft: PeftModel.from_pretrained(base_model, {str(final)!r})\n"
             f"Further tasks: python {sys.argv[0]} --continue_from {final} --continual_tasks ..."

@@ -61,13 +61,20 @@ def _as_list(value: Union[str, list[str], None]) -> list[str]:
 
 
 def _prompt_section(state: dict[str, Any]) -> str:
-    lines = ["Each task's prompt (`{text}` is the input), followed by a space, the label and EOS, which carry the loss. "
+    trainer = state.get("trainer", {})
+    chat = "" if trainer.get("chat_template", "off") == "off" else (
+        f" With chat_template={trainer['chat_template']!r} and a tokenizer that has a chat template, the text before "
+        "`Answer:` is the user turn instead and the target is the assistant turn, followed by the end-of-turn."
+    )  # fmt: skip
+    lines = ["Each task's prompt (`{text}` is the input), followed by a space, the target (label or completion) and "
+             "EOS, which carry the loss. "
              "The tokenizer's own prefix (e.g. BOS) comes first; an over-long input is shortened in the middle of "
              f"`{{text}}` to {state.get('trainer', {}).get('max_source_length', '?')} prompt tokens. Score a new input by "
-             "the option with the highest log-likelihood after the prompt, or by greedy generation."]  # fmt: skip
+             "the option with the highest log-likelihood after the prompt, or by greedy generation." + chat]  # fmt: skip
     for task in state["tasks"]:
         if "prompt_format" in task:
-            lines.append(f"\n{task['name']} (labels: {', '.join(task['labels'])}):\n\n```text\n{task['prompt_format']}\n```")
+            what = f"labels: {', '.join(task['labels'])}" if task["labels"] else f"generation, {task.get('metric')}"
+            lines.append(f"\n{task['name']} ({what}):\n\n```text\n{task['prompt_format']}\n```")
     return "\n".join(lines)
 
 
@@ -77,7 +84,7 @@ def _noise_note(state: dict[str, Any]) -> str:
         return ""
     smallest = min(sizes.values())
     return (
-        "Evaluation examples per task: " + ", ".join(f"{name} {n}" for name, n in sizes.items()) + ". One accuracy "
+        "Evaluation examples per task: " + ", ".join(f"{name} {n}" for name, n in sizes.items()) + ". One score "
         f"measured on n examples is uncertain by up to ±{50 / math.sqrt(smallest):.1f} points (one standard error, "
         f"50/√n at n = {smallest}); read differences below about twice that as noise.\n"
     )
@@ -89,7 +96,8 @@ def render_model_card(state: dict[str, Any], base_model: Optional[str] = None, *
     result = ContinualResult.from_dict(state["result"])
     method = state["method"]
     names = result.task_names
-    header = "| after \\ on | " + " | ".join(names) + " |\n|---|" + "---|" * len(names) + "\n"
+    metrics = result.task_metrics
+    header = "| after \\ on | " + " | ".join(f"{n} ({m})" for n, m in zip(names, metrics)) + " |\n|---|" + "---|" * len(names) + "\n"
     rows = "".join(
         f"| {i + 1}. {names[i]} | " + " | ".join("–" if a is None else _pct(a) for a in row) + " |\n"
         for i, row in enumerate(result.accuracy_matrix)
@@ -149,10 +157,10 @@ configuration and the accuracy matrix{continuing}
 
 {_prompt_section(state)}
 
-## Accuracy (%) after each task ({result.evaluation_method} scoring)
+## Scores (%) after each task ({result.evaluation_method} scoring; each task's metric in brackets)
 
 {header}{rows}
-- Average accuracy: **{_pct(s["average_accuracy"])}**
+- Average accuracy (mean score over tasks): **{_pct(s["average_accuracy"])}**
 - Backward transfer: {_pct(s["backward_transfer"], True)}
 - Forward transfer: {_pct(s["forward_transfer"], True)}
 - Forgetting: {_pct(s["forgetting"], True)}
