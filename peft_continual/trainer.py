@@ -396,7 +396,7 @@ class ContinualTrainer(Trainer):
         encoding = self.eval_encoding(task)
         evaluation = evaluate_task(
             model, self.processing_class, task, method=protocol, batch_size=self.args.per_device_eval_batch_size,
-            max_new_tokens=task.max_new_tokens, encoding=encoding,
+            max_new_tokens=task.max_new_tokens or (self.max_new_tokens if task.kind == GENERATION else None), encoding=encoding,
         )  # fmt: skip
         if stage is not None and self.save_predictions and self.is_world_process_zero():
             folder = os.path.join(self.continual_args.output_dir, PREDICTIONS_DIR, stage)

@@ -84,9 +84,53 @@ def memorised_task(name: str, n: int = 12) -> ContinualTask:
     return task
 
 
+# Generation tasks: a short exact answer (the opposite of a word) and a rewriting one (repeat words reversed).
+OPPOSITES = {"hot": "cold", "big": "small", "old": "new", "up": "down", "fast": "slow", "wet": "dry", "near": "far", "open": "shut"}
+
+
+def generation_rows(task: str, n: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        if task == "opposites":
+            word = sorted(OPPOSITES)[i % len(OPPOSITES)]
+            rows.append({"prompt": f"opposite of {word}", "completion": OPPOSITES[word]})
+        else:
+            words = rng.sample(FILLER, 3)
+            rows.append({"prompt": "reverse: " + " ".join(words), "completion": " ".join(reversed(words))})
+    return rows
+
+
+def generation_task(name: str, n_train: int = 16, n_eval: int = 8, seed: int = 0, metric=None) -> ContinualTask:
+    return ContinualTask(
+        name=name, kind="generation", metric=metric,
+        train=datasets.Dataset.from_list(generation_rows(name, n_train, seed)),
+        eval=datasets.Dataset.from_list(generation_rows(name, n_eval, seed + 1000)),
+    )  # fmt: skip
+
+
+# ChatML, as SmolLM2 and Qwen write it.
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def make_chat_tokenizer():
+    tok = make_tokenizer()
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tok.chat_template = CHATML
+    return tok
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     return make_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def chat_tokenizer():
+    return make_chat_tokenizer()
 
 
 def _llama(vocab):

@@ -170,6 +170,26 @@ def test_valid_files_load_before_the_model(script, tmp_path, no_model, task_file
         script.main(model_argv(tmp_path, "--continual_tasks", *task_files, "--max_train_per_label", "2"))
 
 
+def test_column_flags_task_metrics_and_protocols(script, tmp_path, no_model):
+    reviews = tmp_path / "reviews.jsonl"
+    reviews.write_text("".join(json.dumps({"review": f"text {i}", "sentiment": "good" if i % 2 else "bad"}) + "\n" for i in range(10)))
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text("".join(json.dumps({"question": f"q {i}", "reply": f"a {i}"}) + "\n" for i in range(10)))
+    argv = model_argv(tmp_path, "--continual_tasks", str(reviews), str(qa), "--text_column", "review", "--label_column",
+                      "sentiment", "--prompt_column", "question", "--completion_column", "reply", "--task_metrics",
+                      "qa=f1", "--chat_template", "off", "--evaluation_method", "generate", "rank")  # fmt: skip
+    _, data_args, _, _ = script.parse_args(argv)
+    assert data_args.evaluation_method == ["generate", "rank"] and data_args.chat_template == "off"
+    reviews_task, qa_task = script.load_tasks(data_args, seed=0)  # column options apply where the columns exist
+    assert reviews_task.kind == "classification" and reviews_task.labels == ["bad", "good"]
+    assert qa_task.kind == "generation" and qa_task.metric == "f1" and qa_task.train[0]["completion"].startswith("a ")
+    with pytest.raises(SystemExit, match="--task_metrics takes NAME=METRIC pairs"):
+        script.main(model_argv(tmp_path, "--continual_tasks", str(reviews), "--task_metrics", "rouge_l"))
+    with pytest.raises(SystemExit, match="unknown metric 'bleu'"):
+        script.main(model_argv(tmp_path, "--continual_tasks", str(reviews), "--text_column", "review", "--label_column",
+                               "sentiment", "--task_metrics", "reviews=bleu"))  # fmt: skip
+
+
 def test_continue_from_a_missing_folder(script, tmp_path, no_model, task_files):
     with pytest.raises(SystemExit, match="not a folder saved by save_continual"):
         script.main(model_argv(tmp_path, "--continual_tasks", *task_files, "--continue_from", str(tmp_path / "nope")))

@@ -118,9 +118,12 @@ def read_records(path: Path) -> Records:
 
 
 def detect_format(columns: Sequence[str], prompt_column: Optional[str] = None, completion_column: Optional[str] = None) -> str:
-    """``messages``, ``alpaca``, ``prompt_completion`` or ``classification`` from the column names."""
+    """``messages``, ``alpaca``, ``prompt_completion`` or ``classification`` from the column names.
+
+    Column options apply to every file of a sequence, so a named prompt/completion column only counts where it exists.
+    """
     columns = set(columns)
-    if completion_column or prompt_column:
+    if {prompt_column, completion_column} & columns:  # named generation columns that this file has
         return "prompt_completion"
     if "messages" in columns:
         return "messages"
