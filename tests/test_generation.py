@@ -232,3 +232,28 @@ def test_saved_mixed_run_carries_task_definitions(chat_tokenizer, tmp_path):
     scores = again.evaluate_tasks(again.tasks)
     assert scores["generate"][1].score == pytest.approx(trainer.result.accuracy_matrix[-1][1])
     assert scores["rank"][1] is None
+
+
+def test_runs_saved_before_generation_tasks_still_load(tokenizer, tmp_path):
+    """A state without task kinds, metrics, example scores or the new trainer options (as saved before) loads."""
+    trainer = make_trainer(tokenizer, tmp_path, NLoraConfig(r=4, lora_alpha=8), args={"num_train_epochs": 1})
+    trainer.train_continual([synthetic_task("colors", n_train=4)])
+    folder = tmp_path / "final"
+    trainer.save_continual(str(folder))
+    state = json.loads((folder / "continual_state.json").read_text())
+    for task in state["tasks"]:
+        for key in ("kind", "metric", "max_new_tokens"):
+            del task[key]
+    for key in ("task_metrics", "example_scores", "zero_shot_example_scores", "secondary"):
+        del state["result"][key]
+    state["trainer"] = {"evaluation_method": "rank", "max_source_length": 64, "evaluate_unseen": False}
+    (folder / "continual_state.json").write_text(json.dumps(state))
+    model, _ = tiny_model("llama", tokenizer)
+    again = ContinualTrainer.from_continual(str(folder), model, training_args(tmp_path / "2"), processing_class=tokenizer)
+    assert again.tasks[0].kind == "classification" and again.tasks[0].metric == "accuracy"
+    assert again.result.task_metrics == ["accuracy"] and again.result.example_scores == [[None]]
+    with pytest.raises(ValueError, match="no label options to rank"):  # the saved run scores by ranking
+        again.train_task(generation_task("opposites", n_train=4))
+    result = again.train_task(synthetic_task("animals", n_train=4))
+    assert result.task_metrics == ["accuracy", "accuracy"] and [len(r) for r in result.example_scores] == [2, 2]
+    assert result.example_scores[0][0] is None and len(result.example_scores[1][0]) == len(again.tasks[0].eval)
