@@ -19,7 +19,7 @@ import torch
 from transformers import GenerationConfig
 
 from .io_utils import atomic_write_text
-from .scoring import normalize_answer, score_predictions  # noqa: F401  (normalize_answer: public name)
+from .scoring import score_predictions
 from .tasks import GENERATION, ContinualTask, EvalEncoding, encode_eval, left_pad, use_chat_template
 
 EvaluationMethod = Literal["rank", "generate"]

@@ -10,6 +10,7 @@ Nothing is downloaded: the two text tasks read ``SC/amazon`` and ``TC/dbpedia`` 
 
 from __future__ import annotations
 
+import operator
 import random
 import re
 from pathlib import Path
@@ -21,6 +22,7 @@ from .formats import GENERATION, TaskSpecError, read_records
 from .task import ContinualTask
 
 GENERATION_ORDER = ["amazon-title", "arithmetic", "spelling"]
+OPERATIONS = {"+": operator.add, "-": operator.sub, "*": operator.mul}
 
 
 def _split_title(sentence: str) -> tuple[str, str]:
@@ -72,7 +74,7 @@ def _arithmetic_rows(n: int, seed: int, exclude: set[str] = frozenset()) -> list
         if question in seen:
             continue
         seen.add(question)
-        rows.append({"prompt": question, "completion": str(eval(f"{a}{op}{b}")), "context": ""})  # noqa: S307
+        rows.append({"prompt": question, "completion": str(OPERATIONS[op](a, b)), "context": ""})
     return rows
 
 

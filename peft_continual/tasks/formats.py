@@ -149,6 +149,8 @@ def generation_rows(
         for needed in (prompt_column, completion_column):
             if needed not in columns:
                 raise TaskSpecError(f"{where}: column {needed!r} not found; columns are {sorted(columns)}")
+    elif fmt == "alpaca":
+        completion_column = "output"
     rows = []
     for row, location in zip(records, records.locations):
         at = f"{where} {location}"
@@ -159,7 +161,6 @@ def generation_rows(
             if _text(instruction) is None:
                 raise TaskSpecError(f"{at}: empty or missing 'instruction'")
             prompt, completion, context = instruction + (f"\n{extra}" if str(extra).strip() else ""), row.get("output"), ""
-            completion_column = "output"
         else:
             prompt, completion, context = row.get(prompt_column), row.get(completion_column), ""
             if _text(prompt) is None:

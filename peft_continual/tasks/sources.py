@@ -39,6 +39,7 @@ from .formats import (
     read_records,
     warn_single_example_labels,
 )
+from ..scoring import check_metric
 from .task import ContinualTask, check_unique_names
 
 # Benchmark dataset -> task type (the CL_Benchmark folder that holds it). Names as in the O-LoRA/N-LoRA data.
@@ -132,8 +133,7 @@ def load_continual_tasks(
         match = [t for t in tasks if t.name == name]
         if not match:
             raise TaskSpecError(f"metric given for task {name!r}, which is not among the tasks {[t.name for t in tasks]}")
-        match[0].metric = metric
-        match[0].__post_init__()  # validates the metric name
+        match[0].metric = check_metric(metric, match[0].where)
     return tasks
 
 
@@ -276,7 +276,7 @@ def _from_records(
     return ContinualTask(name, train_set, eval_set, labels, instruction=instruction, source=source)
 
 
-def _hub_records(ds: datasets.Dataset, where: str) -> Records:
+def _hub_records(ds: datasets.Dataset) -> Records:
     return Records(ds.to_list(), [f"row {i}" for i in range(len(ds))])
 
 
@@ -294,8 +294,8 @@ def _load_hub(hub_id: str, name: str, spec: str, *, eval_split, label_column, **
     feature = dsd["train"].features.get(label_column or "label")
     names = list(feature.names) if isinstance(feature, datasets.ClassLabel) else None
     eval_name = next((s for s in (eval_split, "validation", "test") if s in dsd), None)
-    evaluation = _hub_records(dsd[eval_name], where) if eval_name else None
-    return _from_records(_hub_records(dsd["train"], where), evaluation, name, where, f"hub:{hub_id}",
+    evaluation = _hub_records(dsd[eval_name]) if eval_name else None
+    return _from_records(_hub_records(dsd["train"]), evaluation, name, where, f"hub:{hub_id}",
                          label_column=label_column, label_names=names, **options)  # fmt: skip
 
 
