@@ -197,7 +197,7 @@ def test_mixed_classification_and_generation_sequence(method, chat_tokenizer, tm
     tasks = [memorised_task("colors", n=8), generation_task("opposites", n_train=8, n_eval=4),
              generation_task("reverse", n_train=8, n_eval=4, metric="rouge_l")]  # fmt: skip
     trainer = make_trainer(chat_tokenizer, tmp_path, copy.deepcopy(METHODS[method]), evaluation_method=["generate", "rank"],
-                           evaluate_zero_shot=True, args={"num_train_epochs": 2})  # fmt: skip
+                           evaluate_zero_shot=True, evaluate_seen="all", args={"num_train_epochs": 2})  # fmt: skip
     assert trainer.chat  # auto: the tokenizer has a chat template
     result = trainer.train_continual(tasks)
     R, rank = result.accuracy_matrix, result.secondary["rank"]
