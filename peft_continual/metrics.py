@@ -161,7 +161,7 @@ class ContinualResult:
     def format_table(self) -> str:
         """The score matrix (%) as a text table, rows = after training task i, with the summary below."""
         names = self.task_names
-        width = max([len(n) for n in names] + [8])
+        width = max([len(n) for n in names] + [len(m or "") for m in self.task_metrics] + [8])
         lines = ["after \\ on".ljust(width + 2) + "".join(n[:width].rjust(width + 2) for n in names)]
         if self.task_metrics:
             lines.append("metric".ljust(width + 2) + "".join((m or "-")[:width].rjust(width + 2) for m in self.task_metrics))
