@@ -66,8 +66,8 @@ def _prompt_section(state: dict[str, Any]) -> str:
         f" With chat_template={trainer['chat_template']!r} and a tokenizer that has a chat template, the text before "
         "`Answer:` is the user turn instead and the target is the assistant turn, followed by the end-of-turn."
     )  # fmt: skip
-    lines = ["Each task's prompt (`{text}` is the input), followed by a space, the target (label or completion) and "
-             "EOS, which carry the loss. "
+    lines = ["Each task's prompt (`{text}` is the input), followed by a space, the label and EOS (for a generation "
+             "task its completion and EOS), which carry the loss. "
              "The tokenizer's own prefix (e.g. BOS) comes first; an over-long input is shortened in the middle of "
              f"`{{text}}` to {state.get('trainer', {}).get('max_source_length', '?')} prompt tokens. Score a new input by "
              "the option with the highest log-likelihood after the prompt, or by greedy generation." + chat]  # fmt: skip
