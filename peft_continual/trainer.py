@@ -272,7 +272,8 @@ class ContinualTrainer(Trainer):
                     row += [None] * (T - len(row))
             if result.zero_shot is not None:
                 result.zero_shot += [None] * (T - len(result.zero_shot))
-                result.zero_shot_example_scores += [None] * (T - len(result.zero_shot_example_scores))
+                examples = result.zero_shot_example_scores or []  # none where zero_shot was set from outside
+                result.zero_shot_example_scores = examples + [None] * (T - len(examples))
 
     def _adopt_result(self, result: ContinualResult) -> None:
         """A restored result, with an empty (unscored) matrix for any secondary protocol it did not have."""
