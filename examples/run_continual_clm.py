@@ -33,7 +33,8 @@ A full run:
         --output_dir out --num_train_epochs 1 --learning_rate 1e-3 [--push_to_hub]
 
 Arguments may also come from a single ``.json`` file: ``python examples/run_continual_clm.py args.json``.
-An interrupted run resumes with ``--resume_from_checkpoint true`` (from ``OUTPUT_DIR/continual_progress``).
+An interrupted run resumes with ``--resume_from_checkpoint true`` (from ``OUTPUT_DIR/continual_progress``); a run
+into an OUTPUT_DIR that holds such progress without that flag stops with an error instead of starting over.
 """
 
 import dataclasses
@@ -346,7 +347,22 @@ def parse_args(argv: Optional[list[str]] = None):
         raise ValueError("--demo runs the bundled SmolLM2-135M-Instruct: drop --demo or --model_name_or_path")
     if not data_args.continual_tasks:
         raise TaskSpecError(f"no tasks given. {TASKS_HELP}")
+    resume_requested(args[3])  # fails early on a value that is neither true nor false
     return args
+
+
+def resume_requested(training_args: TrainingArguments) -> bool:
+    """``--resume_from_checkpoint true|false``: a run resumes from OUTPUT_DIR/continual_progress, not from a path."""
+    value = training_args.resume_from_checkpoint
+    if value is None:
+        return False
+    flag = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}.get(str(value).strip().lower())
+    if flag is None:
+        raise ValueError(
+            f"--resume_from_checkpoint takes true or false, got {value!r}: an interrupted run resumes from "
+            "OUTPUT_DIR/continual_progress and the interrupted task's last checkpoint"
+        )
+    return flag
 
 
 def method_hyperparameters(cl_args: ContinualArguments, method: str) -> dict:
@@ -494,7 +510,7 @@ def main(argv: Optional[list[str]] = None) -> ContinualResult:
             model=get_peft_model(model, peft_config), args=training_args, processing_class=tokenizer,
             evaluate_zero_shot=data_args.evaluate_zero_shot, **options,
         )  # fmt: skip
-    result = trainer.train_continual(tasks, resume_from_checkpoint=training_args.resume_from_checkpoint is not None)
+    result = trainer.train_continual(tasks, resume_from_checkpoint=resume_requested(training_args))
 
     output_dir = Path(training_args.output_dir)
     final = output_dir / "final"

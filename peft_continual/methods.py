@@ -99,8 +99,16 @@ class ContinualMethod:
     def restore_adapter_state(self, model) -> None:
         set_adapter_state(model, *self.training_adapters())
 
-    def loss_terms(self, model, inputs: dict[str, torch.Tensor]) -> tuple[float, dict[str, torch.Tensor]]:
-        """(weight of the task loss, extra named terms already weighted, per micro-batch)."""
+    def loss_terms(
+        self, model, inputs: dict[str, torch.Tensor], wrapped=None, accumulation: int = 1
+    ) -> tuple[float, dict[str, torch.Tensor]]:
+        """(weight of the task loss, extra named terms already weighted, per micro-batch).
+
+        ``model`` is the ``PeftModel`` (for its parameters); ``wrapped`` is the same model as Trainer runs it
+        (DDP, FSDP or DeepSpeed wrapper; ``model`` when unwrapped): extra forward passes go through it, so that
+        sharded parameters are gathered and gradients synchronised as for the task loss. ``accumulation`` is the
+        number of micro-batches of the current optimizer step.
+        """
         return 1.0, {}
 
     def after_optimizer_step(self, model) -> None:
@@ -198,22 +206,24 @@ class NLoraMethod(TaskAdapterMethod):
             self.config.lambda_for_task(num_tasks - 1)
         if self.config.collision_form == "rank_product":
             adapter = self.adapters[0] if self.adapters else self.template
-            for f in adapter_factors(model, adapter):
-                rank_product_l1(f.A.detach(), f.B.detach(), f.module_name)
+            factors = adapter_factors(model, adapter)
+            with gather_params_ctx([p for f in factors for p in (f.A, f.B)]):  # collectively, on every rank
+                for f in factors:
+                    rank_product_l1(f.A.detach(), f.B.detach(), f.module_name)
 
-    def loss_terms(self, model, inputs):
+    def loss_terms(self, model, inputs, wrapped=None, accumulation=1):
         weight = self.config.lambda_for_task(self.task_index)
         if weight == 0:
             return 1.0, {}
         factors = adapter_factors(model, self.adapters[-1])
         rank_product = self.config.collision_form == "rank_product"
-        with gather_params_ctx([p for f in factors for p in (f.A, f.B)]):
+        with gather_params_ctx([p for f in factors for p in (f.A, f.B)]):  # shapes too are sharded under ZeRO-3
             if rank_product:
                 norms = [rank_product_l1(f.A, f.B, f.module_name) for f in factors]
             else:
                 norms = [delta_w_l1(f.A, f.B, f.scaling, self.config.collision_chunk_elements) for f in factors]
-        # entries of each penalised matrix: r x r (A @ B) or d_out x d_in (dW)
-        sizes = [f.A.shape[0] ** 2 if rank_product else f.B.shape[0] * f.A.shape[1] for f in factors]
+            # entries of each penalised matrix: r x r (A @ B) or d_out x d_in (dW)
+            sizes = [f.A.shape[0] ** 2 if rank_product else f.B.shape[0] * f.A.shape[1] for f in factors]
         reduction = self.config.collision_reduction
         if reduction == "sqrt_numel":
             penalty = sum(norm / size**0.5 for norm, size in zip(norms, sizes))
@@ -228,7 +238,7 @@ class OLoraMethod(TaskAdapterMethod):
 
     name = "olora"
 
-    def loss_terms(self, model, inputs):
+    def loss_terms(self, model, inputs, wrapped=None, accumulation=1):
         terms = {}
         current = self.adapters[-1]
         if self.config.orthogonal_lambda > 0 and len(self.adapters) > 1:
@@ -260,30 +270,44 @@ class ReplayMethod(ContinualMethod):
         self.replay_batch_size = self.config.replay_batch_size or batch_size
         self.buffer = ReservoirBuffer(self.config.replay_buffer_size, seed=seed)  # identical on every process
         self.process_index, self.num_processes = process_index, num_processes
+        self.micro_step, self.step_rows = 0, []
 
-    def replay_batch(self, device) -> Optional[tuple[dict[str, torch.Tensor], float, float]]:
-        """This process's slice of one global replay batch, with the global normalisers of its loss terms.
+    def replay_batch(self, device, accumulation: int = 1) -> Optional[tuple[dict[str, torch.Tensor], float, float]]:
+        """This process's slice, for this micro-batch, of one replay batch per optimizer step, with its normalisers.
 
-        Every process draws the same global batch (same seed), so each can divide by the global counts of
-        target tokens and of positions; averaged over N processes the terms equal one process's on the whole draw.
+        At its first micro-batch, each optimizer step draws the rows of all its micro-batches on all processes
+        (the same draw on every process: same seed). Each slice is divided by the counts of target tokens and of
+        positions over the whole draw, over processes x micro-batches: summed over micro-batches and averaged over
+        processes, the terms equal one process's on the whole draw without accumulation.
         """
         if len(self.buffer) == 0:
             return None
-        drawn = self.buffer.sample(self.replay_batch_size * self.num_processes)
-        start = self.process_index * self.replay_batch_size
+        shards, micro = self.num_processes * accumulation, self.micro_step % accumulation
+        if micro == 0:
+            self.step_rows = self.buffer.sample(self.replay_batch_size * shards)
+        self.micro_step += 1
+        drawn = self.step_rows
+        start = (micro * self.num_processes + self.process_index) * self.replay_batch_size
         batch = self.collator(drawn[start : start + self.replay_batch_size])
         if self.logits_on_targets_only:
             batch = with_target_logits(batch)
-        targets = sum(sum(t != IGNORE_INDEX for t in e["labels"][1:]) for e in drawn) / self.num_processes
-        positions = sum(len(e["input_ids"]) for e in drawn) / self.num_processes
+        targets = sum(sum(t != IGNORE_INDEX for t in e["labels"][1:]) for e in drawn) / shards
+        positions = sum(len(e["input_ids"]) for e in drawn) / shards
         return {k: v.to(device) for k, v in batch.items()}, targets, positions
 
-    def loss_terms(self, model, inputs):
-        replay = self.replay_batch(inputs["input_ids"].device)
+    def begin_task(self, model, task_index, task_name):
+        super().begin_task(model, task_index, task_name)
+        self.micro_step = 0
+
+    def after_optimizer_step(self, model):
+        self.micro_step = 0  # the next micro-batch starts a step
+
+    def loss_terms(self, model, inputs, wrapped=None, accumulation=1):
+        replay = self.replay_batch(inputs["input_ids"].device, accumulation)
         if replay is None:
             return 1.0, {}
         batch, targets, _ = replay
-        return 0.5, {"loss_replay": 0.5 * model(**batch, num_items_in_batch=targets).loss}
+        return 0.5, {"loss_replay": 0.5 * (wrapped or model)(**batch, num_items_in_batch=targets).loss}
 
     def end_task(self, model, task_index, train_features):
         """Offer every training example of the finished task once (evaluation data never enters)."""
@@ -321,20 +345,23 @@ class ILoraMethod(ReplayMethod):
         super().begin_task(model, task_index, task_name)
         self.steps_in_task = 0
 
-    def loss_terms(self, model, inputs):
-        replay = self.replay_batch(inputs["input_ids"].device)
+    def loss_terms(self, model, inputs, wrapped=None, accumulation=1):
+        replay = self.replay_batch(inputs["input_ids"].device, accumulation)
         if replay is None:
             return 1.0, {}
         batch, targets, positions = replay
-        out = model(**batch, num_items_in_batch=targets, output_hidden_states=True)
+        wrapped = wrapped or model
+        out = wrapped(**batch, num_items_in_batch=targets, output_hidden_states=True)
         terms = {"loss_replay": 0.5 * out.loss}
         if self.config.consistency_weight > 0:
-            was_training = model.training
-            model.eval()  # the teacher's forward is deterministic (no dropout)
-            with torch.no_grad(), adapters_active(model, [self.slow]):
-                slow_hidden = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                    output_hidden_states=True).hidden_states  # fmt: skip
-            model.train(was_training)
+            was_training = wrapped.training
+            wrapped.eval()  # the teacher's forward is deterministic (no dropout)
+            try:
+                with torch.no_grad(), adapters_active(model, [self.slow]):
+                    slow_hidden = wrapped(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                          output_hidden_states=True).hidden_states  # fmt: skip
+            finally:
+                wrapped.train(was_training)
             layers = self.config.consistency_layers
             terms["loss_consistency"] = self.config.consistency_weight * consistency_loss(
                 select_layers(out.hidden_states, layers), select_layers(slow_hidden, layers),
@@ -343,6 +370,7 @@ class ILoraMethod(ReplayMethod):
         return 0.5, terms
 
     def after_optimizer_step(self, model):
+        super().after_optimizer_step(model)
         self.steps_in_task += 1
         decay = ema_decay_at(self.steps_in_task, self.config.ema_decay, self.config.ema_warmup_steps)
         slow, fast = adapter_parameters(model, self.slow), adapter_parameters(model, self.template)

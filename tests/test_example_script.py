@@ -230,3 +230,24 @@ def test_end_to_end_with_a_tiny_model_then_continue(script, tmp_path, tokenizer,
         script.main([*switch, "--output_dir", str(tmp_path / "switch")])
     result = script.main([*switch, "--output_dir", str(tmp_path / "switch"), "--allow_other_base", "true"])
     assert result.task_names == ["colors", "animals", "fruits", "new"]
+
+@pytest.mark.parametrize("value,expected", [("false", False), ("False", False), ("true", True), (None, False)])
+def test_resume_from_checkpoint_flag(script, tmp_path, tokenizer, task_files, monkeypatch, value, expected):
+    """--resume_from_checkpoint false does not resume (Trainer keeps the string "false", which is not None)."""
+    monkeypatch.setattr(script, "load_model", lambda *a: (tiny_model("llama", tokenizer)[0], tokenizer))
+    requested = []
+
+    def train_continual(self, tasks, resume_from_checkpoint=False):
+        requested.append(resume_from_checkpoint)
+        raise KeyboardInterrupt  # stop before any training
+
+    monkeypatch.setattr(script.ContinualTrainer, "train_continual", train_continual)
+    flag = [] if value is None else ["--resume_from_checkpoint", value]
+    with pytest.raises(KeyboardInterrupt):
+        script.main(model_argv(tmp_path, "--continual_tasks", task_files[0], "--use_cpu", "--target_modules", "q_proj", *flag))
+    assert requested == [expected]
+
+
+def test_resume_from_checkpoint_takes_no_path(script, tmp_path, no_model, task_files):
+    with pytest.raises(SystemExit, match=r"--resume_from_checkpoint takes true or false, got 'out/checkpoint-5'"):
+        script.main(model_argv(tmp_path, "--continual_tasks", task_files[0], "--resume_from_checkpoint", "out/checkpoint-5"))
