@@ -19,6 +19,7 @@ import torch
 from accelerate.utils import gather_object
 from peft import PeftModel
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging
 
@@ -167,6 +168,12 @@ class ContinualTrainer(Trainer):
                 "ContinualTrainer does not support (its extra loss terms and replay forwards run on one device). "
                 f"Launch one process per GPU: `accelerate launch --num_processes {self.args.n_gpu} script.py ...` or "
                 f"`torchrun --nproc_per_node {self.args.n_gpu} script.py ...`; or use one GPU (CUDA_VISIBLE_DEVICES=0)"
+            )
+        if self.is_fsdp_enabled:
+            raise ValueError(
+                "FSDP is not supported: ContinualTrainer reads adapter weights outside the forward pass (evaluation, "
+                "the N-LoRA/O-LoRA penalties, I-LoRA's EMA, saving), which FSDP leaves sharded. Use DDP (the LoRA "
+                "adapters are small; load the base in bf16) or DeepSpeed ZeRO-3, whose parameters are gathered there"
             )
         if self.args.dataloader_pin_memory and self.args.device.type == "cpu":
             self.args.dataloader_pin_memory = False  # nothing to pin for: torch would warn at every epoch
@@ -362,8 +369,12 @@ class ContinualTrainer(Trainer):
             model.train(was_training)
 
     def _cl_evaluate_task(self, model, task: ContinualTask) -> float:
-        """Score ``task``; under DDP each process scores a contiguous shard of its rows and all get the same score."""
-        world_size = self.args.world_size
+        """Score ``task``; under DDP each process scores a contiguous shard of its rows and all get the same score.
+
+        Under DeepSpeed ZeRO-3 every forward gathers parameters collectively, so every process must run the same
+        forwards: each scores all rows.
+        """
+        world_size = 1 if is_deepspeed_zero3_enabled() else self.args.world_size
         if world_size > 1:
             task = copy.copy(task)
             task.eval = task.eval.shard(num_shards=world_size, index=self.args.process_index, contiguous=True)

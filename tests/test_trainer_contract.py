@@ -78,6 +78,20 @@ def test_several_gpus_in_one_process_are_refused(tokenizer, tmp_path, monkeypatc
         make_trainer(tokenizer, tmp_path, NLoraConfig(r=4))
 
 
+def test_fsdp_is_refused_before_training(tokenizer, tmp_path, monkeypatch):
+    """FSDP leaves the adapter weights the trainer reads outside the forward sharded (not testable on CPU: Trainer
+    falls back to DDP there), so the accelerator's FSDP plugin is simulated."""
+    create = Trainer.create_accelerator_and_postprocess
+
+    def with_fsdp(self):
+        create(self)
+        self.is_fsdp_enabled = True
+
+    monkeypatch.setattr(Trainer, "create_accelerator_and_postprocess", with_fsdp)
+    with pytest.raises(ValueError, match=r"FSDP is not supported.*Use DDP.*or DeepSpeed ZeRO-3"):
+        make_trainer(tokenizer, tmp_path, NLoraConfig(r=4))
+
+
 def test_a_cpu_run_prints_no_pin_memory_warning(tokenizer, tmp_path):
     trainer = make_trainer(tokenizer, tmp_path, IncLoraConfig(r=4), use_cpu=False, num_train_epochs=2)
     assert trainer.args.device.type == "cpu"  # these test machines have no accelerator
