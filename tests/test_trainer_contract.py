@@ -175,3 +175,33 @@ def test_gradient_checkpointing_with_every_method(method, tokenizer, tmp_path):
             assert not moved, adapter
         if adapter not in snapshot.trainable:
             assert all(p.grad is None for p in after), adapter
+
+
+class Counting(torch.nn.Module):
+    """Stands for the DDP/FSDP/DeepSpeed wrapper Trainer hands to compute_loss: counts the forwards through it."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.module, self.calls = model, 0
+
+    def forward(self, *args, **kwargs):
+        self.calls += 1
+        return self.module(*args, **kwargs)
+
+
+@pytest.mark.parametrize("method,forwards", [("replay", 2), ("ilora", 3)])
+def test_replay_and_consistency_forwards_go_through_the_wrapped_model(method, forwards, tokenizer, tmp_path):
+    """Task loss, replay and (I-LoRA) the slow learner's forward all run through the model Trainer wrapped."""
+    trainer = make_trainer(tokenizer, tmp_path, type(METHODS[method])(**METHODS[method].to_dict()), num_train_epochs=1)
+    calls = []
+    training_step = trainer.training_step
+
+    def wrapped_step(model, inputs, num_items_in_batch=None):
+        counting = Counting(model)
+        loss = training_step(counting, inputs, num_items_in_batch)
+        calls.append(counting.calls)
+        return loss
+
+    trainer.training_step = wrapped_step
+    trainer.train_continual([memorised_task("colors", 4), memorised_task("animals", 4)])
+    assert calls == [1, forwards]  # one step per task; task 2 replays
