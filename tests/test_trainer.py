@@ -316,7 +316,7 @@ def test_bad_inputs_fail_before_training(tokenizer, tmp_path):
 
 def test_non_finite_loss_term_stops_with_its_name(tokenizer, tmp_path):
     trainer = make_trainer(tokenizer, tmp_path, NLoraConfig(r=4, lora_alpha=8), num_train_epochs=1)
-    trainer.method.loss_terms = lambda model, inputs: (1.0, {"loss_collision": torch.tensor(float("inf"))})
+    trainer.method.loss_terms = lambda model, inputs, **kwargs: (1.0, {"loss_collision": torch.tensor(float("inf"))})
     with pytest.raises(FloatingPointError, match="loss_collision is inf at step 1 of task 1"):
         trainer.train_task(synthetic_task("colors"))
 
