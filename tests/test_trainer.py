@@ -262,7 +262,8 @@ def test_nlora_sparsifies_and_collides_less_than_olora_and_inclora(tokenizer, tm
         "nlora": NLoraConfig(r=4, lora_alpha=8, collision_lambda=1.0, collision_reduction="sum"),
     }
     for name, config in configs.items():
-        trainer = make_trainer(tokenizer, tmp_path / name, config, num_train_epochs=5)
+        # 10 epochs: at 5 the gap depends on task 2's initialisation (+0.03 with the per-task seed; +0.15 at 10)
+        trainer = make_trainer(tokenizer, tmp_path / name, config, num_train_epochs=10)
         trainer.train_continual(memorise_tasks(("colors", "animals"), n=8))
         model, (a, b) = trainer.peft_model, trainer.method.adapters
         stats[name] = (near_zero_share(model, b), mean_collision(model, a, b), trainer.result.collision)
