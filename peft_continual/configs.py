@@ -276,7 +276,3 @@ class ILoraConfig(ReplayConfig):
         )
         _require(self.eval_learner in ("slow", "fast"), f"eval_learner must be 'slow' or 'fast', got {self.eval_learner!r}.")
 
-
-CONTINUAL_CONFIG_CLASSES = {
-    cls.__name__: cls for cls in (LoraConfig, IncLoraConfig, NLoraConfig, OLoraConfig, ReplayConfig, ILoraConfig)
-}

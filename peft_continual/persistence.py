@@ -36,8 +36,8 @@ from peft.utils.integrations import gather_params_ctx
 from safetensors.torch import load_file, save_file
 
 from .adapters import concatenated_lora
-from .configs import CONTINUAL_CONFIG_CLASSES
 from .io_utils import atomic_directory
+from .methods import config_classes
 from .tasks import ContinualTask
 
 STATE_FILE = "continual_state.json"
@@ -265,7 +265,7 @@ def read_state(folder: str | os.PathLike) -> tuple[dict[str, Any], dict[str, tor
         raise ContinualStateError(f"{str(state_path)!r} is incomplete: expected keys {sorted(needed)}")
     if state["format_version"] != FORMAT_VERSION:
         raise ContinualStateError(f"{str(state_path)!r} has format {state['format_version']}, this version reads {FORMAT_VERSION}")
-    if state["config_class"] not in CONTINUAL_CONFIG_CLASSES:
+    if state["config_class"] not in config_classes():
         raise ContinualStateError(f"unknown config class {state['config_class']!r} in {str(state_path)!r}")
     missing = [a for a in state["adapters"] if not (folder / a / "adapter_model.safetensors").is_file()]
     if missing:
@@ -293,7 +293,7 @@ def load_continual_model(
             "loads for inference with PeftModel.from_pretrained, but continuing the run needs the local save "
             "(or a folder pushed with include_data=True)"
         )
-    config_class = CONTINUAL_CONFIG_CLASSES[state["config_class"]]
+    config_class = config_classes()[state["config_class"]]
     known = {f for f in config_class.__dataclass_fields__}
     config = config_class(**{k: v for k, v in state["config"].items() if k in known})
     saved_base = state.get("base_model", {})

@@ -2,14 +2,16 @@
 
 import importlib.util
 import json
+import logging
 import os
 from pathlib import Path
 
 import pytest
 
 from peft_continual import NLoraConfig, TaskSpecError
+from peft_continual.tasks import packaged_demo_dir
 
-from conftest import SHARED_DATA, synthetic_rows, tiny_model
+from conftest import synthetic_rows, tiny_model
 
 SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "run_continual_clm.py"
 
@@ -119,11 +121,33 @@ def test_missing_benchmark_data_says_how_to_pass_tasks(script, tmp_path, no_mode
         script.main(model_argv(tmp_path, "--continual_tasks", "dbpedia", "--data_dir", missing))
 
 
-def test_demo_without_benchmark_data(script, tmp_path, no_model, monkeypatch):
+def test_demo_without_benchmark_data_reads_the_packaged_sample(script, no_model, monkeypatch, caplog):
+    """No data folder: the demo's tasks come from the sample inside the package, without a warning."""
     monkeypatch.delenv(script.DATA_DIR_ENV, raising=False)
-    monkeypatch.setattr(script, "DEFAULT_DATA_DIR", tmp_path / "absent")
-    with pytest.raises(SystemExit, match="(?s)'dbpedia' is a CL benchmark task.*Pass tasks with --continual_tasks"):
+    with pytest.raises(AssertionError, match="a model was loaded"):  # tasks loaded, the model comes next
         script.main([])
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    data_args = script.parse_args([])[1]
+    tasks = script.load_tasks(data_args, seed=0, demo=True)
+    assert [t.name for t in tasks] == ["dbpedia", "amazon", "agnews"]
+    assert all(Path(t.source).is_relative_to(packaged_demo_dir()) for t in tasks)
+    assert [len(t.train) for t in tasks] == [script.DEMO_DEFAULTS["max_train_samples"]] * 3
+
+
+def test_data_dir_selects_the_full_data(script, tmp_path, monkeypatch):
+    """--data_dir, else $PEFT_CONTINUAL_DATA_DIR, wins over the packaged sample, in the demo too."""
+    folder = tmp_path / "bench" / "CL_Benchmark" / "TC" / "agnews"
+    folder.mkdir(parents=True)
+    rows = [{"sentence": f"Title: t{i}\nText: x\n", "label": label} for i, label in enumerate(["World", "Sports"] * 3)]
+    (folder / "train.json").write_text(json.dumps(rows))
+    (folder / "test.json").write_text(json.dumps(rows[:2]))
+    (folder / "labels.json").write_text(json.dumps(["World", "Sports"]))
+    monkeypatch.delenv(script.DATA_DIR_ENV, raising=False)
+    (task,) = script.load_tasks(script.parse_args(["--continual_tasks", "agnews", "--data_dir", str(tmp_path / "bench")])[1], 0, demo=True)
+    assert (len(task.train), task.source) == (6, str(folder))
+    monkeypatch.setenv(script.DATA_DIR_ENV, str(tmp_path / "bench"))
+    (task,) = script.load_tasks(script.parse_args(["--continual_tasks", "agnews"])[1], 0, demo=True)
+    assert task.source == str(folder)
 
 
 def test_demo_model_not_installed(script, tmp_path, task_files, monkeypatch):
@@ -192,10 +216,6 @@ def test_continue_from_keeps_method_and_hyperparameters(script, tmp_path, task_f
     with pytest.raises(TaskSpecError, match="trained already"):
         script.check_continue_from(script.parse_args(model_argv(tmp_path, "--continual_tasks", "x", "--continue_from", "f"))[2],
                                    {**state, "tasks": [{"name": "animals"}]}, tasks)  # fmt: skip
-
-
-def test_demo_data_dir_is_the_shared_benchmark_data(script):
-    assert script.DEFAULT_DATA_DIR == SHARED_DATA
 
 
 def test_end_to_end_with_a_tiny_model_then_continue(script, tmp_path, tokenizer, task_files):
