@@ -241,12 +241,23 @@ def _convert(values, hint, flag: str):
     raise ValueError(f"--{flag} takes {' or '.join(str(m) for m in members)}, got {values!r}")
 
 
-def _method_flags() -> dict[str, tuple[str, Any, dataclasses.Field]]:
-    """flag -> (config field, its type, the flag's dataclass field), for every registered method's hyper-parameters.
+class MethodFlag(typing.NamedTuple):
+    key: str  # the config field it sets
+    hint: Any  # the field's type
+    field: dataclasses.Field  # the flag, as a field of ContinualArguments
+    flag_type: Any  # the type HfArgumentParser reads
 
-    Type, default and help all come from the config classes (``metadata["help"]``); the help names the methods that
-    have the hyper-parameter when not all do, and the config's default (the flag itself defaults to None, meaning
-    "the config's default", so that a flag given for the wrong method can be refused).
+
+def _declared_default(config_class, key: str):
+    f = {f.name: f for f in dataclasses.fields(config_class)}[key]
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def _method_flags() -> dict[str, MethodFlag]:
+    """One flag per hyper-parameter of the registered methods: type, default and help from the config classes.
+
+    The help names the methods that have the hyper-parameter (when not all do) and the config's default; the flag
+    itself defaults to None ("the config's default"), so that a flag given for another method can be refused.
     """
     owners: dict[str, list] = {}
     for method in registered_methods().values():
@@ -254,24 +265,25 @@ def _method_flags() -> dict[str, tuple[str, Any, dataclasses.Field]]:
             owners.setdefault(key, []).append(method)
     flags = {}
     for key, methods in owners.items():
-        config_field = {f.name: f for f in dataclasses.fields(methods[0].config_class)}[key]
-        hint = typing.get_type_hints(methods[0].config_class)[key]
-        flag = FLAG_NAMES.get(key, key)
+        config_class = methods[0].config_class
+        config_field = {f.name: f for f in dataclasses.fields(config_class)}[key]
+        hint = typing.get_type_hints(config_class)[key]
         help_text = config_field.metadata.get("help", "").strip()
         help_text += "" if help_text.endswith((".", ")")) else "."
         if len(methods) < len(registered_methods()):
             help_text = f"{'/'.join(m.name for m in methods)}: {help_text}"
-        defaults = {m.name: getattr(m.config_class(), key) for m in methods}
-        if len({repr(d) for d in defaults.values()}) == 1:
-            default = next(iter(defaults.values()))
-            help_text += "" if default is None else f" Default: {default}."
-        else:
-            help_text += " Default: " + ", ".join(f"{d} ({name})" for name, d in defaults.items()) + "."
+        defaults: dict[str, list[str]] = {}  # the default's text -> the methods that have it
+        for m in methods:
+            defaults.setdefault(str(_declared_default(m.config_class, key)), []).append(m.name)
+        if len(defaults) > 1:
+            help_text += " Default: " + ", ".join(f"{d} ({'/'.join(names)})" for d, names in defaults.items()) + "."
+        elif next(iter(defaults)) not in ("None", str(dataclasses.MISSING)):
+            help_text += f" Default: {next(iter(defaults))}."
         metadata = {"help": help_text.replace("%", "%%")}
         if "choices" in config_field.metadata:
             metadata["choices"] = config_field.metadata["choices"]
-        flag_type = _flag_type(hint, f"{methods[0].config_class.__name__}.{key}")
-        flags[flag] = (key, hint, field(default=None, metadata=metadata), flag_type)
+        flag_type = _flag_type(hint, f"{config_class.__name__}.{key}")
+        flags[FLAG_NAMES.get(key, key)] = MethodFlag(key, hint, field(default=None, metadata=metadata), flag_type)
     return flags
 
 
@@ -282,10 +294,10 @@ class _ContinualArgumentsChecks:
     def __post_init__(self):
         if self.cl_method is not None and self.cl_method not in registered_methods():
             raise ValueError(f"unknown --cl_method {self.cl_method!r}: choose one of {', '.join(registered_methods())}")
-        for flag, (key, hint, _, _) in METHOD_FLAGS.items():
+        for flag, spec in METHOD_FLAGS.items():
             value = getattr(self, flag)
-            if value is not None and len(_members(hint)) > 1:  # read as a list of strings
-                setattr(self, flag, _convert(value, hint, flag))
+            if value is not None and len(_members(spec.hint)) > 1:  # read as a list of strings
+                setattr(self, flag, _convert(value, spec.hint, flag))
 
 
 # The continual-learning method and its hyper-parameters: one flag per field of the registered config classes
@@ -297,7 +309,7 @@ ContinualArguments = dataclasses.make_dataclass(
             "help": f"Continual-learning method. Default: {DEFAULT_METHOD}, or the saved run's with --continue_from.",
             "choices": list(registered_methods()),
         })),
-        *((flag, Optional[flag_type], spec) for flag, (_, _, spec, flag_type) in METHOD_FLAGS.items()),
+        *((flag, Optional[spec.flag_type], spec.field) for flag, spec in METHOD_FLAGS.items()),
         ("continue_from", Optional[str], field(default=None, metadata={
             "help": "A folder written by save_continual (e.g. OUTPUT_DIR/final): restore its adapters, method state "
             "and accuracy matrix, then train --continual_tasks as further tasks."
@@ -316,7 +328,7 @@ ContinualArguments = dataclasses.make_dataclass(
 )  # fmt: skip
 
 # Hyper-parameters: flag -> the config field it sets.
-HYPERPARAMETERS = {flag: key for flag, (key, *_) in METHOD_FLAGS.items()}
+HYPERPARAMETERS = {flag: spec.key for flag, spec in METHOD_FLAGS.items()}
 
 # TrainingArguments shown by --help; --help_all lists every one.
 TRAINING_FLAGS = (
@@ -478,27 +490,34 @@ def load_model(model_args: ModelArguments, demo: bool):
     return model, tokenizer
 
 
-def plot_accuracy_matrix(result: ContinualResult, path: Path) -> None:
-    """Heatmap of the lower triangle of R (accuracy on each task after each task), values annotated."""
+def draw_accuracy_matrix(ax, result: ContinualResult):
+    """Heatmap of every evaluated cell of R (above the diagonal too, with --evaluate_unseen) under the zero-shot row."""
     import numpy as np
-    from matplotlib.figure import Figure  # no pyplot: renders with Agg, needs no display
 
-    names, rows = result.task_names, result.accuracy_matrix
-    values = np.full((len(rows), len(names)), np.nan)
-    for i, row in enumerate(rows):
-        values[i, : i + 1] = [100 * a for a in row[: i + 1]]
-    size = 1.2 + 0.9 * len(names)
-    fig = Figure(figsize=(size + 1.5, size))
-    ax = fig.subplots()
+    names = result.task_names
+    rows = [("zero-shot", result.zero_shot)] if result.zero_shot is not None else []
+    rows += [(f"after {i + 1}. {names[i]}", row) for i, row in enumerate(result.accuracy_matrix)]
+    values = np.array([[np.nan if a is None else 100 * a for a in row] for _, row in rows])
     image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis", vmin=0, vmax=100)
     for (i, j), value in np.ndenumerate(values):
         if not np.isnan(value):
             ax.text(j, i, f"{value:.1f}", ha="center", va="center", color="white" if value < 60 else "black")
+    if result.zero_shot is not None:
+        ax.axhline(0.5, color="white", linewidth=3)  # the base model above, the trained ones below
     ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
-    ax.set_yticks(range(len(rows)), [f"after {i + 1}. {names[i]}" for i in range(len(rows))])
+    ax.set_yticks(range(len(rows)), [label for label, _ in rows])
     ax.set_xlabel("evaluated on")
     ax.set_title(f"{result.method}: accuracy (%), {result.evaluation_method} scoring")
-    fig.colorbar(image, ax=ax, label="accuracy (%)")
+    return image
+
+
+def plot_accuracy_matrix(result: ContinualResult, path: Path) -> None:
+    from matplotlib.figure import Figure  # no pyplot: renders with Agg, needs no display
+
+    size = 1.2 + 0.9 * len(result.task_names)
+    fig = Figure(figsize=(size + 1.5, size + 0.5 * (result.zero_shot is not None)))
+    ax = fig.subplots()
+    fig.colorbar(draw_accuracy_matrix(ax, result), ax=ax, label="accuracy (%)")
     fig.savefig(path, dpi=150, bbox_inches="tight")
 
 

@@ -36,6 +36,7 @@ from peft.utils.integrations import gather_params_ctx
 from safetensors.torch import load_file, save_file
 
 from .adapters import concatenated_lora
+from .configs import as_lora_config
 from .io_utils import atomic_directory
 from .methods import config_classes
 from .tasks import ContinualTask
@@ -52,8 +53,7 @@ class ContinualStateError(ValueError):
 
 def plain_lora_config(config: LoraConfig) -> LoraConfig:
     """``config`` as a plain ``LoraConfig`` (what plain peft loads silently), for a causal LM unless it says otherwise."""
-    to_plain = getattr(config, "to_lora_config", None)
-    plain = to_plain() if to_plain else copy.deepcopy(config)
+    plain = as_lora_config(config)  # any config class, registered by a contributor too
     plain.task_type = plain.task_type or TaskType.CAUSAL_LM  # else plain peft builds a PeftModel, not ...ForCausalLM
     return plain
 

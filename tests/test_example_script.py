@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from peft_continual import NLoraConfig, TaskSpecError
+from peft_continual import ContinualResult, NLoraConfig, TaskSpecError
 from peft_continual.tasks import packaged_demo_dir
 
 from conftest import synthetic_rows, tiny_model
@@ -271,3 +271,22 @@ def test_resume_from_checkpoint_flag(script, tmp_path, tokenizer, task_files, mo
 def test_resume_from_checkpoint_takes_no_path(script, tmp_path, no_model, task_files):
     with pytest.raises(SystemExit, match=r"--resume_from_checkpoint takes true or false, got 'out/checkpoint-5'"):
         script.main(model_argv(tmp_path, "--continual_tasks", task_files[0], "--resume_from_checkpoint", "out/checkpoint-5"))
+
+
+def test_heatmap_shows_the_zero_shot_row_and_every_evaluated_cell(script):
+    from matplotlib.figure import Figure
+
+    result = ContinualResult(
+        task_names=["a", "b", "c"], zero_shot=[0.25, 0.5, None], method="nlora",
+        accuracy_matrix=[[0.9, 0.55, None], [0.8, 0.95, 0.125], [0.7, 0.85, 1.0]],
+    )  # fmt: skip
+    ax = Figure().subplots()
+    script.draw_accuracy_matrix(ax, result)
+    cells = {(round(t.get_position()[1]), round(t.get_position()[0])): t.get_text() for t in ax.texts}
+    assert cells == {
+        (0, 0): "25.0", (0, 1): "50.0",
+        (1, 0): "90.0", (1, 1): "55.0",  # R[0][1]: task b before it was trained (evaluate_unseen)
+        (2, 0): "80.0", (2, 1): "95.0", (2, 2): "12.5",
+        (3, 0): "70.0", (3, 1): "85.0", (3, 2): "100.0",
+    }  # fmt: skip
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["zero-shot", "after 1. a", "after 2. b", "after 3. c"]
