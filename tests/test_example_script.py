@@ -218,7 +218,7 @@ def test_continue_from_keeps_method_and_hyperparameters(script, tmp_path, task_f
                                    {**state, "tasks": [{"name": "animals"}]}, tasks)  # fmt: skip
 
 
-def test_end_to_end_with_a_tiny_model_then_continue(script, tmp_path, tokenizer, task_files):
+def test_end_to_end_with_a_tiny_model_then_continue(script, tmp_path, tokenizer, task_files, capsys):
     """Outputs of a run (matrix JSON, heatmap, saved folder), then --continue_from extends the matrix."""
     model, _ = tiny_model("llama", tokenizer)
     model.save_pretrained(tmp_path / "model")
@@ -229,6 +229,7 @@ def test_end_to_end_with_a_tiny_model_then_continue(script, tmp_path, tokenizer,
     result = script.main([*common, "--continual_tasks", *task_files[:2], "--output_dir", str(out),
                           "--cl_method", "nlora", "--target_modules", "q_proj", "v_proj", "--evaluate_unseen", "next"])  # fmt: skip
     assert result.num_trained == 2 and result.accuracy_matrix[0][1] is not None  # the next task, before training it
+    assert capsys.readouterr().out.count("AA ") == 1  # the trainer prints the matrix; the script does not repeat it
     assert json.loads((out / "accuracy_matrix.json").read_text())["task_names"] == ["colors", "animals"]
     assert (out / "accuracy_matrix.png").read_bytes()[:4] == b"\x89PNG"
     assert {"continual_state.json", "adapter_model.safetensors", "README.md", "task_1_colors"} <= {
