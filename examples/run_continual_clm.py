@@ -353,12 +353,22 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return action.help if action.default is None else super()._get_help_string(action)
 
 
+class _HelpAllAction(argparse.Action):
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        build_parser(all_training_flags=True).print_help()
+        parser.exit()
+
+
 def build_parser(all_training_flags: bool = False) -> HfArgumentParser:
     parser = HfArgumentParser(
         (ModelArguments, DataTrainingArguments, ContinualArguments, TrainingArguments),
         usage="%(prog)s [--help | --help_all] [ARGS.json | --flag VALUE ...]",
         description=__doc__.strip().split("\n\n")[0].replace("\n", " "),
         formatter_class=_HelpFormatter,
+        add_help=False,
     )
     training = {f.name for f in dataclasses.fields(TrainingArguments)}
     # TrainingArguments have no group of their own: name argparse's top-level one for them and list it last.
@@ -368,7 +378,9 @@ def build_parser(all_training_flags: bool = False) -> HfArgumentParser:
         for action in parser._actions:
             if action.dest in training and action.dest not in TRAINING_FLAGS:
                 action.help = argparse.SUPPRESS
-        parser.epilog = f"Every one of the {len(training)} TrainingArguments is accepted; --help_all lists them all."
+    help_group = parser.add_argument_group("help")
+    help_group.add_argument("-h", "--help", action="help", help="Show this help and exit.")
+    help_group.add_argument("--help_all", action=_HelpAllAction, help=f"Also list all {len(training)} TrainingArguments.")
     return parser
 
 
@@ -382,9 +394,6 @@ def demo_defaults(continue_from: Optional[str]) -> dict:
 def parse_args(argv: Optional[list[str]] = None):
     """(ModelArguments, DataTrainingArguments, ContinualArguments, TrainingArguments) from argv or one .json file."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    if "--help_all" in argv:
-        build_parser(all_training_flags=True).print_help()
-        raise SystemExit(0)
     parser = build_parser()
     if len(argv) == 1 and argv[0].endswith(".json"):
         given = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
