@@ -11,7 +11,7 @@ import pytest
 from peft import LoraConfig
 
 from conftest import synthetic_rows, tiny_model
-from peft_continual import methods
+from peft_continual import NLoraConfig, methods
 from peft_continual.adapters import adapter_parameters
 from peft_continual.methods import SeqLoraMethod, register_method, registered_methods
 
@@ -129,7 +129,9 @@ def test_help_is_short_and_shows_real_defaults(capsys):
     assert "--adam_beta1" in full and "--adam_beta1" not in short and "--learning_rate" in short
     flat = " ".join(short.split())
     assert "(default: None)" not in flat and "--collision-lambda" not in flat  # no duplicate hyphenated spellings
-    assert "collision_reduction='sum' or the rank_product form the scale is entirely different. Default: 5000.0." in flat
+    lam = {f.name: f for f in dataclasses.fields(NLoraConfig)}["collision_lambda"]
+    assert lam.default not in (None, dataclasses.MISSING)
+    assert f"nlora: {' '.join(lam.metadata['help'].split())} Default: {lam.default}." in flat
     assert "ilora: Learner used for evaluation and exported as the root adapter. Default: slow." in flat
     assert "Default: 256, or the saved run's with --continue_from" in flat  # ContinualTrainer's max_source_length
 
