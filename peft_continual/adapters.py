@@ -72,6 +72,9 @@ def set_adapter_state(model, active: Sequence[str], trainable: Sequence[str] = (
     if not set(trainable) <= set(active):
         raise ValueError(f"trainable adapters {trainable} must be active ({active})")
     model.base_model.set_adapter(active, inference_mode=False)
+    if model.active_adapter not in model.peft_config:
+        # PeftModel's own pointer (read by Trainer through get_base_model) outlived a deleted adapter
+        model.active_adapter = (trainable or active or list(model.peft_config))[-1]
     for name in model.peft_config:
         for param in adapter_parameters(model, name):
             param.requires_grad_(name in trainable)

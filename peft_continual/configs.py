@@ -34,9 +34,14 @@ class _ContinualConfigMixin:
         return cls(**{k: v for k, v in kwargs.items() if k in known})
 
     def to_lora_config(self) -> LoraConfig:
-        """The same adapter as a plain ``LoraConfig`` (what a user without this package loads silently)."""
-        base = {f.name for f in dataclasses.fields(LoraConfig) if f.init}
-        return LoraConfig(**{k: v for k, v in self.to_dict().items() if k in base})
+        """The same adapter as a plain ``LoraConfig``, see :func:`as_lora_config`."""
+        return as_lora_config(self)
+
+
+def as_lora_config(config: LoraConfig) -> LoraConfig:
+    """The same adapter as a plain ``LoraConfig`` (what a user without this package loads silently), from any subclass."""
+    base = {f.name for f in dataclasses.fields(LoraConfig) if f.init}
+    return LoraConfig(**{k: v for k, v in config.to_dict().items() if k in base})
 
 
 def _require(condition: bool, message: str) -> None:
@@ -276,7 +281,3 @@ class ILoraConfig(ReplayConfig):
         )
         _require(self.eval_learner in ("slow", "fast"), f"eval_learner must be 'slow' or 'fast', got {self.eval_learner!r}.")
 
-
-CONTINUAL_CONFIG_CLASSES = {
-    cls.__name__: cls for cls in (LoraConfig, IncLoraConfig, NLoraConfig, OLoraConfig, ReplayConfig, ILoraConfig)
-}

@@ -72,13 +72,14 @@ def rank_scores(model, prompts: list[list[int]], options: list[list[int]], pad_t
     option_mask = torch.tensor([[1] * len(o) + [0] * (width - len(o)) for o in options], device=device)
     scores = first[:, option_ids[:, 0]]  # (B, K)
     if width > 1:
-        cache = out.past_key_values
+        cache_key = "cache" if "cache" in out else "past_key_values"  # renamed in transformers 5.2x
+        cache = out[cache_key]
         cache.batch_repeat_interleave(K)
         follow_ids = option_ids[:, :-1].repeat(B, 1)  # (B*K, W-1): every option after every prompt
         follow_mask = torch.cat([mask.repeat_interleave(K, 0), option_mask[:, :-1].repeat(B, 1)], dim=1)
         follow_pos = positions[:, -1:].repeat_interleave(K, 0) + 1 + torch.arange(width - 1, device=device)
         logits = model(
-            input_ids=follow_ids, attention_mask=follow_mask, position_ids=follow_pos, past_key_values=cache
+            input_ids=follow_ids, attention_mask=follow_mask, position_ids=follow_pos, **{cache_key: cache}
         ).logits.float()
         logp = logits.log_softmax(-1).gather(-1, option_ids[:, 1:].repeat(B, 1).unsqueeze(-1)).squeeze(-1)
         logp = logp * option_mask[:, 1:].repeat(B, 1)

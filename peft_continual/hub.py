@@ -13,23 +13,9 @@ from typing import Any, Optional, Union
 
 from huggingface_hub import HfApi, ModelCard, ModelCardData
 
+from .methods import registered_methods
 from .metrics import ContinualResult
 from .persistence import save_continual
-
-METHOD_TITLES = {
-    "seqlora": "SeqLoRA (sequential LoRA, no protection)",
-    "inclora": "IncLoRA (one frozen LoRA per task)",
-    "nlora": "N-LoRA (collision-regularised task LoRAs, arXiv 2410.10179)",
-    "olora": "O-LoRA (orthogonal task LoRAs, arXiv 2310.14152)",
-    "replay": "ER (experience replay)",
-    "ilora": "I-LoRA (interpolated fast/slow LoRA with replay, arXiv 2402.18865)",
-}
-HYPERPARAMETERS = (
-    "r", "lora_alpha", "lora_dropout", "target_modules", "merge_finished_adapters", "collision_lambda", "collision_form",
-    "collision_reduction", "orthogonal_lambda", "orthogonal_form", "l2_lambda", "replay_buffer_size", "replay_batch_size",
-    "ema_decay", "ema_warmup_steps", "consistency_weight", "consistency_layers", "consistency_target", "eval_learner",
-)  # fmt: skip
-
 
 def _pct(value: Optional[float], signed: bool = False) -> str:
     if value is None:
@@ -104,8 +90,8 @@ def render_model_card(state: dict[str, Any], base_model: Optional[str] = None, *
     )
     if result.zero_shot is not None:
         rows = "| zero-shot | " + " | ".join(_pct(a) for a in result.zero_shot) + " |\n" + rows
-    config = state["config"]
-    params = "\n".join(f"- `{k}`: `{config[k]}`" for k in HYPERPARAMETERS if k in config)
+    config, method_class = state["config"], registered_methods()[method]
+    params = "\n".join(f"- `{k}`: `{config[k]}`" for k in method_class.hyperparameters() if k in config)
     training = "\n".join(f"- `{k}`: `{v}`" for k, v in state.get("training_arguments", {}).items())
     s = result.summary()
     base = card.get("finetuned_from") or hub_id(base_model)
@@ -120,8 +106,8 @@ def render_model_card(state: dict[str, Any], base_model: Optional[str] = None, *
         tags=list(dict.fromkeys(["peft", "lora", "continual-learning", "peft_continual", method]
                                 + _as_list(card.get("tags")) + _as_list(card.get("tasks")))),
     )  # fmt: skip
-    title = card.get("model_name") or f"{METHOD_TITLES.get(method, method)} on {len(names)} tasks"
-    subtitle = f"\n{METHOD_TITLES.get(method, method)} on {len(names)} tasks.\n" if card.get("model_name") else ""
+    title = card.get("model_name") or f"{method_class.title} on {len(names)} tasks"
+    subtitle = f"\n{method_class.title} on {len(names)} tasks.\n" if card.get("model_name") else ""
     data_line = (
         f"\nDatasets: {', '.join(datasets)}" + (f" ({', '.join(dataset_args)})" if dataset_args else "") + ".\n"
         if datasets else ""

@@ -1,14 +1,17 @@
-"""One small object per continual-learning method, built from the PEFT config on the model.
+"""One small object per continual-learning method, built from the PEFT config on the model, and their registry.
 
-:class:`~peft_continual.ContinualTrainer` only calls the hooks of :class:`ContinualMethod`; adding a method
-(EWC, InfLoRA, ...) means a config class, a subclass here registered with :func:`register_method`, and
-nothing in the trainer. The maths lives in :mod:`regularizers`, :mod:`interpolation` and :mod:`replay`.
+:class:`~peft_continual.ContinualTrainer` only calls the hooks of :class:`ContinualMethod`. A method is one config
+class (in :mod:`configs`) plus one subclass here marked with :func:`register_method`; the registry is what the
+trainer, saving and loading, the model card and the example script's flags read, so nothing else changes. The
+maths lives in :mod:`regularizers`, :mod:`interpolation` and :mod:`replay`.
 """
 
 from __future__ import annotations
 
+import abc
+import dataclasses
 import re
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 import torch
 from peft import LoraConfig
@@ -31,41 +34,33 @@ from .replay import ReservoirBuffer
 from .target_logits import with_target_logits
 from .tasks import IGNORE_INDEX
 
-_METHODS: dict[type, type["ContinualMethod"]] = {}
+# LoRA's own fields that shape every method's adapters; with each config class's added fields, the hyper-parameters.
+LORA_HYPERPARAMETERS = ("r", "lora_alpha", "lora_dropout", "target_modules")
 
 
-def register_method(config_class: type):
-    def decorator(method_class):
-        _METHODS[config_class] = method_class
-        return method_class
+class ContinualMethod(abc.ABC):
+    """The hooks the trainer calls; a subclass per method says which adapters train and what it adds to the loss.
 
-    return decorator
+    Class attributes every registered method sets: ``name`` (``--cl_method``, saved runs, logs), ``title`` (model
+    card) and ``config_class`` (the PEFT config that selects it; its fields with ``metadata["help"]`` are the
+    method's hyper-parameters).
+    """
 
+    name: ClassVar[str]
+    title: ClassVar[str]
+    config_class: ClassVar[type[LoraConfig]]
+    data_tensor_prefixes: ClassVar[tuple[str, ...]] = ()  # state_dict() tensors holding training data (not uploaded)
 
-def build_method(model) -> "ContinualMethod":
-    """The method object for the config of the model's active adapter (its most specific registered class)."""
-    adapter = model.active_adapter
-    config = model.peft_config[adapter]
-    for klass in type(config).__mro__:
-        if klass in _METHODS:
-            check_base_preserved(config)
-            return _METHODS[klass](config, adapter)
-    raise TypeError(
-        f"ContinualTrainer needs a LoRA-based config (LoraConfig, IncLoraConfig, NLoraConfig, OLoraConfig, "
-        f"ReplayConfig or ILoraConfig), got {type(config).__name__}"
-    )
-
-
-class ContinualMethod:
-    """SeqLoRA, and the hooks every method implements. One adapter is trained on task after task."""
-
-    name = "seqlora"
-    data_tensor_prefixes: tuple[str, ...] = ()  # tensors of state_dict() that hold training data (left out of uploads)
-
-    def __init__(self, config: LoraConfig, template: str):
+    def __init__(self, config: LoraConfig, initial_adapter: str):
         self.config = config
-        self.template = template  # the adapter get_peft_model created; methods may add their own from its config
+        self.initial_adapter = initial_adapter  # the adapter get_peft_model created; methods may add more from its config
         self.task_index = -1
+
+    @classmethod
+    def hyperparameters(cls) -> list[str]:
+        """Config fields that define the method: LoRA's basics, then every field its config class adds to LoraConfig."""
+        lora = {f.name for f in dataclasses.fields(LoraConfig)}
+        return [*LORA_HYPERPARAMETERS, *(f.name for f in dataclasses.fields(cls.config_class) if f.name not in lora)]
 
     def setup(
         self, model, *, collator, batch_size: int, seed: int, process_index: int = 0, num_processes: int = 1,
@@ -80,13 +75,13 @@ class ContinualMethod:
         self.task_index = task_index
         self.restore_adapter_state(model)
 
+    @abc.abstractmethod
     def training_adapters(self) -> tuple[list[str], list[str]]:
         """(adapters in the forward, adapters that train) while a task trains."""
-        return [self.template], [self.template]
 
+    @abc.abstractmethod
     def eval_adapters(self) -> list[str]:
         """Adapters in the forward for evaluation, and combined into the exported root adapter."""
-        return [self.template]
 
     def export_adapters(self) -> list[str]:
         """Adapters whose sum is the continual model, exported as the root adapter for plain peft."""
@@ -99,8 +94,16 @@ class ContinualMethod:
     def restore_adapter_state(self, model) -> None:
         set_adapter_state(model, *self.training_adapters())
 
-    def loss_terms(self, model, inputs: dict[str, torch.Tensor]) -> tuple[float, dict[str, torch.Tensor]]:
-        """(weight of the task loss, extra named terms already weighted, per micro-batch)."""
+    def loss_terms(
+        self, model, inputs: dict[str, torch.Tensor], wrapped=None, accumulation: int = 1
+    ) -> tuple[float, dict[str, torch.Tensor]]:
+        """(weight of the task loss, extra named terms already weighted, per micro-batch).
+
+        ``model`` is the ``PeftModel`` (for its parameters); ``wrapped`` is the same model as Trainer runs it
+        (DDP, FSDP or DeepSpeed wrapper; ``model`` when unwrapped): extra forward passes go through it, so that
+        sharded parameters are gathered and gradients synchronised as for the task loss. ``accumulation`` is the
+        number of micro-batches of the current optimizer step.
+        """
         return 1.0, {}
 
     def after_optimizer_step(self, model) -> None:
@@ -111,28 +114,89 @@ class ContinualMethod:
 
     def state_dict(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         """(JSON-able metadata, tensors): everything beyond the adapters needed to continue later."""
-        return {"task_index": self.task_index, "template": self.template}, {}
+        return {"task_index": self.task_index, "initial_adapter": self.initial_adapter}, {}
 
     def load_state_dict(self, meta: dict[str, Any], tensors: dict[str, torch.Tensor], model) -> None:
         """Restore what :meth:`state_dict` saved, onto ``model`` whose adapters were reloaded."""
-        self.task_index, self.template = int(meta["task_index"]), meta["template"]
+        self.task_index, self.initial_adapter = int(meta["task_index"]), meta["initial_adapter"]
 
 
-register_method(LoraConfig)(ContinualMethod)
+# ------------------------------------------------------------------------------------------------ registry
+
+_REGISTRY: dict[str, type[ContinualMethod]] = {}  # by name, in registration order
+
+
+def register_method(method_class: type[ContinualMethod]) -> type[ContinualMethod]:
+    """Class decorator: make a method known to the trainer, saving and loading, the model card and the example."""
+    for attribute in ("name", "title", "config_class"):
+        if attribute not in vars(method_class):
+            raise TypeError(f"{method_class.__name__} must set its own class attribute {attribute!r} to be registered")
+    name, config_class = method_class.name, method_class.config_class
+    if not (isinstance(config_class, type) and issubclass(config_class, LoraConfig)):
+        raise TypeError(f"{method_class.__name__}.config_class must be a subclass of peft.LoraConfig, got {config_class!r}")
+    for other in _REGISTRY.values():
+        if other is not method_class and (other.name == name or other.config_class is config_class):
+            raise ValueError(f"{method_class.__name__} clashes with the registered {other.__name__} (name or config class)")
+    _REGISTRY[name] = method_class
+    return method_class
+
+
+def registered_methods() -> dict[str, type[ContinualMethod]]:
+    """Every registered method class by name, in registration order."""
+    return dict(_REGISTRY)
+
+
+def config_classes() -> dict[str, type[LoraConfig]]:
+    """The registered config classes by class name (as saved runs name them)."""
+    return {m.config_class.__name__: m.config_class for m in _REGISTRY.values()}
+
+
+def build_method(model) -> ContinualMethod:
+    """The method object for the config of the model's active adapter (its most specific registered class)."""
+    adapter = model.active_adapter
+    config = model.peft_config[adapter]
+    by_config = {m.config_class: m for m in _REGISTRY.values()}
+    for klass in type(config).__mro__:
+        if klass in by_config:
+            check_base_preserved(config)
+            return by_config[klass](config, adapter)
+    raise TypeError(
+        f"ContinualTrainer needs a LoRA-based config ({', '.join(config_classes())}), got {type(config).__name__}"
+    )
+
+
+# ------------------------------------------------------------------------------------------------ methods
+
+
+@register_method
+class SeqLoraMethod(ContinualMethod):
+    """SeqLoRA: the one adapter get_peft_model created is trained on task after task (no protection)."""
+
+    name = "seqlora"
+    title = "SeqLoRA (sequential LoRA, no protection)"
+    config_class = LoraConfig
+
+    def training_adapters(self):
+        return [self.initial_adapter], [self.initial_adapter]
+
+    def eval_adapters(self):
+        return [self.initial_adapter]
 
 
 def task_adapter_name(task_index: int, task_name: str) -> str:
     return f"task_{task_index + 1}_{re.sub(r'[^0-9A-Za-z_-]', '_', task_name)}"
 
 
-@register_method(IncLoraConfig)
+@register_method
 class TaskAdapterMethod(ContinualMethod):
     """IncLoRA: a new adapter per task; finished ones stay in the forward (or merged into the base), frozen."""
 
     name = "inclora"
+    title = "IncLoRA (one frozen LoRA per task)"
+    config_class = IncLoraConfig
 
-    def __init__(self, config, template):
-        super().__init__(config, template)
+    def __init__(self, config, initial_adapter):
+        super().__init__(config, initial_adapter)
         self.adapters: list[str] = []
         self.merged: list[str] = []
 
@@ -144,8 +208,8 @@ class TaskAdapterMethod(ContinualMethod):
         model.add_adapter(name, self.config)
         self.adapters.append(name)
         self.restore_adapter_state(model)
-        if self.template in model.peft_config and self.template not in self.adapters:
-            model.delete_adapter(self.template)  # the template only lent its config
+        if self.initial_adapter in model.peft_config and self.initial_adapter not in self.adapters:
+            model.delete_adapter(self.initial_adapter)  # it only lent its config to the task adapters
             self.restore_adapter_state(model)
 
     def training_adapters(self):
@@ -162,7 +226,7 @@ class TaskAdapterMethod(ContinualMethod):
         return list(self.adapters)
 
     def check_before_training(self, model, num_tasks):
-        adapter = self.adapters[0] if self.adapters else self.template
+        adapter = self.adapters[0] if self.adapters else self.initial_adapter
         check_concatenable(model, adapter)  # the root adapter is their sum: refuse what it cannot export exactly
         if self.config.merge_finished_adapters:
             check_mergeable(model, adapter)
@@ -186,34 +250,38 @@ class TaskAdapterMethod(ContinualMethod):
                 self.merged.append(adapter)
 
 
-@register_method(NLoraConfig)
+@register_method
 class NLoraMethod(TaskAdapterMethod):
     """N-LoRA: lambda * l1 of the current task's dW (all modules), see :func:`regularizers.delta_w_l1`."""
 
     name = "nlora"
+    title = "N-LoRA (collision-regularised task LoRAs, arXiv 2410.10179)"
+    config_class = NLoraConfig
 
     def check_before_training(self, model, num_tasks):
         super().check_before_training(model, num_tasks)
         if num_tasks > 0:
             self.config.lambda_for_task(num_tasks - 1)
         if self.config.collision_form == "rank_product":
-            adapter = self.adapters[0] if self.adapters else self.template
-            for f in adapter_factors(model, adapter):
-                rank_product_l1(f.A.detach(), f.B.detach(), f.module_name)
+            adapter = self.adapters[0] if self.adapters else self.initial_adapter
+            factors = adapter_factors(model, adapter)
+            with gather_params_ctx([p for f in factors for p in (f.A, f.B)]):  # collectively, on every rank
+                for f in factors:
+                    rank_product_l1(f.A.detach(), f.B.detach(), f.module_name)
 
-    def loss_terms(self, model, inputs):
+    def loss_terms(self, model, inputs, wrapped=None, accumulation=1):
         weight = self.config.lambda_for_task(self.task_index)
         if weight == 0:
             return 1.0, {}
         factors = adapter_factors(model, self.adapters[-1])
         rank_product = self.config.collision_form == "rank_product"
-        with gather_params_ctx([p for f in factors for p in (f.A, f.B)]):
+        with gather_params_ctx([p for f in factors for p in (f.A, f.B)]):  # shapes too are sharded under ZeRO-3
             if rank_product:
                 norms = [rank_product_l1(f.A, f.B, f.module_name) for f in factors]
             else:
                 norms = [delta_w_l1(f.A, f.B, f.scaling, self.config.collision_chunk_elements) for f in factors]
-        # entries of each penalised matrix: r x r (A @ B) or d_out x d_in (dW)
-        sizes = [f.A.shape[0] ** 2 if rank_product else f.B.shape[0] * f.A.shape[1] for f in factors]
+            # entries of each penalised matrix: r x r (A @ B) or d_out x d_in (dW)
+            sizes = [f.A.shape[0] ** 2 if rank_product else f.B.shape[0] * f.A.shape[1] for f in factors]
         reduction = self.config.collision_reduction
         if reduction == "sqrt_numel":
             penalty = sum(norm / size**0.5 for norm, size in zip(norms, sizes))
@@ -222,13 +290,15 @@ class NLoraMethod(TaskAdapterMethod):
         return 1.0, {"loss_collision": weight * penalty}
 
 
-@register_method(OLoraConfig)
+@register_method
 class OLoraMethod(TaskAdapterMethod):
     """O-LoRA: lambda_1 * sum |A_i A_t^T| over earlier tasks i, plus lambda_2 * sum ||P||_2 of the current adapter."""
 
     name = "olora"
+    title = "O-LoRA (orthogonal task LoRAs, arXiv 2310.14152)"
+    config_class = OLoraConfig
 
-    def loss_terms(self, model, inputs):
+    def loss_terms(self, model, inputs, wrapped=None, accumulation=1):
         terms = {}
         current = self.adapters[-1]
         if self.config.orthogonal_lambda > 0 and len(self.adapters) > 1:
@@ -247,11 +317,13 @@ class OLoraMethod(TaskAdapterMethod):
         return 1.0, terms
 
 
-@register_method(ReplayConfig)
-class ReplayMethod(ContinualMethod):
+@register_method
+class ReplayMethod(SeqLoraMethod):
     """ER: from task 2 on, loss = (CE_current + CE_replay) / 2 with a replay batch from a reservoir buffer."""
 
     name = "replay"
+    title = "ER (experience replay)"
+    config_class = ReplayConfig
     data_tensor_prefixes = ("buffer.",)
 
     def setup(self, model, *, collator, batch_size, seed, process_index=0, num_processes=1, logits_on_targets_only=False):
@@ -260,30 +332,44 @@ class ReplayMethod(ContinualMethod):
         self.replay_batch_size = self.config.replay_batch_size or batch_size
         self.buffer = ReservoirBuffer(self.config.replay_buffer_size, seed=seed)  # identical on every process
         self.process_index, self.num_processes = process_index, num_processes
+        self.micro_step, self.step_rows = 0, []
 
-    def replay_batch(self, device) -> Optional[tuple[dict[str, torch.Tensor], float, float]]:
-        """This process's slice of one global replay batch, with the global normalisers of its loss terms.
+    def replay_batch(self, device, accumulation: int = 1) -> Optional[tuple[dict[str, torch.Tensor], float, float]]:
+        """This process's slice, for this micro-batch, of one replay batch per optimizer step, with its normalisers.
 
-        Every process draws the same global batch (same seed), so each can divide by the global counts of
-        target tokens and of positions; averaged over N processes the terms equal one process's on the whole draw.
+        At its first micro-batch, each optimizer step draws the rows of all its micro-batches on all processes
+        (the same draw on every process: same seed). Each slice is divided by the counts of target tokens and of
+        positions over the whole draw, over processes x micro-batches: summed over micro-batches and averaged over
+        processes, the terms equal one process's on the whole draw without accumulation.
         """
         if len(self.buffer) == 0:
             return None
-        drawn = self.buffer.sample(self.replay_batch_size * self.num_processes)
-        start = self.process_index * self.replay_batch_size
+        shards, micro = self.num_processes * accumulation, self.micro_step % accumulation
+        if micro == 0:
+            self.step_rows = self.buffer.sample(self.replay_batch_size * shards)
+        self.micro_step += 1
+        drawn = self.step_rows
+        start = (micro * self.num_processes + self.process_index) * self.replay_batch_size
         batch = self.collator(drawn[start : start + self.replay_batch_size])
         if self.logits_on_targets_only:
             batch = with_target_logits(batch)
-        targets = sum(sum(t != IGNORE_INDEX for t in e["labels"][1:]) for e in drawn) / self.num_processes
-        positions = sum(len(e["input_ids"]) for e in drawn) / self.num_processes
+        targets = sum(sum(t != IGNORE_INDEX for t in e["labels"][1:]) for e in drawn) / shards
+        positions = sum(len(e["input_ids"]) for e in drawn) / shards
         return {k: v.to(device) for k, v in batch.items()}, targets, positions
 
-    def loss_terms(self, model, inputs):
-        replay = self.replay_batch(inputs["input_ids"].device)
+    def begin_task(self, model, task_index, task_name):
+        super().begin_task(model, task_index, task_name)
+        self.micro_step = 0
+
+    def after_optimizer_step(self, model):
+        self.micro_step = 0  # the next micro-batch starts a step
+
+    def loss_terms(self, model, inputs, wrapped=None, accumulation=1):
+        replay = self.replay_batch(inputs["input_ids"].device, accumulation)
         if replay is None:
             return 1.0, {}
         batch, targets, _ = replay
-        return 0.5, {"loss_replay": 0.5 * model(**batch, num_items_in_batch=targets).loss}
+        return 0.5, {"loss_replay": 0.5 * (wrapped or model)(**batch, num_items_in_batch=targets).loss}
 
     def end_task(self, model, task_index, train_features):
         """Offer every training example of the finished task once (evaluation data never enters)."""
@@ -299,11 +385,13 @@ class ReplayMethod(ContinualMethod):
         self.buffer.load_state_dict({k[len("buffer.") :]: v for k, v in tensors.items() if k.startswith("buffer.")})
 
 
-@register_method(ILoraConfig)
+@register_method
 class ILoraMethod(ReplayMethod):
-    """I-LoRA: the template adapter is the fast learner; ``slow`` follows it by EMA after every optimizer step."""
+    """I-LoRA: the initial adapter is the fast learner; ``slow`` follows it by EMA after every optimizer step."""
 
     name = "ilora"
+    title = "I-LoRA (interpolated fast/slow LoRA with replay, arXiv 2402.18865)"
+    config_class = ILoraConfig
     slow = "slow"
 
     def setup(self, model, **kwargs):
@@ -311,30 +399,33 @@ class ILoraMethod(ReplayMethod):
         self.steps_in_task = 0
         if self.slow not in model.peft_config:
             model.add_adapter(self.slow, self.config)
-            copy_adapter_weights(model, self.template, self.slow)
+            copy_adapter_weights(model, self.initial_adapter, self.slow)
         self.restore_adapter_state(model)
 
     def eval_adapters(self):
-        return [self.slow if self.config.eval_learner == "slow" else self.template]
+        return [self.slow if self.config.eval_learner == "slow" else self.initial_adapter]
 
     def begin_task(self, model, task_index, task_name):
         super().begin_task(model, task_index, task_name)
         self.steps_in_task = 0
 
-    def loss_terms(self, model, inputs):
-        replay = self.replay_batch(inputs["input_ids"].device)
+    def loss_terms(self, model, inputs, wrapped=None, accumulation=1):
+        replay = self.replay_batch(inputs["input_ids"].device, accumulation)
         if replay is None:
             return 1.0, {}
         batch, targets, positions = replay
-        out = model(**batch, num_items_in_batch=targets, output_hidden_states=True)
+        wrapped = wrapped or model
+        out = wrapped(**batch, num_items_in_batch=targets, output_hidden_states=True)
         terms = {"loss_replay": 0.5 * out.loss}
         if self.config.consistency_weight > 0:
-            was_training = model.training
-            model.eval()  # the teacher's forward is deterministic (no dropout)
-            with torch.no_grad(), adapters_active(model, [self.slow]):
-                slow_hidden = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                    output_hidden_states=True).hidden_states  # fmt: skip
-            model.train(was_training)
+            was_training = wrapped.training
+            wrapped.eval()  # the teacher's forward is deterministic (no dropout)
+            try:
+                with torch.no_grad(), adapters_active(model, [self.slow]):
+                    slow_hidden = wrapped(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                          output_hidden_states=True).hidden_states  # fmt: skip
+            finally:
+                wrapped.train(was_training)
             layers = self.config.consistency_layers
             terms["loss_consistency"] = self.config.consistency_weight * consistency_loss(
                 select_layers(out.hidden_states, layers), select_layers(slow_hidden, layers),
@@ -343,16 +434,17 @@ class ILoraMethod(ReplayMethod):
         return 0.5, terms
 
     def after_optimizer_step(self, model):
+        super().after_optimizer_step(model)
         self.steps_in_task += 1
         decay = ema_decay_at(self.steps_in_task, self.config.ema_decay, self.config.ema_warmup_steps)
-        slow, fast = adapter_parameters(model, self.slow), adapter_parameters(model, self.template)
+        slow, fast = adapter_parameters(model, self.slow), adapter_parameters(model, self.initial_adapter)
         with gather_params_ctx(slow + fast, modifier_rank=0):
             ema_update(slow, fast, decay)
 
     def end_task(self, model, task_index, train_features):
         super().end_task(model, task_index, train_features)
         if self.config.resync_slow_at_task_end:
-            copy_adapter_weights(model, self.template, self.slow)
+            copy_adapter_weights(model, self.initial_adapter, self.slow)
 
     def state_dict(self):
         meta, tensors = super().state_dict()

@@ -36,8 +36,9 @@ from peft.utils.integrations import gather_params_ctx
 from safetensors.torch import load_file, save_file
 
 from .adapters import concatenated_lora
-from .configs import CONTINUAL_CONFIG_CLASSES
+from .configs import as_lora_config
 from .io_utils import atomic_directory
+from .methods import config_classes
 from .tasks import ContinualTask
 
 STATE_FILE = "continual_state.json"
@@ -52,8 +53,7 @@ class ContinualStateError(ValueError):
 
 def plain_lora_config(config: LoraConfig) -> LoraConfig:
     """``config`` as a plain ``LoraConfig`` (what plain peft loads silently), for a causal LM unless it says otherwise."""
-    to_plain = getattr(config, "to_lora_config", None)
-    plain = to_plain() if to_plain else copy.deepcopy(config)
+    plain = as_lora_config(config)  # any config class, registered by a contributor too
     plain.task_type = plain.task_type or TaskType.CAUSAL_LM  # else plain peft builds a PeftModel, not ...ForCausalLM
     return plain
 
@@ -269,7 +269,7 @@ def read_state(folder: str | os.PathLike) -> tuple[dict[str, Any], dict[str, tor
         raise ContinualStateError(f"{str(state_path)!r} is incomplete: expected keys {sorted(needed)}")
     if state["format_version"] != FORMAT_VERSION:
         raise ContinualStateError(f"{str(state_path)!r} has format {state['format_version']}, this version reads {FORMAT_VERSION}")
-    if state["config_class"] not in CONTINUAL_CONFIG_CLASSES:
+    if state["config_class"] not in config_classes():
         raise ContinualStateError(f"unknown config class {state['config_class']!r} in {str(state_path)!r}")
     missing = [a for a in state["adapters"] if not (folder / a / "adapter_model.safetensors").is_file()]
     if missing:
@@ -297,7 +297,7 @@ def load_continual_model(
             "loads for inference with PeftModel.from_pretrained, but continuing the run needs the local save "
             "(or a folder pushed with include_data=True)"
         )
-    config_class = CONTINUAL_CONFIG_CLASSES[state["config_class"]]
+    config_class = config_classes()[state["config_class"]]
     known = {f for f in config_class.__dataclass_fields__}
     config = config_class(**{k: v for k, v in state["config"].items() if k in known})
     saved_base = state.get("base_model", {})

@@ -8,6 +8,7 @@ chosen by the PEFT config on the model.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import os
 import time
@@ -16,8 +17,10 @@ from pathlib import Path
 from typing import Literal, Optional, Sequence, Union
 
 import torch
+from accelerate.utils import gather_object
 from peft import PeftModel
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging
 
@@ -87,6 +90,16 @@ def tasks_to_evaluate(
     seen = range(index + 1) if evaluate_seen == "all" or index == num_tasks - 1 else [index]
     unseen_end = {True: num_tasks, False: index + 1, "next": min(index + 2, num_tasks)}[evaluate_unseen]
     return [*seen, *range(index + 1, unseen_end)]
+
+
+def merge_evaluations(parts: Sequence[Optional[TaskEvaluation]]) -> TaskEvaluation:
+    """One evaluation from those of consecutive shards of the rows (``None`` for an empty shard), in row order."""
+    parts = [p for p in parts if p is not None]
+    scores = [score for p in parts for score in p.example_scores]
+    return TaskEvaluation(
+        score=sum(scores) / len(scores), metric=parts[0].metric, method=parts[0].method, num_examples=len(scores),
+        predictions=[prediction for p in parts for prediction in p.predictions], example_scores=scores,
+    )  # fmt: skip
 
 
 class ContinualTrainer(Trainer):
@@ -178,6 +191,21 @@ class ContinualTrainer(Trainer):
             args = copy.copy(args)
             args.push_to_hub = False
         super().__init__(model=model, args=args, processing_class=processing_class, **kwargs)
+        if self.args.n_gpu > 1:
+            raise ValueError(
+                f"this process sees {self.args.n_gpu} GPUs, so Trainer would wrap the model in nn.DataParallel, which "
+                "ContinualTrainer does not support (its extra loss terms and replay forwards run on one device). "
+                f"Launch one process per GPU: `accelerate launch --num_processes {self.args.n_gpu} script.py ...` or "
+                f"`torchrun --nproc_per_node {self.args.n_gpu} script.py ...`; or use one GPU (CUDA_VISIBLE_DEVICES=0)"
+            )
+        if self.is_fsdp_enabled:
+            raise ValueError(
+                "FSDP is not supported: ContinualTrainer reads adapter weights outside the forward pass (evaluation, "
+                "the N-LoRA/O-LoRA penalties, I-LoRA's EMA, saving), which FSDP leaves sharded. Use DDP (the LoRA "
+                "adapters are small; load the base in bf16) or DeepSpeed ZeRO-3, whose parameters are gathered there"
+            )
+        if self.args.dataloader_pin_memory and self.args.device.type == "cpu":
+            self.args.dataloader_pin_memory = False  # nothing to pin for: torch would warn at every epoch
         self.logits_on_targets_only = (
             logits_on_targets_only and self.label_smoother is None and self.compute_loss_func is None
             and supports_target_logits(self.peft_model)
@@ -203,7 +231,8 @@ class ContinualTrainer(Trainer):
         self.continual_args = self.args  # the user's arguments; each task trains with a copy in its own folder
         self.tasks: list[ContinualTask] = []
         self.result = self._new_result()
-        self._loss_terms: dict[str, list[float]] = defaultdict(list)
+        self._cl_loss_terms: dict[str, list[float]] = defaultdict(list)
+        self._cl_task_in_training: Optional[int] = None
         self._eval_encodings: dict[str, EvalEncoding] = {}  # each task's prompts, encoded once
 
     def _new_result(self) -> ContinualResult:
@@ -237,17 +266,19 @@ class ContinualTrainer(Trainer):
                 longest = max(sum(label != IGNORE_INDEX for label in row) for row in encoded["labels"])
                 task.max_new_tokens = min(self.max_new_tokens, longest)
         first_new = len(self.tasks)
-        finished = self._restore_progress(tasks) if resume_from_checkpoint else None
+        if not resume_from_checkpoint and not self.tasks:
+            self._cl_refuse_to_overwrite_progress()
+        finished = self._cl_restore_progress(tasks) if resume_from_checkpoint else None
         if finished is None:
-            self._register_tasks(tasks)
+            self._cl_register_tasks(tasks)
             if self.evaluate_zero_shot:
-                self._evaluate_zero_shot(tasks)
+                self._cl_evaluate_zero_shot(tasks)
             finished = 0
         for offset in range(finished, len(tasks)):
             index = first_new + offset
             task_dir = os.path.join(self.continual_args.output_dir, task_adapter_name(index, tasks[offset].name))
             checkpoint = get_last_checkpoint(task_dir) if resume_from_checkpoint and os.path.isdir(task_dir) else None
-            self._train_one(index, tasks[offset], features[offset], checkpoint)
+            self._cl_train_task(index, tasks[offset], features[offset], checkpoint)
         if self.is_world_process_zero():  # the analysis is for the record: one process computes it
             adapters = self.method.task_adapters()
             if self.collision_eps and len(adapters) > 1:
@@ -261,7 +292,7 @@ class ContinualTrainer(Trainer):
         """Train one more task (tasks that arrive over time); extends the same result."""
         return self.train_continual([task])
 
-    def _register_tasks(self, tasks: Sequence[ContinualTask]) -> None:
+    def _cl_register_tasks(self, tasks: Sequence[ContinualTask]) -> None:
         self.tasks += tasks
         for protocol, result in self._results().items():
             result.task_names += [t.name for t in tasks]
@@ -295,7 +326,17 @@ class ContinualTrainer(Trainer):
         """The result of every protocol, the primary first."""
         return {self.evaluation_method: self.result, **self.result.secondary}
 
-    def _restore_progress(self, tasks: list[ContinualTask]) -> Optional[int]:
+    def _cl_refuse_to_overwrite_progress(self) -> None:
+        """A fresh run must not silently start over (and overwrite) the resumable run in the same output_dir."""
+        folder = os.path.join(self.continual_args.output_dir, PROGRESS_DIR)
+        if os.path.isdir(folder):
+            raise ContinualStateError(
+                f"{self.continual_args.output_dir!r} holds the progress of an earlier run ({folder}): pass "
+                "resume_from_checkpoint=True (--resume_from_checkpoint true) to continue it, or use another "
+                f"output_dir (or delete {folder}) to start over"
+            )
+
+    def _cl_restore_progress(self, tasks: list[ContinualTask]) -> Optional[int]:
         """Reload the progress an interrupted run saved; returns how many of ``tasks`` it finished (None: none saved)."""
         folder = os.path.join(self.continual_args.output_dir, PROGRESS_DIR)
         if not os.path.isdir(folder):
@@ -318,11 +359,14 @@ class ContinualTrainer(Trainer):
             print(f"Resuming from {folder}: {finished}/{len(tasks)} task(s) already trained", flush=True)
         return finished
 
-    def _train_one(self, index: int, task: ContinualTask, features, checkpoint: Optional[str] = None) -> None:
+    def _cl_train_task(self, index: int, task: ContinualTask, features, checkpoint: Optional[str] = None) -> None:
         T = len(self.tasks)
         if self.is_world_process_zero():
             print(f"\n=== [{self.method.name}] task {index + 1}/{T}: {task.name} ({len(features)} examples)", flush=True)
         model = self.peft_model
+        # A task's adapter initialisation and data order depend on the seed and its index only, not on what ran
+        # before in this process: a run resumed at a task boundary continues exactly as an uninterrupted one.
+        set_seed(self.continual_args.seed + index)
         self.method.begin_task(model, index, task.name)
         self.args = copy.copy(self.continual_args)  # not dataclasses.replace: that would reset the accelerator state
         self.args.output_dir = os.path.join(self.continual_args.output_dir, task_adapter_name(index, task.name))
@@ -330,7 +374,11 @@ class ContinualTrainer(Trainer):
         self.optimizer, self.lr_scheduler = None, None  # a fresh optimizer and schedule per task
         self.model_wrapped = self.model  # and a fresh DDP wrapper: the old one only syncs the old adapter's grads
         started = time.perf_counter()
-        output = self.train(resume_from_checkpoint=checkpoint)
+        self._cl_task_in_training = index
+        try:
+            output = self.train(resume_from_checkpoint=checkpoint)
+        finally:
+            self._cl_task_in_training = None
         train_seconds = time.perf_counter() - started
         self.method.end_task(model, index, features)
         evaluated = tasks_to_evaluate(index, T, self.evaluate_unseen, self.evaluate_seen)
@@ -343,6 +391,7 @@ class ContinualTrainer(Trainer):
             result.accuracy_matrix.append(row)
             result.example_scores.append(examples)
         accuracies = [e.score for e in evaluations[self.evaluation_method]]
+        self._cl_log_scores(evaluated, accuracies)
         self.result.details.append({
             "task": task.name, "train_examples": len(features), "train_loss": output.training_loss,
             "steps": output.global_step, "train_seconds": round(train_seconds, 2),
@@ -353,6 +402,27 @@ class ContinualTrainer(Trainer):
             save_continual(self, os.path.join(self.continual_args.output_dir, PROGRESS_DIR))
             seen = ", ".join(f"{self.tasks[j].name} {100 * a:.1f}%" for j, a in zip(evaluated, accuracies))
             print(f"    after {task.name}: {seen}", flush=True)
+
+    def train(self, *args, **kwargs):
+        """Trains the current task of :meth:`train_continual`; called alone there is no task to train."""
+        if self._cl_task_in_training is None:
+            raise RuntimeError(
+                "ContinualTrainer trains a sequence of tasks: call trainer.train_continual([ContinualTask(...), ...]) "
+                "or trainer.train_task(task) instead of trainer.train() (see peft_continual.load_continual_tasks)"
+            )
+        return super().train(*args, **kwargs)
+
+    def _cl_log_scores(self, evaluated: Sequence[int], scores: Sequence[float]) -> None:
+        """Report the new row of the matrix and the run's metrics to ``report_to`` loggers and callbacks.
+
+        Keys follow Trainer's naming of several eval sets (``eval_<name>_<metric>``), so W&B and TensorBoard show
+        them as ``eval/<task>_accuracy`` and ``eval/continual_average_accuracy``.
+        """
+        metrics = {f"eval_{self.tasks[j].name}_{self.result.task_metrics[j]}": score for j, score in zip(evaluated, scores)}
+        metrics["eval_continual_tasks_trained"] = self.result.num_trained
+        metrics.update({f"eval_continual_{k}": v for k, v in self.result.summary().items() if v is not None})
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics=metrics)
 
     def restore_adapter_state(self) -> None:
         """Re-assert which adapters are active and trainable (after loading or any adapter operation)."""
@@ -382,7 +452,7 @@ class ContinualTrainer(Trainer):
         evaluations: dict[str, list[Optional[TaskEvaluation]]] = {}
         for protocol in self.evaluation_methods:
             evaluations[protocol] = [
-                None if protocol == "rank" and task.kind == GENERATION else self._evaluate(model, task, protocol, stage)
+                None if protocol == "rank" and task.kind == GENERATION else self._cl_evaluate_task(model, task, protocol, stage)
                 for task in tasks
             ]
         return evaluations
@@ -393,19 +463,36 @@ class ContinualTrainer(Trainer):
             self._eval_encodings[task.name] = encode_eval(self.processing_class, task, self.max_source_length, self.chat)
         return self._eval_encodings[task.name]
 
-    def _evaluate(self, model, task: ContinualTask, protocol: str, stage: Optional[str]) -> TaskEvaluation:
+    def _cl_evaluate_task(self, model, task: ContinualTask, protocol: str, stage: Optional[str]) -> TaskEvaluation:
+        """Score ``task``; under DDP each process scores a contiguous shard of its rows and all get the same result.
+
+        Under DeepSpeed ZeRO-3 every forward gathers parameters collectively, so every process must run the same
+        forwards: each scores all rows.
+        """
         encoding = self.eval_encoding(task)
-        evaluation = evaluate_task(
-            model, self.processing_class, task, method=protocol, batch_size=self.args.per_device_eval_batch_size,
-            max_new_tokens=task.max_new_tokens or (self.max_new_tokens if task.kind == GENERATION else None), encoding=encoding,
-        )  # fmt: skip
+        world_size = 1 if is_deepspeed_zero3_enabled() else self.args.world_size
+        shard = encoding
+        if world_size > 1:
+            n, rank = len(encoding.prompts), self.args.process_index
+            start, end = n * rank // world_size, n * (rank + 1) // world_size
+            shard = dataclasses.replace(encoding, prompts=encoding.prompts[start:end],
+                                        prompt_texts=encoding.prompt_texts[start:end],
+                                        references=encoding.references[start:end])  # fmt: skip
+        part = None
+        if shard.prompts:  # a task with fewer rows than processes leaves some processes without rows
+            part = evaluate_task(
+                model, self.processing_class, task, method=protocol, batch_size=self.args.per_device_eval_batch_size,
+                max_new_tokens=task.max_new_tokens or (self.max_new_tokens if task.kind == GENERATION else None),
+                encoding=shard,
+            )  # fmt: skip
+        evaluation = merge_evaluations(gather_object([part]) if world_size > 1 else [part])
         if stage is not None and self.save_predictions and self.is_world_process_zero():
             folder = os.path.join(self.continual_args.output_dir, PREDICTIONS_DIR, stage)
             write_predictions(os.path.join(folder, f"{task.name}.{protocol}.jsonl"), encoding, evaluation)
         return evaluation
 
     @torch.no_grad()
-    def _evaluate_zero_shot(self, tasks: Sequence[ContinualTask]) -> None:
+    def _cl_evaluate_zero_shot(self, tasks: Sequence[ContinualTask]) -> None:
         if getattr(self.method, "merged", None):
             raise ValueError("zero-shot accuracy of new tasks cannot be measured once adapters are merged into the base")
         model = self.peft_model
@@ -442,27 +529,27 @@ class ContinualTrainer(Trainer):
             accumulation = self.current_gradient_accumulation_steps
             # Extra terms are per-micro-batch values; like the task loss they must sum to one step's worth.
             extra_scale = 1.0 / accumulation if scaled else 1.0
-            task_weight, terms = self.method.loss_terms(self.peft_model, inputs)
-            self._record("loss_task", loss.detach() * (accumulation if scaled else 1.0))
+            task_weight, terms = self.method.loss_terms(self.peft_model, inputs, wrapped=model, accumulation=accumulation)
+            self._cl_record("loss_task", loss.detach() * (accumulation if scaled else 1.0))
             loss = task_weight * loss
             for name, term in terms.items():
-                self._record(name, term.detach())
+                self._cl_record(name, term.detach())
                 loss = loss + extra_scale * term.to(loss.dtype)
         return (loss, outputs) if return_outputs else loss
 
-    def _record(self, name: str, value: torch.Tensor) -> None:
+    def _cl_record(self, name: str, value: torch.Tensor) -> None:
         value = value.float().item()
         if not math.isfinite(value):
             raise FloatingPointError(
                 f"{name} is {value} at step {self.state.global_step + 1} of task {len(self.result.accuracy_matrix) + 1}: "
                 "lower the learning rate or the method's weights, or train in fp32"
             )
-        self._loss_terms[name].append(value)
+        self._cl_loss_terms[name].append(value)
 
     def log(self, logs: dict[str, float], start_time: Optional[float] = None) -> None:
-        if "loss" in logs and self._loss_terms:
-            logs.update({name: sum(v) / len(v) for name, v in self._loss_terms.items()})
-            self._loss_terms.clear()
+        if "loss" in logs and self._cl_loss_terms:
+            logs.update({name: sum(v) / len(v) for name, v in self._cl_loss_terms.items()})
+            self._cl_loss_terms.clear()
         super().log(logs, start_time)
 
     # ------------------------------------------------------------------------------------------ saving

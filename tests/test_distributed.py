@@ -1,5 +1,6 @@
-"""Two CPU processes (gloo DDP) at the same global batch end with the adapters one process gets."""
+"""Two CPU processes (gloo DDP) at the same global batch end with the adapters and scores one process gets."""
 
+import json
 import os
 import socket
 import subprocess
@@ -15,12 +16,20 @@ TESTS = Path(__file__).resolve().parent
 
 SCRIPT = textwrap.dedent(
     """
-    import os, sys
+    import json, os, sys
     sys.path.insert(0, {tests!r})
     from pathlib import Path
     from peft import get_peft_model
     from conftest import make_tokenizer, memorised_task, tiny_model, training_args
+    import peft_continual.trainer
     from peft_continual import ContinualTrainer, ILoraConfig, NLoraConfig
+
+    scored_rows = []  # the evaluation rows this process scored
+    evaluate_task = peft_continual.trainer.evaluate_task
+    def counting(model, tokenizer, task, **kwargs):
+        scored_rows.extend(kwargs["encoding"].prompt_texts)  # the trainer passes each process's shard of the prompts
+        return evaluate_task(model, tokenizer, task, **kwargs)
+    peft_continual.trainer.evaluate_task = counting
 
     method, out, batch = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
     tokenizer = make_tokenizer()
@@ -34,7 +43,9 @@ SCRIPT = textwrap.dedent(
                                max_source_length=64)
     trainer.train_continual([memorised_task(name, 8) for name in ("colors", "animals")])
     trainer.save_continual(out / "final")
-    (out / f"rank{{args.process_index}}.done").write_text(str(len(trainer.method.buffer) if method == "ilora" else 0))
+    (out / f"rank{{args.process_index}}.done").write_text(json.dumps({{
+        "buffer": len(trainer.method.buffer) if method == "ilora" else 0, "scored_rows": scored_rows,
+        "matrix": trainer.result.accuracy_matrix}}))
     """
 )
 
@@ -71,6 +82,12 @@ def test_two_processes_match_one_at_the_same_global_batch(method, tmp_path):
     assert one.keys() == two.keys() and one
     for key in one:  # adapters, slow learner and replay buffer
         torch.testing.assert_close(two[key], one[key], rtol=1e-5, atol=1e-5, msg=key)
-    # both ranks finished with the same buffer; only rank 0 wrote the run's folders
-    assert (tmp_path / "two" / "rank0.done").read_text() == (tmp_path / "two" / "rank1.done").read_text()
+    # both ranks finished with the same buffer and the one-process accuracy matrix, each scoring half of the rows
+    single, ranks = (json.loads((tmp_path / "one" / "rank0.done").read_text()),
+                     [json.loads((tmp_path / "two" / f"rank{r}.done").read_text()) for r in (0, 1)])  # fmt: skip
+    assert ranks[0]["buffer"] == ranks[1]["buffer"] == single["buffer"]
+    assert ranks[0]["matrix"] == ranks[1]["matrix"] == single["matrix"]
+    assert len(ranks[0]["scored_rows"]) == len(ranks[1]["scored_rows"]) == len(single["scored_rows"]) // 2 > 0
+    assert sorted(ranks[0]["scored_rows"] + ranks[1]["scored_rows"]) == sorted(single["scored_rows"])
+    # only rank 0 wrote the run's folders
     assert not list((tmp_path / "two").glob(".*staging*"))

@@ -2,14 +2,16 @@
 
 import importlib.util
 import json
+import logging
 import os
 from pathlib import Path
 
 import pytest
 
-from peft_continual import NLoraConfig, TaskSpecError
+from peft_continual import ContinualResult, NLoraConfig, TaskSpecError
+from peft_continual.tasks import packaged_demo_dir
 
-from conftest import SHARED_DATA, synthetic_rows, tiny_model
+from conftest import synthetic_rows, tiny_model
 
 SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "run_continual_clm.py"
 
@@ -119,11 +121,33 @@ def test_missing_benchmark_data_says_how_to_pass_tasks(script, tmp_path, no_mode
         script.main(model_argv(tmp_path, "--continual_tasks", "dbpedia", "--data_dir", missing))
 
 
-def test_demo_without_benchmark_data(script, tmp_path, no_model, monkeypatch):
+def test_demo_without_benchmark_data_reads_the_packaged_sample(script, no_model, monkeypatch, caplog):
+    """No data folder: the demo's tasks come from the sample inside the package, without a warning."""
     monkeypatch.delenv(script.DATA_DIR_ENV, raising=False)
-    monkeypatch.setattr(script, "DEFAULT_DATA_DIR", tmp_path / "absent")
-    with pytest.raises(SystemExit, match="(?s)'dbpedia' is a CL benchmark task.*Pass tasks with --continual_tasks"):
+    with pytest.raises(AssertionError, match="a model was loaded"):  # tasks loaded, the model comes next
         script.main([])
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    data_args = script.parse_args([])[1]
+    tasks = script.load_tasks(data_args, seed=0, demo=True)
+    assert [t.name for t in tasks] == ["dbpedia", "amazon", "agnews"]
+    assert all(Path(t.source).is_relative_to(packaged_demo_dir()) for t in tasks)
+    assert [len(t.train) for t in tasks] == [script.DEMO_DEFAULTS["max_train_samples"]] * 3
+
+
+def test_data_dir_selects_the_full_data(script, tmp_path, monkeypatch):
+    """--data_dir, else $PEFT_CONTINUAL_DATA_DIR, wins over the packaged sample, in the demo too."""
+    folder = tmp_path / "bench" / "CL_Benchmark" / "TC" / "agnews"
+    folder.mkdir(parents=True)
+    rows = [{"sentence": f"Title: t{i}\nText: x\n", "label": label} for i, label in enumerate(["World", "Sports"] * 3)]
+    (folder / "train.json").write_text(json.dumps(rows))
+    (folder / "test.json").write_text(json.dumps(rows[:2]))
+    (folder / "labels.json").write_text(json.dumps(["World", "Sports"]))
+    monkeypatch.delenv(script.DATA_DIR_ENV, raising=False)
+    (task,) = script.load_tasks(script.parse_args(["--continual_tasks", "agnews", "--data_dir", str(tmp_path / "bench")])[1], 0, demo=True)
+    assert (len(task.train), task.source) == (6, str(folder))
+    monkeypatch.setenv(script.DATA_DIR_ENV, str(tmp_path / "bench"))
+    (task,) = script.load_tasks(script.parse_args(["--continual_tasks", "agnews"])[1], 0, demo=True)
+    assert task.source == str(folder)
 
 
 def test_demo_model_not_installed(script, tmp_path, task_files, monkeypatch):
@@ -214,11 +238,7 @@ def test_continue_from_keeps_method_and_hyperparameters(script, tmp_path, task_f
                                    {**state, "tasks": [{"name": "animals"}]}, tasks)  # fmt: skip
 
 
-def test_demo_data_dir_is_the_shared_benchmark_data(script):
-    assert script.DEFAULT_DATA_DIR == SHARED_DATA
-
-
-def test_end_to_end_with_a_tiny_model_then_continue(script, tmp_path, tokenizer, task_files):
+def test_end_to_end_with_a_tiny_model_then_continue(script, tmp_path, tokenizer, task_files, capsys):
     """Outputs of a run (matrix JSON, heatmap, saved folder), then --continue_from extends the matrix."""
     model, _ = tiny_model("llama", tokenizer)
     model.save_pretrained(tmp_path / "model")
@@ -229,6 +249,7 @@ def test_end_to_end_with_a_tiny_model_then_continue(script, tmp_path, tokenizer,
     result = script.main([*common, "--continual_tasks", *task_files[:2], "--output_dir", str(out),
                           "--cl_method", "nlora", "--target_modules", "q_proj", "v_proj", "--evaluate_unseen", "next"])  # fmt: skip
     assert result.num_trained == 2 and result.accuracy_matrix[0][1] is not None  # the next task, before training it
+    assert capsys.readouterr().out.count("AA ") == 1  # the trainer prints the matrix; the script does not repeat it
     assert json.loads((out / "accuracy_matrix.json").read_text())["task_names"] == ["colors", "animals"]
     assert (out / "accuracy_matrix.png").read_bytes()[:4] == b"\x89PNG"
     assert {"continual_state.json", "adapter_model.safetensors", "README.md", "task_1_colors"} <= {
@@ -250,3 +271,43 @@ def test_end_to_end_with_a_tiny_model_then_continue(script, tmp_path, tokenizer,
         script.main([*switch, "--output_dir", str(tmp_path / "switch")])
     result = script.main([*switch, "--output_dir", str(tmp_path / "switch"), "--allow_other_base", "true"])
     assert result.task_names == ["colors", "animals", "fruits", "new"]
+
+@pytest.mark.parametrize("value,expected", [("false", False), ("False", False), ("true", True), (None, False)])
+def test_resume_from_checkpoint_flag(script, tmp_path, tokenizer, task_files, monkeypatch, value, expected):
+    """--resume_from_checkpoint false does not resume (Trainer keeps the string "false", which is not None)."""
+    monkeypatch.setattr(script, "load_model", lambda *a: (tiny_model("llama", tokenizer)[0], tokenizer))
+    requested = []
+
+    def train_continual(self, tasks, resume_from_checkpoint=False):
+        requested.append(resume_from_checkpoint)
+        raise KeyboardInterrupt  # stop before any training
+
+    monkeypatch.setattr(script.ContinualTrainer, "train_continual", train_continual)
+    flag = [] if value is None else ["--resume_from_checkpoint", value]
+    with pytest.raises(KeyboardInterrupt):
+        script.main(model_argv(tmp_path, "--continual_tasks", task_files[0], "--use_cpu", "--target_modules", "q_proj", *flag))
+    assert requested == [expected]
+
+
+def test_resume_from_checkpoint_takes_no_path(script, tmp_path, no_model, task_files):
+    with pytest.raises(SystemExit, match=r"--resume_from_checkpoint takes true or false, got 'out/checkpoint-5'"):
+        script.main(model_argv(tmp_path, "--continual_tasks", task_files[0], "--resume_from_checkpoint", "out/checkpoint-5"))
+
+
+def test_heatmap_shows_the_zero_shot_row_and_every_evaluated_cell(script):
+    from matplotlib.figure import Figure
+
+    result = ContinualResult(
+        task_names=["a", "b", "c"], zero_shot=[0.25, 0.5, None], method="nlora",
+        accuracy_matrix=[[0.9, 0.55, None], [0.8, 0.95, 0.125], [0.7, 0.85, 1.0]],
+    )  # fmt: skip
+    ax = Figure().subplots()
+    script.draw_accuracy_matrix(ax, result)
+    cells = {(round(t.get_position()[1]), round(t.get_position()[0])): t.get_text() for t in ax.texts}
+    assert cells == {
+        (0, 0): "25.0", (0, 1): "50.0",
+        (1, 0): "90.0", (1, 1): "55.0",  # R[0][1]: task b before it was trained (evaluate_unseen)
+        (2, 0): "80.0", (2, 1): "95.0", (2, 2): "12.5",
+        (3, 0): "70.0", (3, 1): "85.0", (3, 2): "100.0",
+    }  # fmt: skip
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["zero-shot", "after 1. a", "after 2. b", "after 3. c"]

@@ -1,5 +1,6 @@
-"""Resume after a crash: a run SIGKILLed in the middle of task 2 resumes and ends exactly like an uninterrupted one."""
+"""Resume after a crash: a run SIGKILLed inside a task or between two resumes and ends exactly like an uninterrupted one."""
 
+import json
 import os
 import signal
 import subprocess
@@ -13,49 +14,78 @@ from safetensors.torch import load_file
 
 TESTS = Path(__file__).resolve().parent
 
+METHODS = ["seqlora", "inclora", "nlora", "olora", "replay", "ilora"]
+
+# One process imports everything once, then forks a fresh child per run, so that each run starts from the same
+# state at a fraction of a new interpreter's cost; children may SIGKILL themselves.
 SCRIPT = textwrap.dedent(
     """
-    import os, signal, sys
+    import json, os, signal, sys
     sys.path.insert(0, {tests!r})
-    import torch
-    from peft import get_peft_model
+    from pathlib import Path
+    from peft import LoraConfig, get_peft_model
     from transformers import TrainerCallback
     from conftest import make_tokenizer, memorised_task, tiny_model, training_args
-    from peft_continual import ContinualTrainer, ILoraConfig, NLoraConfig
+    from peft_continual import ContinualTrainer, IncLoraConfig, ILoraConfig, NLoraConfig, OLoraConfig, ReplayConfig
 
-    method, out = sys.argv[1], sys.argv[2]
-    kill_at = os.environ.get("KILL_AT")  # "task:step"
     tokenizer = make_tokenizer()
-    model, targets = tiny_model("llama", tokenizer)
-    config = {{"nlora": NLoraConfig(r=4, lora_alpha=8, target_modules=targets, collision_lambda=0.5),
-               "ilora": ILoraConfig(r=4, lora_alpha=8, target_modules=targets, ema_decay=0.8, replay_buffer_size=5,
-                                    replay_batch_size=2)}}[method]
-    args = training_args(__import__("pathlib").Path(out), num_train_epochs=2, learning_rate=1e-2,
-                         save_strategy="steps", save_steps=1, per_device_train_batch_size=4)
-    trainer = ContinualTrainer(model=get_peft_model(model, config), args=args, processing_class=tokenizer,
-                               max_source_length=64)
 
-    class Crash(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            task, step = map(int, kill_at.split(":"))
-            if len(trainer.result.accuracy_matrix) == task - 1 and state.global_step == step:
-                os.kill(os.getpid(), signal.SIGKILL)
 
-    if kill_at:
+    def train(method, out, kill_at):
+        model, targets = tiny_model("llama", tokenizer)
+        common = dict(r=4, lora_alpha=8, target_modules=targets)
+        replay = dict(replay_buffer_size=5, replay_batch_size=2)
+        config = {{"seqlora": LoraConfig(**common), "inclora": IncLoraConfig(**common),
+                   "nlora": NLoraConfig(**common, collision_lambda=0.5), "olora": OLoraConfig(**common, l2_lambda=0.1),
+                   "replay": ReplayConfig(**common, **replay), "ilora": ILoraConfig(**common, **replay, ema_decay=0.8)}}[method]
+        args = training_args(out, num_train_epochs=1, learning_rate=1e-2, save_strategy="steps", save_steps=1,
+                              per_device_train_batch_size=4)
+        trainer = ContinualTrainer(model=get_peft_model(model, config), args=args, processing_class=tokenizer,
+                                   max_source_length=64)
+
+        class Crash(TrainerCallback):  # "between": when task 2 starts; "step": after step 2 of task 2, unsaved
+            def on_train_begin(self, args, state, control, **kwargs):
+                if kill_at == "between" and "task_2" in args.output_dir:
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+            def on_step_end(self, args, state, control, **kwargs):
+                if kill_at == "step" and "task_2" in args.output_dir and state.global_step == 2:
+                    os.kill(os.getpid(), signal.SIGKILL)
+
         trainer.add_callback(Crash())
-    tasks = [memorised_task(name, 8) for name in ("colors", "animals", "fruits")]
-    trainer.train_continual(tasks, resume_from_checkpoint=True)
-    trainer.save_continual(os.path.join(out, "final"))
+        tasks = [memorised_task(name, 12) for name in ("colors", "animals")]
+        trainer.train_continual(tasks, resume_from_checkpoint=True)
+        trainer.save_continual(os.path.join(out, "final"))
+
+
+    def run(method, root, name, kill_at=None):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        pid = os.fork()
+        if pid == 0:
+            log = os.open(folder / ("killed.log" if kill_at else "run.log"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            os.dup2(log, 1), os.dup2(log, 2)
+            try:
+                train(method, folder, kill_at)
+                code = 0
+            except BaseException:
+                __import__("traceback").print_exc()
+                code = 1
+            sys.stdout.flush(), sys.stderr.flush()
+            os._exit(code)
+        return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+    for method in sys.argv[2:]:
+        root = Path(sys.argv[1]) / method
+        codes = {{"reference": run(method, root, "reference")}}
+        for place in ("step", "between"):
+            codes[place] = run(method, root, place, kill_at=place)
+            codes[place + "_checkpoints"] = sorted(p.name for p in (root / place / "out").glob("task_2_*/checkpoint-*"))
+            codes[place + "_resumed"] = run(method, root, place)
+        (root / "codes.json").write_text(json.dumps(codes))
     """
 )
-
-
-def run(script, method, out, kill_at=None):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("KILL_AT", None)
-    if kill_at:
-        env["KILL_AT"] = kill_at
-    return subprocess.run([sys.executable, str(script), method, str(out)], env=env, capture_output=True, text=True, timeout=600)
 
 
 def saved_tensors(folder: Path) -> dict[str, torch.Tensor]:
@@ -66,35 +96,39 @@ def saved_tensors(folder: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-@pytest.mark.parametrize("method", ["nlora", "ilora"])
-def test_sigkill_in_task_two_resumes_to_the_same_adapters(method, tmp_path):
-    script = tmp_path / "train.py"
+@pytest.fixture(scope="module")
+def killed_runs(tmp_path_factory):
+    """For every method: an uninterrupted run, and runs killed inside task 2 or as it starts, then resumed."""
+    root = tmp_path_factory.mktemp("resume")
+    script = root / "train.py"
     script.write_text(SCRIPT.format(tests=str(TESTS)))
-    reference = run(script, method, tmp_path / "reference")
-    assert reference.returncode == 0, reference.stderr[-3000:]
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    driver = subprocess.run([sys.executable, str(script), str(root), *METHODS], env=env, capture_output=True,
+                            text=True, timeout=900)  # fmt: skip
+    assert driver.returncode == 0, driver.stderr[-3000:]
+    return root
 
-    crashed = run(script, method, tmp_path / "crashed", kill_at="2:3")
-    assert crashed.returncode == -signal.SIGKILL
-    progress = tmp_path / "crashed" / "out" / "continual_progress"
-    assert progress.is_dir()  # task 1 finished and was recorded
-    task_2 = tmp_path / "crashed" / "out" / "task_2_animals"
-    assert sorted(p.name for p in task_2.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
 
-    resumed = run(script, method, tmp_path / "crashed")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "Resuming from" in resumed.stdout and "1/3 task(s) already trained" in resumed.stdout
-    assert "=== [" + method + "] task 1/3" not in resumed.stdout  # task 1 is not retrained
-
-    expected, actual = saved_tensors(tmp_path / "reference" / "final"), saved_tensors(tmp_path / "crashed" / "final")
-    assert expected.keys() == actual.keys() and len(expected) > 0
-    for key in expected:
-        torch.testing.assert_close(actual[key], expected[key], rtol=1e-5, atol=1e-5, msg=key)
-    ref_state = (tmp_path / "reference" / "final" / "continual_state.json").read_text()
-    new_state = (tmp_path / "crashed" / "final" / "continual_state.json").read_text()
-    import json
-
-    ref, new = json.loads(ref_state)["result"], json.loads(new_state)["result"]
-    assert new["accuracy_matrix"] == ref["accuracy_matrix"]
+@pytest.mark.parametrize("method", METHODS)
+def test_sigkill_inside_or_between_tasks_resumes_to_the_same_run(method, killed_runs):
+    """Killed after step 2 of task 2 (resumes from checkpoint-1) or as task 2 starts (no checkpoint yet)."""
+    tmp_path = killed_runs / method
+    codes = json.loads((tmp_path / "codes.json").read_text())
+    logs = {p.parent.name + "/" + p.name: p.read_text()[-3000:] for p in tmp_path.glob("*/*.log")}
+    assert codes == {"reference": 0, "step": -signal.SIGKILL, "step_resumed": 0, "between": -signal.SIGKILL,
+                     "between_resumed": 0, "step_checkpoints": ["checkpoint-1"], "between_checkpoints": []}, (codes, logs)  # fmt: skip
+    expected = saved_tensors(tmp_path / "reference" / "final")
+    reference = json.loads((tmp_path / "reference" / "final" / "continual_state.json").read_text())["result"]
+    for place in ("step", "between"):
+        resumed = (tmp_path / place / "run.log").read_text()
+        assert "Resuming from" in resumed and "1/2 task(s) already trained" in resumed, resumed[-3000:]
+        assert f"[{method}] task 1/2" not in resumed  # task 1 is not retrained
+        actual = saved_tensors(tmp_path / place / "final")
+        assert expected.keys() == actual.keys() and len(expected) > 0
+        for key in expected:
+            torch.testing.assert_close(actual[key], expected[key], rtol=1e-5, atol=1e-5, msg=f"{place}: {key}")
+        result = json.loads((tmp_path / place / "final" / "continual_state.json").read_text())["result"]
+        assert result["accuracy_matrix"] == reference["accuracy_matrix"], place
 
 
 def test_resuming_with_other_tasks_is_refused(tokenizer, tmp_path):

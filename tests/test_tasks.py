@@ -86,8 +86,8 @@ def test_known_name_resolved_under_data_dir(tmp_path):
 
 def test_known_name_without_data_dir_says_how_to_fix(monkeypatch):
     monkeypatch.delenv("PEFT_CONTINUAL_DATA_DIR", raising=False)
-    with pytest.raises(TaskSpecError, match="pass data_dir"):
-        load_continual_tasks(["dbpedia"])
+    with pytest.raises(TaskSpecError, match="'yahoo' is a CL benchmark task: pass data_dir .* demo sample of agnews, amazon, dbpedia"):
+        load_continual_tasks(["yahoo"])
 
 
 @pytest.mark.parametrize("suffix", ["json", "jsonl", "csv"])

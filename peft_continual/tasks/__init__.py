@@ -25,6 +25,7 @@ from .sources import (
     NO_GOLD_LABEL,
     STANDARD_ORDERS,
     load_continual_tasks,
+    packaged_demo_dir,
 )
 from .task import ContinualTask, check_unique_names
 
@@ -32,5 +33,5 @@ __all__ = [
     "BENCHMARK_INSTRUCTIONS", "BENCHMARK_TASKS", "CHAT_TEMPLATE_MODES", "CLASSIFICATION", "ChatTemplateMode",
     "ContinualCollator", "ContinualTask", "DATA_DIR_ENV", "EvalEncoding", "GENERATION", "GENERATION_ORDER",
     "IGNORE_INDEX", "NO_GOLD_LABEL", "PromptEncoder", "STANDARD_ORDERS", "TaskSpecError", "check_unique_names",
-    "encode_eval", "left_pad", "load_continual_tasks", "tokenize_task", "use_chat_template",
+    "encode_eval", "left_pad", "load_continual_tasks", "packaged_demo_dir", "tokenize_task", "use_chat_template",
 ]  # fmt: skip

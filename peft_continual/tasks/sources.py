@@ -2,7 +2,9 @@
 
 Specs (see :func:`load_continual_tasks`), each optionally prefixed with ``NAME=`` to rename the task:
 
-* a known CL benchmark name (``dbpedia``, ``amazon``, ...) resolved under ``data_dir``;
+* a known CL benchmark name (``dbpedia``, ``amazon``, ...) resolved under ``data_dir``; with no ``data_dir`` (nor
+  ``$PEFT_CONTINUAL_DATA_DIR``), ``dbpedia``, ``amazon`` and ``agnews`` come from the small sample shipped in the
+  package (:func:`packaged_demo_dir`);
 * a task of the offline generation sequence (``amazon-title``, ``arithmetic``, ``spelling``; see ``derived``);
 * a folder in the CL_Benchmark layout (``train.json``, ``test.json``/``dev.json``, ``labels.json``), or a folder
   with ``train`` and ``test``/``eval``/``dev``/``validation`` files (``.json``/``.jsonl``/``.csv``);
@@ -15,7 +17,9 @@ format of :mod:`.formats`; ``kind="auto"`` tells them apart by their columns.
 
 from __future__ import annotations
 
+import importlib.resources
 import json
+import logging
 import os
 import random
 import re
@@ -172,12 +176,28 @@ def _load_one(spec: str, data_dir, **options) -> ContinualTask:
     )
 
 
+logger = logging.getLogger(__name__)
+
+
+def packaged_demo_dir() -> Path:
+    """A label-balanced sample of dbpedia, amazon and agnews shipped in the package (CL_Benchmark layout, see SOURCE.md)."""
+    return Path(str(importlib.resources.files("peft_continual") / "data" / "demo"))
+
+
 def _find_benchmark_folder(name: str, data_dir, spec: str) -> Path:
     if data_dir is None:
-        raise TaskSpecError(
-            f"task spec {spec!r} is a CL benchmark task: pass data_dir (the folder holding CL_Benchmark/) or set "
-            f"${DATA_DIR_ENV}"
+        demo = packaged_demo_dir()
+        if not (demo / BENCHMARK_TASKS[name] / name / "train.json").is_file():
+            sampled = ", ".join(sorted(p.parent.name for p in demo.glob("*/*/train.json")))
+            raise TaskSpecError(
+                f"task spec {spec!r} is a CL benchmark task: pass data_dir (the folder holding CL_Benchmark/) or set "
+                f"${DATA_DIR_ENV} (without them only the packaged demo sample of {sampled} is available)"
+            )
+        logger.warning(
+            f"task {name!r}: no data_dir given (nor ${DATA_DIR_ENV}), using the small sample packaged for the demo "
+            f"({demo}); pass data_dir for the full CL benchmark"
         )
+        data_dir = demo
     root = Path(data_dir).expanduser()
     task_type = BENCHMARK_TASKS[name]
     for candidate in (root / "CL_Benchmark" / task_type / name, root / task_type / name, root / name):

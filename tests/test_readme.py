@@ -1,0 +1,54 @@
+"""The README's code does what the README says."""
+
+import re
+from pathlib import Path
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def python_blocks(heading: str) -> list[str]:
+    section = README.read_text(encoding="utf-8").split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, flags=re.S)
+
+
+def test_python_api_snippet_prints_the_matrix_once_with_forward_transfer(tmp_path, tokenizer, monkeypatch, capsys):
+    """Run as written, with a tiny model saved where the snippet loads its model from, and the packaged tasks."""
+    from conftest import tiny_model
+
+    model, _ = tiny_model("llama", tokenizer)
+    model.config.max_position_embeddings = 1024  # whole benchmark prompts, read byte by byte by the test tokenizer
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    (code,) = python_blocks("Python API")
+    code, substitutions = re.subn(r'name = "[^"]+"', f"name = {str(tmp_path / 'model')!r}", code)
+    assert substitutions == 1
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("PEFT_CONTINUAL_DATA_DIR", raising=False)
+    namespace = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    out = capsys.readouterr().out
+    assert out.count("Score matrix") == 1 and out.count("AA ") == 1  # the trainer's, not printed again
+    assert "FWT n/a" not in out and namespace["result"].forward_transfer is not None
+    assert out.strip().splitlines()[-1].startswith("forgot ")
+    assert (tmp_path / "out" / "final" / "adapter_model.safetensors").is_file()
+
+
+def test_adding_a_method_snippet_registers_a_working_method(tmp_path, tokenizer, monkeypatch):
+    from peft import get_peft_model
+
+    from conftest import training_args, tiny_model
+    from peft_continual import ContinualTrainer, methods
+
+    monkeypatch.setattr(methods, "_REGISTRY", dict(methods._REGISTRY))  # the snippet registers into a copy
+    (code,) = python_blocks("Adding a method")
+    namespace = {"__name__": "readme_method"}
+    exec(compile(code, "README.md", "exec"), namespace)
+    method_class = methods.registered_methods()["l2lora"]
+    assert method_class.hyperparameters()[4:] == ["l2_weight"]
+    model, targets = tiny_model("llama", tokenizer)
+    peft_model = get_peft_model(model, namespace["L2LoraConfig"](r=4, target_modules=targets, l2_weight=0.5))
+    trainer = ContinualTrainer(model=peft_model, args=training_args(tmp_path), processing_class=tokenizer)
+    assert isinstance(trainer.method, method_class)
+    weight, terms = trainer.method.loss_terms(peft_model, {})
+    expected = sum((p.float() ** 2).sum() for n, p in peft_model.named_parameters() if "lora_" in n)
+    assert weight == 1.0 and abs(terms["loss_l2"].item() - 0.5 * expected.item()) < 1e-5 * expected.item()
