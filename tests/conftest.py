@@ -174,3 +174,31 @@ def training_args(tmp_path, **overrides) -> TrainingArguments:
     )  # fmt: skip
     values.update(overrides)
     return TrainingArguments(**values)
+
+
+IDS = torch.tensor([[5, 9, 14, 3, 7, 2]])  # a fixed input on which saved and trained models are compared
+
+
+def train(tokenizer, tmp_path, config, arch="llama", names=("colors", "animals"), epochs=2):
+    """A short continual run of ``config`` on synthetic tasks (the trainer, for saving and exporting tests)."""
+    from peft import get_peft_model
+
+    from peft_continual import ContinualTrainer
+
+    model, targets = tiny_model(arch, tokenizer)
+    config.target_modules = config.target_modules or set(targets)
+    trainer = ContinualTrainer(
+        model=get_peft_model(model, config), processing_class=tokenizer, max_source_length=64,
+        args=training_args(tmp_path, num_train_epochs=epochs, learning_rate=1e-2),
+    )  # fmt: skip
+    trainer.train_continual([synthetic_task(n, n_train=8) for n in names])
+    return trainer
+
+
+def continual_logits(trainer):
+    """Logits of the trained continual model (the method's evaluation adapters) on ``IDS``."""
+    from peft_continual.adapters import adapters_active
+
+    model = trainer.peft_model.eval()
+    with torch.no_grad(), adapters_active(model, trainer.method.eval_adapters()):
+        return model(input_ids=IDS).logits

@@ -13,31 +13,11 @@ import torch
 from huggingface_hub import ModelCard
 from peft import LoraConfig, PeftModel, get_peft_model
 
-from conftest import synthetic_task, tiny_model, training_args
+from conftest import IDS, continual_logits, synthetic_task, tiny_model, train, training_args
 from peft_continual import ContinualTrainer, IncLoraConfig, ILoraConfig, NLoraConfig, OLoraConfig, ReplayConfig
-from peft_continual.adapters import adapter_parameters, adapters_active
+from peft_continual.adapters import adapter_parameters
 from peft_continual.hub import push_folder_to_hub
 from peft_continual.persistence import ContinualStateError
-
-IDS = torch.tensor([[5, 9, 14, 3, 7, 2]])
-
-
-def train(tokenizer, tmp_path, config, names=("colors", "animals"), epochs=2):
-    model, targets = tiny_model("llama", tokenizer)
-    config.target_modules = config.target_modules or set(targets)
-    trainer = ContinualTrainer(
-        model=get_peft_model(model, config), processing_class=tokenizer, max_source_length=64,
-        args=training_args(tmp_path, num_train_epochs=epochs, learning_rate=1e-2),
-    )  # fmt: skip
-    trainer.train_continual([synthetic_task(n, n_train=8) for n in names])
-    return trainer
-
-
-def continual_logits(trainer):
-    model = trainer.peft_model.eval()
-    with torch.no_grad(), adapters_active(model, trainer.method.eval_adapters()):
-        return model(input_ids=IDS).logits
-
 
 @pytest.mark.parametrize(
     "config",
