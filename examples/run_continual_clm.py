@@ -221,6 +221,15 @@ class DataTrainingArguments:
             "choices": ["no", "next", "all"],
         },
     )
+    evaluate_seen: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "Seen tasks evaluated after each task: 'needed' (the task just trained, and every task after the "
+            "last: all AA/BWT read) or 'all' (every seen task after every task: the forgetting curve). Default: "
+            "'needed', or the saved run's with --continue_from.",
+            "choices": ["needed", "all"],
+        },
+    )
 
     def __post_init__(self):
         if isinstance(self.continual_tasks, str):  # a .json file may give one comma-separated string
@@ -631,6 +640,7 @@ def main(argv: Optional[list[str]] = None) -> ContinualResult:
         "max_new_tokens": data_args.max_new_tokens,
         "max_source_length": data_args.max_source_length,
         "evaluate_unseen": {None: None, "no": False, "next": "next", "all": True}[data_args.evaluate_unseen],
+        "evaluate_seen": data_args.evaluate_seen,
     }
     options = {k: v for k, v in options.items() if v is not None}
     if cl_args.continue_from:

@@ -247,8 +247,11 @@ def test_end_to_end_with_a_tiny_model_then_continue(script, tmp_path, tokenizer,
               "--per_device_train_batch_size", "4", "--learning_rate", "5e-3", "--disable_tqdm", "true"]  # fmt: skip
     out = tmp_path / "out"
     result = script.main([*common, "--continual_tasks", *task_files[:2], "--output_dir", str(out),
-                          "--cl_method", "nlora", "--target_modules", "q_proj", "v_proj", "--evaluate_unseen", "next"])  # fmt: skip
+                          "--cl_method", "nlora", "--target_modules", "q_proj", "v_proj", "--evaluate_unseen", "next",
+                          "--evaluate_seen", "all"])  # fmt: skip
     assert result.num_trained == 2 and result.accuracy_matrix[0][1] is not None  # the next task, before training it
+    saved_options = json.loads((out / "final" / "continual_state.json").read_text())["trainer"]
+    assert saved_options["evaluate_seen"] == "all" and saved_options["evaluate_unseen"] == "next"
     assert capsys.readouterr().out.count("AA ") == 1  # the trainer prints the matrix; the script does not repeat it
     assert json.loads((out / "accuracy_matrix.json").read_text())["task_names"] == ["colors", "animals"]
     assert (out / "accuracy_matrix.png").read_bytes()[:4] == b"\x89PNG"
