@@ -183,7 +183,8 @@ def base_fingerprint(model: PeftModel) -> dict[str, list]:
             flat = param.detach().reshape(-1)
             values = []
             if flat.dtype.is_floating_point and type(param.data) is torch.Tensor and flat.numel():
-                positions = torch.linspace(0, flat.numel() - 1, FINGERPRINT_SAMPLES).long().to(flat.device)
+                # integer positions: a float32 linspace rounds past the end beyond 2**24 entries
+                positions = torch.arange(FINGERPRINT_SAMPLES, device=flat.device) * (flat.numel() - 1) // (FINGERPRINT_SAMPLES - 1)
                 values = [round(v, 6) for v in flat[positions].float().tolist()]
         fingerprint[key] = [list(param.shape), values]
     return fingerprint

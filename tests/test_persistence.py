@@ -387,3 +387,15 @@ def test_saving_knows_nothing_of_publishing():
     imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     assert not {m for m in imported if m and (m == "hub" or m.endswith(".hub") or "huggingface_hub" in m)}
+
+
+def test_fingerprint_of_a_tensor_beyond_float32_integer_range():
+    """SmolLM2's embedding has 28 311 552 entries: positions past 2**24 must stay inside the tensor."""
+    from peft_continual.persistence import FINGERPRINT_SAMPLES, base_fingerprint
+
+    module = torch.nn.Module()
+    n = 28_311_552  # a float32 linspace to n - 1 ends at n
+    module.weight = torch.nn.Parameter(torch.randn(n), requires_grad=False)
+    shape, values = base_fingerprint(module)["weight"]
+    assert shape == [n] and len(values) == FINGERPRINT_SAMPLES
+    assert values[0] == round(module.weight[0].item(), 6) and values[-1] == round(module.weight[-1].item(), 6)
