@@ -49,11 +49,12 @@ from peft_continual import STANDARD_ORDERS, ContinualResult, ContinualTrainer, e
 from peft_continual.methods import config_classes
 from peft_continual.demo_model import load_smollm2
 from peft_continual.io_utils import atomic_directory, atomic_write_text
-from peft_continual.tasks import ContinualCollator, tokenize_task
+from peft_continual.tasks import GENERATION, ContinualCollator, tokenize_task
 from peft_continual.trainer import tasks_to_evaluate
 
 HERE = Path(__file__).resolve().parent
 EXPERIMENTS, RESULTS, RUNS = HERE / "experiments", HERE / "results", HERE / "runs"
+MAX_SUFFIX = 200  # of a sweep result's file name (the overrides)
 METHODS = ["seqlora", "inclora", "olora", "nlora", "replay", "ilora", "mtl", "osf"]
 
 
@@ -116,36 +117,85 @@ def autocast(model, config: dict):
     return torch.autocast(next(model.parameters()).device.type, dtype=torch.bfloat16)
 
 
+def protocols(config: dict) -> list[str]:
+    """The scoring protocols of a config, the primary first (``evaluation_method`` is a name or a list)."""
+    methods = config["trainer"]["evaluation_method"]
+    return [methods] if isinstance(methods, str) else list(methods)
+
+
+def can_score(protocol: str, task) -> bool:
+    return not (protocol == "rank" and task.kind == GENERATION)  # as ContinualTrainer: no options to rank
+
+
 @torch.no_grad()
-def evaluate_all(model, tokenizer, tasks, config: dict) -> list[float]:
-    """Accuracy on every task, scored exactly as ContinualTrainer scores (for the runners outside it)."""
+def evaluate_all(model, tokenizer, tasks, config: dict, only: list[str] | None = None) -> dict[str, list]:
+    """Every task under every protocol of the config (or ``only`` those), scored exactly as ContinualTrainer
+    scores, for the runners outside it: protocol -> one TaskEvaluation per task (None where it cannot score)."""
     was_training = model.training
     model.eval()
     options = config["trainer"]
+    evaluations = {}
     with autocast(model, config):
-        scores = [
-            evaluate_task(model, tokenizer, task, method=options["evaluation_method"],
-                          max_source_length=options["max_source_length"], chat_template=options.get("chat_template", "off"),
-                          batch_size=config["training"]["per_device_eval_batch_size"]).accuracy
-            for task in tasks
-        ]  # fmt: skip
+        for protocol in only or protocols(config):
+            evaluations[protocol] = [
+                evaluate_task(model, tokenizer, task, method=protocol, max_source_length=options["max_source_length"],
+                              chat_template=options.get("chat_template", "off"),
+                              batch_size=config["training"]["per_device_eval_batch_size"])
+                if can_score(protocol, task) else None
+                for task in tasks
+            ]  # fmt: skip
     model.train(was_training)
-    return scores
+    return evaluations
 
 
-def zero_shot(config: dict, model, tokenizer, tasks, order: int, seed: int, results: Path = RESULTS) -> list[float]:
-    """The base model's accuracy per task: the same for every method at one order, seed and scale, so cached.
+def zero_shot(config: dict, model, tokenizer, tasks, order: int, seed: int, results: Path = RESULTS) -> dict[str, dict]:
+    """The base model's scores per protocol: {"scores", "example_scores"}, one entry per task.
 
-    Evaluation dominates a run at this scale; sharing R0 saves one round of it per method.
+    The same for every method at one order, seed and test set, so cached, one file per protocol (the training
+    subsample does not enter the key: the test sample is drawn independently of it). Evaluation dominates a run
+    at this scale; sharing R0 saves one round of it per method.
     """
-    key = json.dumps([order, seed, config["data"], config["trainer"]["evaluation_method"],
-                      config["trainer"]["max_source_length"]], sort_keys=True)  # fmt: skip
-    path = results / "zero_shot" / f"order{order}_seed{seed}_{hashlib.sha1(key.encode()).hexdigest()[:8]}.json"
-    if path.exists():
-        return json.loads(path.read_text())["zero_shot"]
-    scores = evaluate_all(model, tokenizer, tasks, config)
-    atomic_write_text(path, json.dumps({"key": key, "tasks": [t.name for t in tasks], "zero_shot": scores}, indent=2) + "\n")
-    return scores
+    data, options = config["data"], config["trainer"]
+    cached, missing = {}, []
+    paths = {}
+    for protocol in protocols(config):
+        key = json.dumps([order, seed, data["data_dir"], data["max_eval_samples"], protocol, options["max_source_length"],
+                          options.get("chat_template", "off")])  # fmt: skip
+        paths[protocol] = results / "zero_shot" / f"order{order}_seed{seed}_{protocol}_{hashlib.sha1(key.encode()).hexdigest()[:8]}.json"
+        if paths[protocol].exists():
+            cached[protocol] = json.loads(paths[protocol].read_text())
+        else:
+            missing.append(protocol)
+    if missing:
+        for protocol, evaluations in evaluate_all(model, tokenizer, tasks, config, only=missing).items():
+            cached[protocol] = {"tasks": [t.name for t in tasks], "scores": [e and e.score for e in evaluations],
+                                "example_scores": [e and e.example_scores for e in evaluations]}  # fmt: skip
+            atomic_write_text(paths[protocol], json.dumps(cached[protocol]) + "\n")
+    return cached
+
+
+def new_result(method: str, tasks, config: dict, r0: dict | None) -> ContinualResult:
+    """An empty result per protocol (the primary, the others under ``secondary``), with the cached zero-shot row."""
+
+    def empty(protocol: str) -> ContinualResult:
+        zero = (r0 or {}).get(protocol)
+        return ContinualResult(task_names=[t.name for t in tasks], method=method, evaluation_method=protocol,
+                               task_metrics=[t.metric if can_score(protocol, t) else None for t in tasks],
+                               zero_shot=zero and zero["scores"], zero_shot_example_scores=zero and zero["example_scores"])  # fmt: skip
+
+    primary, *others = protocols(config)
+    result = empty(primary)
+    result.secondary = {protocol: empty(protocol) for protocol in others}
+    return result
+
+
+def add_row(result: ContinualResult, evaluated: list[int], evaluations: dict[str, list]) -> None:
+    """Append one row (the tasks ``evaluated``, in that order) to the matrix of every protocol."""
+    for protocol, target in {result.evaluation_method: result, **result.secondary}.items():
+        by_task = dict(zip(evaluated, evaluations[protocol]))
+        row = [by_task.get(j) for j in range(len(target.task_names))]
+        target.accuracy_matrix.append([e and e.score for e in row])
+        target.example_scores.append([e and e.example_scores for e in row])
 
 
 def run_continual(config: dict, model, tokenizer, tasks, output_dir: str, seed: int, r0, save_steps: int) -> ContinualResult:
@@ -158,7 +208,9 @@ def run_continual(config: dict, model, tokenizer, tasks, output_dir: str, seed: 
         model=get_peft_model(model, peft_config), args=training_args(config, output_dir, seed, save_steps),
         processing_class=tokenizer, evaluate_zero_shot=False, **options,
     )  # fmt: skip
-    trainer.result.zero_shot = r0  # the cached base-model scores (what evaluate_zero_shot=True would measure)
+    if r0 is not None:  # the cached base-model scores: what evaluate_zero_shot=True would measure
+        for protocol, result in {trainer.result.evaluation_method: trainer.result, **trainer.result.secondary}.items():
+            result.zero_shot, result.zero_shot_example_scores = r0[protocol]["scores"], r0[protocol]["example_scores"]
     return trainer.train_continual(tasks, resume_from_checkpoint=True)
 
 
@@ -172,11 +224,11 @@ def run_mtl(config: dict, model, tokenizer, tasks, output_dir: str, seed: int, r
     output = Trainer(model=model, args=training_args(config, output_dir, seed, save_steps), train_dataset=features,
                      data_collator=ContinualCollator(tokenizer.pad_token_id)).train(resume_from_checkpoint=checkpoint)  # fmt: skip
     seconds = round(time.perf_counter() - started, 2)
-    row = evaluate_all(model, tokenizer, tasks, config)
-    details = [{"task": "+".join(t.name for t in tasks), "train_examples": len(features), "steps": output.global_step,
-                "train_loss": output.training_loss, "train_seconds": seconds}]  # fmt: skip
-    return ContinualResult(task_names=[t.name for t in tasks], accuracy_matrix=[row], method="mtl",
-                           evaluation_method=config["trainer"]["evaluation_method"], details=details)  # fmt: skip
+    result = new_result("mtl", tasks, config, r0)
+    add_row(result, list(range(len(tasks))), evaluate_all(model, tokenizer, tasks, config))
+    result.details = [{"task": "+".join(t.name for t in tasks), "train_examples": len(features), "steps": output.global_step,
+                       "train_loss": output.training_loss, "train_seconds": seconds}]  # fmt: skip
+    return result
 
 
 def run_osf(config: dict, model, tokenizer, tasks, output_dir: str, seed: int, r0, save_steps: int) -> ContinualResult:
@@ -197,8 +249,7 @@ def run_osf(config: dict, model, tokenizer, tasks, output_dir: str, seed: int, r
         model.load_state_dict(load_file(progress / "merged.safetensors"), strict=False)
         print(f"Resuming from {progress}: {result.num_trained}/{len(tasks)} task(s) already trained", flush=True)
     else:
-        result = ContinualResult(task_names=[t.name for t in tasks], method="osf", zero_shot=r0,
-                                 evaluation_method=options["evaluation_method"])  # fmt: skip
+        result = new_result("osf", tasks, config, r0)
     collator = ContinualCollator(tokenizer.pad_token_id)
     for i in range(result.num_trained, len(tasks)):
         task = tasks[i]
@@ -212,12 +263,12 @@ def run_osf(config: dict, model, tokenizer, tasks, output_dir: str, seed: int, r
         seconds = round(time.perf_counter() - started, 2)
         evaluated = tasks_to_evaluate(i, len(tasks), options["evaluate_unseen"],
                                       options.get("evaluate_seen", "needed"))  # as ContinualTrainer does
-        scores = evaluate_all(peft_model, tokenizer, [tasks[j] for j in evaluated], config)
-        result.accuracy_matrix.append([dict(zip(evaluated, scores)).get(j) for j in range(len(tasks))])
+        evaluations = evaluate_all(peft_model, tokenizer, [tasks[j] for j in evaluated], config)
+        add_row(result, evaluated, evaluations)
         result.details.append({"task": task.name, "train_examples": len(features), "train_loss": output.training_loss,
                                "steps": output.global_step, "train_seconds": seconds, "effective_rank": ranks[i],
                                "trainable_parameters": trainable})  # fmt: skip
-        seen = ", ".join(f"{tasks[j].name} {100 * s:.1f}%" for j, s in zip(evaluated, scores))
+        seen = ", ".join(f"{tasks[j].name} {100 * e.score:.1f}%" for j, e in zip(evaluated, evaluations[result.evaluation_method]))
         print(f"    after {task.name}: {seen}", flush=True)
         model = peft_model.merge_and_unload()
         if i + 1 < len(tasks):
@@ -237,6 +288,8 @@ def result_path(method: str, order: int, seed: int, overrides: list[str], result
     if not overrides:
         return results / "accuracy" / f"{name}.json"
     suffix = "__".join(re.sub(r"[^0-9A-Za-z_.=-]", "_", item) for item in overrides)
+    if len(suffix) > MAX_SUFFIX:  # file names stop at 255 bytes: keep the start readable, the hash unique
+        suffix = f"{suffix[: MAX_SUFFIX - 10]}__{hashlib.sha1(suffix.encode()).hexdigest()[:8]}"
     return results / "sweeps" / f"{name}__{suffix}.json"
 
 
@@ -278,8 +331,10 @@ def run_benchmark(method: str, order: int, seed: int, overrides: list[str] = (),
     wall = time.perf_counter() - started
 
     payload = result.to_dict()
-    if method == "mtl":  # one row: every task's accuracy after the single joint training
-        payload["average_accuracy"] = sum(payload["accuracy_matrix"][0]) / len(tasks)
+    if method == "mtl":  # one row: every task's score after the single joint training, under every protocol
+        for scores in [payload, *payload["secondary"].values()]:
+            row = [v for v in scores["accuracy_matrix"][0] if v is not None]
+            scores["average_accuracy"] = sum(row) / len(row)
     payload.update(benchmark={"method": method, "order": order, "seed": seed, "overrides": overrides, "config": config,
                               "config_hash": digest, "wall_seconds": round(wall, 1), "resumed": resumed,
                               "environment": environment()})  # fmt: skip

@@ -14,6 +14,7 @@ import pytest
 
 from conftest import TASK_WORDS, make_tokenizer, synthetic_rows, tiny_model
 from peft_continual import ContinualTrainer
+from peft_continual.statistics import RunScores
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
@@ -114,6 +115,34 @@ def test_interrupted_run_resumes_and_finished_run_is_skipped(tmp_path, data_dir,
     changed["training"]["learning_rate"] = 3e-2
     run(method, changed, tmp_path, load_model=loader)
     assert loader.calls == 1 and accuracy.stored_hash(path) == accuracy.config_hash(method, 1, 0, changed)
+
+
+@pytest.mark.parametrize("method", ["seqlora", "mtl", "osf"])
+def test_every_runner_scores_both_protocols_per_example(tmp_path, data_dir, method):
+    """One training run, two protocols: the primary matrix and ``secondary["rank"]``, each with per-example
+    scores (what the intervals need) and, but for the joint bound, the cached zero-shot row of its own protocol."""
+    config = tiny_config(data_dir, method)
+    config["trainer"]["evaluation_method"] = ["generate", "rank"]
+    result = json.loads(run(method, config, tmp_path, load_model=Loader()).read_text())
+    assert result["evaluation_method"] == "generate" and list(result["secondary"]) == ["rank"]
+    for protocol in (None, "rank"):
+        scores = RunScores.from_result(result, protocol)  # validates shapes: diagonal and last row scored
+        scored = result if protocol is None else result["secondary"][protocol]
+        for row, example_row in zip(scored["accuracy_matrix"], scored["example_scores"]):
+            for value, examples in zip(row, example_row):
+                assert (value is None) == (examples is None)
+                if examples is not None:
+                    assert len(examples) == 6 and value == pytest.approx(sum(examples) / 6)
+        assert (scores.zero_shot_example_scores is None) == (method == "mtl")
+        assert scored["average_accuracy"] is not None
+    cache = sorted(p.name for p in (tmp_path / "results" / "zero_shot").glob("*.json")) if method != "mtl" else []
+    assert [name.split("_")[2] for name in cache] == ([] if method == "mtl" else ["generate", "rank"])
+    if method != "mtl":  # a rank-only run at another training scale reuses the cached rank row
+        config = tiny_config(data_dir, "inclora")
+        config["data"]["max_train_per_label"] = 2
+        other = json.loads(run("inclora", config, tmp_path, load_model=Loader()).read_text())
+        assert other["zero_shot_example_scores"] == result["secondary"]["rank"]["zero_shot_example_scores"]
+        assert len(list((tmp_path / "results" / "zero_shot").glob("*.json"))) == 2
 
 
 def test_config_hash_covers_what_a_result_depends_on():
