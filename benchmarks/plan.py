@@ -142,6 +142,12 @@ def work(method: str, order: int, seed: int, config: dict) -> dict:
             "zero_shot_examples": zero}  # fmt: skip
 
 
+def protocol_key(config: dict) -> str:
+    """The scoring protocols of a run, e.g. ``generate+rank``: an evaluated example costs one scoring by each."""
+    methods = config["trainer"]["evaluation_method"]
+    return methods if isinstance(methods, str) else "+".join(methods)
+
+
 def cost_key(config: dict) -> str:
     """The settings that change the CPU cost of one step or one evaluated example."""
     training = config["training"]
@@ -173,8 +179,8 @@ def costs_from_results() -> dict:
             steps[key, b["method"]][1] += n_steps
         n_eval = sum(sum(d.get("eval_examples", [])) for d in details)
         if n_eval:
-            evals[key, b["config"]["trainer"]["evaluation_method"]][0] += b["wall_seconds"] - train
-            evals[key, b["config"]["trainer"]["evaluation_method"]][1] += n_eval
+            evals[key, protocol_key(b["config"])][0] += b["wall_seconds"] - train
+            evals[key, protocol_key(b["config"])][1] += n_eval
     return {"step": {k: s / n for k, (s, n) in steps.items()}, "eval": {k: s / n for k, (s, n) in evals.items()}}
 
 
@@ -248,7 +254,7 @@ def unit_costs(runs: list[Run], model_cache: str | None, remeasure: bool) -> dic
 
 def price(run: Run, amount: dict, observed: dict, measured: dict, ratios: dict) -> tuple[float, str] | None:
     """(CPU seconds, where the unit costs came from) of one run, or None when nothing prices it."""
-    key, protocol = cost_key(run.config), run.config["trainer"]["evaluation_method"]
+    key, protocol = cost_key(run.config), protocol_key(run.config)
     base = measured.get(key)
     if (key, run.method) in observed["step"]:
         step, source = observed["step"][key, run.method], "results"
@@ -259,7 +265,8 @@ def price(run: Run, amount: dict, observed: dict, measured: dict, ratios: dict) 
     if (key, protocol) in observed["eval"]:
         per_example = observed["eval"][key, protocol]
     elif base:
-        per_example, source = base["eval_seconds_per_example"][protocol], source + ", eval measured"
+        per_example = sum(base["eval_seconds_per_example"][p] for p in protocol.split("+"))
+        source += ", eval measured"
     else:
         return None
     examples = amount["eval_examples"] + amount["zero_shot_examples"]
@@ -272,7 +279,8 @@ def projection(runs: list[Run], costs: dict, jobs: int) -> str:
     seen_zero = set()
     for run in runs:
         amount = work(run.method, run.order, run.seed, run.config)
-        zero_key = (run.order, run.seed, json.dumps(run.config["data"], sort_keys=True), cost_key(run.config))
+        test_set = {k: v for k, v in run.config["data"].items() if k != "max_train_per_label"}  # as the cache is keyed
+        zero_key = (run.order, run.seed, json.dumps(test_set, sort_keys=True), cost_key(run.config), protocol_key(run.config))
         if zero_key in seen_zero:  # the base model's scores are cached and shared by the methods of one order/seed
             amount["zero_shot_examples"] = 0
         seen_zero.add(zero_key)
