@@ -45,6 +45,7 @@ into an OUTPUT_DIR that holds such progress without that flag stops with an erro
 """
 
 import argparse
+import copy
 import dataclasses
 import json
 import logging
@@ -65,6 +66,7 @@ from transformers.utils import check_min_version
 from transformers.utils.versions import require_version
 
 from peft_continual import ContinualResult, ContinualTrainer, TaskSpecError, load_continual_tasks
+from peft_continual.io_utils import atomic_write_text
 from peft_continual.methods import registered_methods
 from peft_continual.persistence import ContinualStateError, read_state
 from peft_continual.tasks import DATA_DIR_ENV, packaged_demo_dir
@@ -355,8 +357,12 @@ METHOD_FLAGS = _method_flags()
 
 class _ContinualArgumentsChecks:
     def __post_init__(self):
-        if self.cl_method is not None and self.cl_method not in registered_methods():
-            raise ValueError(f"unknown --cl_method {self.cl_method!r}: choose one of {', '.join(registered_methods())}")
+        for flag, methods in (("cl_method", [self.cl_method]), ("compare_with", self.compare_with or [])):
+            for method in methods:
+                if method is not None and method not in registered_methods():
+                    raise ValueError(f"unknown --{flag} {method!r}: choose from {', '.join(registered_methods())}")
+        if self.compare_with and self.continue_from:
+            raise ValueError("--compare_with trains every method from the base model: it cannot --continue_from a run")
         for flag, spec in METHOD_FLAGS.items():
             value = getattr(self, flag)
             if value is not None and len(_members(spec.hint)) > 1:  # read as a list of strings
@@ -373,6 +379,13 @@ ContinualArguments = dataclasses.make_dataclass(
             "choices": list(registered_methods()),
         })),
         *((flag, Optional[spec.flag_type], spec.field) for flag, spec in METHOD_FLAGS.items()),
+        ("compare_with", Optional[list[str]], field(default=None, metadata={
+            "help": "Also train these methods (e.g. seqlora) on the same tasks, model and arguments, before "
+            "--cl_method; each run goes to OUTPUT_DIR/<method>/. Then print what every method forgot of each earlier "
+            "task, with a paired interval for the difference, and draw the score matrices side by side "
+            "(OUTPUT_DIR/comparison.png, comparison.json). Hyper-parameter flags apply to the methods that have them. "
+            "The demo compares with seqlora.",
+        })),
         ("continue_from", Optional[str], field(default=None, metadata={
             "help": "A folder written by save_continual (e.g. OUTPUT_DIR/final): restore its adapters, method state "
             "and accuracy matrix, then train --continual_tasks as further tasks."
@@ -489,13 +502,14 @@ def resume_requested(training_args: TrainingArguments) -> bool:
     return flag
 
 
-def method_hyperparameters(cl_args, method: str) -> dict:
-    """Config keyword arguments for the hyper-parameters given; one that ``method`` does not have is an error."""
+def method_hyperparameters(cl_args, method: str, strict: bool = True) -> dict:
+    """Config keyword arguments for the hyper-parameters given; one that ``method`` does not have is an error
+    (``strict``) or left out (a method run only for comparison)."""
     own = set(registered_methods()[method].hyperparameters())
     kwargs = {}
     for flag, key in HYPERPARAMETERS.items():
         value = getattr(cl_args, flag)
-        if value is None:
+        if value is None or (key not in own and not strict):
             continue
         if key not in own:
             owners = [name for name, m in registered_methods().items() if key in m.hyperparameters()]
@@ -504,10 +518,17 @@ def method_hyperparameters(cl_args, method: str) -> dict:
     return kwargs
 
 
-def build_peft_config(cl_args):
-    """The method's PEFT config; building it validates every hyper-parameter before any model is loaded."""
-    method = cl_args.cl_method or DEFAULT_METHOD
-    return registered_methods()[method].config_class(task_type="CAUSAL_LM", **method_hyperparameters(cl_args, method))
+def methods_to_run(cl_args) -> list[str]:
+    """The --compare_with methods, then --cl_method (each once)."""
+    return list(dict.fromkeys([*(cl_args.compare_with or []), cl_args.cl_method or DEFAULT_METHOD]))
+
+
+def build_peft_config(cl_args, method: Optional[str] = None):
+    """The method's PEFT config (default: --cl_method's); building it validates every hyper-parameter before any
+    model is loaded."""
+    main_method = cl_args.cl_method or DEFAULT_METHOD
+    method, strict = method or main_method, method in (None, main_method)
+    return registered_methods()[method].config_class(task_type="CAUSAL_LM", **method_hyperparameters(cl_args, method, strict))
 
 
 def check_continue_from(cl_args, state: dict, tasks) -> None:
@@ -614,13 +635,17 @@ def setup_logging(training_args: TrainingArguments) -> None:
 
 
 def main(argv: Optional[list[str]] = None) -> ContinualResult:
+    """Train --cl_method (after each --compare_with method); returns --cl_method's result."""
     # Everything that can be wrong with the arguments or the data fails here, before any model is loaded.
     try:
         model_args, data_args, cl_args, training_args = parse_args(argv)
         tasks = load_tasks(data_args, seed=training_args.data_seed or training_args.seed, demo=cl_args.demo)
         if cl_args.continue_from:
             check_continue_from(cl_args, read_state(cl_args.continue_from)[0], tasks)
-        peft_config = None if cl_args.continue_from else build_peft_config(cl_args)
+        methods = [None] if cl_args.continue_from else methods_to_run(cl_args)
+        peft_configs = {method: method and build_peft_config(cl_args, method) for method in methods}
+        if len(methods) > 1 and training_args.push_to_hub:
+            raise ValueError("--compare_with trains several runs: push one of them (drop --compare_with) instead")
     except TaskSpecError as exc:
         raise SystemExit(f"error: {exc}\n{TASKS_HELP}") from None
     except ValueError as exc:  # bad hyper-parameters, TrainingArguments or --continue_from folder
@@ -628,6 +653,24 @@ def main(argv: Optional[list[str]] = None) -> ContinualResult:
 
     setup_logging(training_args)
     logger.info(f"Tasks: {', '.join(f'{t.name} ({len(t.train)} train, {len(t.eval)} eval)' for t in tasks)}")
+    output_dir, results = Path(training_args.output_dir), {}
+    for method, peft_config in peft_configs.items():
+        args = training_args
+        if len(methods) > 1:  # each method in its own folder (copy.copy: replace() would reset the accelerator)
+            args = copy.copy(training_args)
+            args.output_dir = str(output_dir / method)
+        zero_shot = next(iter(results.values()), None)  # the base model's scores, measured by the first run only
+        results[method] = train_method(model_args, data_args, cl_args, args, tasks, peft_config, zero_shot)
+    if len(results) > 1 and training_args.should_save:
+        compare(results, output_dir)
+    return results[methods[-1]]
+
+
+def train_method(model_args, data_args, cl_args, training_args, tasks, peft_config, zero_shot=None) -> ContinualResult:
+    """One continual run into ``training_args.output_dir``: train, save, write the matrix as JSON and heatmap.
+
+    ``zero_shot``: a result on the same tasks whose zero-shot rows (the same base model) this run reuses.
+    """
     set_seed(training_args.seed)
     try:
         model, tokenizer = load_model(model_args, cl_args.demo)
@@ -643,19 +686,24 @@ def main(argv: Optional[list[str]] = None) -> ContinualResult:
         "evaluate_seen": data_args.evaluate_seen,
     }
     options = {k: v for k, v in options.items() if v is not None}
+    evaluate_zero_shot = data_args.evaluate_zero_shot and zero_shot is None
     if cl_args.continue_from:
         try:
             trainer = ContinualTrainer.from_continual(
                 cl_args.continue_from, model, training_args, processing_class=tokenizer,
-                allow_other_base=cl_args.allow_other_base, evaluate_zero_shot=data_args.evaluate_zero_shot, **options,
+                allow_other_base=cl_args.allow_other_base, evaluate_zero_shot=evaluate_zero_shot, **options,
             )  # fmt: skip
         except ContinualStateError as exc:
             raise SystemExit(f"error: {exc}") from None
     else:
         trainer = ContinualTrainer(
             model=get_peft_model(model, peft_config), args=training_args, processing_class=tokenizer,
-            evaluate_zero_shot=data_args.evaluate_zero_shot, **options,
+            evaluate_zero_shot=evaluate_zero_shot, **options,
         )  # fmt: skip
+    if zero_shot is not None and data_args.evaluate_zero_shot:
+        for protocol, result in {trainer.result.evaluation_method: trainer.result, **trainer.result.secondary}.items():
+            source = zero_shot if protocol == zero_shot.evaluation_method else zero_shot.secondary[protocol]
+            result.zero_shot, result.zero_shot_example_scores = source.zero_shot, source.zero_shot_example_scores
     result = trainer.train_continual(tasks, resume_from_checkpoint=resume_requested(training_args))
 
     output_dir = Path(training_args.output_dir)
@@ -673,6 +721,64 @@ def main(argv: Optional[list[str]] = None) -> ContinualResult:
             f"Further tasks: python {sys.argv[0]} --continue_from {final} --continual_tasks ..."
         )
     return result
+
+
+def forgot(backward_transfer: float) -> str:
+    points = round(-100 * backward_transfer, 1)
+    return f"forgot {points:.1f} points" if points > 0 else f"forgot nothing ({-points:+.1f} points)"
+
+
+def forgetting_contrast(results: dict[str, ContinualResult]) -> list[str]:
+    """What each method kept of the earlier tasks, in words, with a paired interval against the first method."""
+    from peft_continual.statistics import MissingExampleScores, RunScores, paired_comparison
+
+    titles = {name: method.title.split(" (")[0] for name, method in registered_methods().items()}  # "SeqLoRA"
+    names, first = list(results), next(iter(results.values()))
+    examples = len(first.example_scores[-1][0] or [])
+    lines = [f"How much of each earlier task was kept ({first.evaluation_method} scoring, {examples} test examples "
+             f"per task, one seed): score just after training it -> after the last task"]  # fmt: skip
+    for name, result in results.items():
+        R = result.accuracy_matrix
+        cells = ", ".join(f"{task} {100 * R[j][j]:.1f}% -> {100 * R[-1][j]:.1f}%"
+                          for j, task in enumerate(result.task_names[:-1]))  # fmt: skip
+        lines.append(f"  {titles[name]:<8} {cells}   BWT {100 * result.backward_transfer:+.1f}")
+    baseline = titles[names[0]]
+    for name, result in list(results.items())[1:]:
+        summary = (f"{baseline} {forgot(first.backward_transfer)} of the earlier tasks on average; "
+                   f"{titles[name]} {forgot(result.backward_transfer)}")  # fmt: skip
+        try:
+            paired = [RunScores.from_result(r.to_dict()) for r in (result, first)]
+            diff = paired_comparison([paired[0]], [paired[1]])["backward_transfer"]
+        except MissingExampleScores:
+            diff = None
+        if diff is not None:
+            verdict = "a real difference" if diff.significant else "not distinguishable from noise at this size"
+            summary += (f" ({titles[name]} - {baseline}: {100 * diff.estimate:+.1f} points, 95% interval "
+                        f"[{100 * diff.low:+.1f}, {100 * diff.high:+.1f}] over the test examples: {verdict})")
+        lines.append(summary + ".")
+    return lines
+
+
+def compare(results: dict[str, ContinualResult], output_dir: Path) -> None:
+    """Print the contrast; write comparison.json (every run's summary) and comparison.png (matrices side by side)."""
+    from matplotlib.figure import Figure
+
+    lines = forgetting_contrast(results)
+    print("\n" + "\n".join(lines))
+    summary = {"contrast": lines, "runs": {m: {"output_dir": str(output_dir / m), **r.summary(),
+                                               "task_backward_transfer": r.task_backward_transfer}
+                                           for m, r in results.items()}}  # fmt: skip
+    atomic_write_text(output_dir / "comparison.json", json.dumps(summary, indent=2) + "\n")
+    first = next(iter(results.values()))
+    size = 1.2 + 0.9 * len(first.task_names)
+    fig = Figure(figsize=(len(results) * (size + 0.8) + 1.2, size + 0.5 * (first.zero_shot is not None)))
+    axes = fig.subplots(1, len(results))
+    for ax, result in zip(axes, results.values()):
+        image = draw_accuracy_matrix(ax, result)
+        ax.set_title(f"{result.method}: BWT {100 * result.backward_transfer:+.1f}")
+    fig.colorbar(image, ax=list(axes), label=f"score (%), {first.evaluation_method} scoring")
+    fig.savefig(output_dir / "comparison.png", dpi=150, bbox_inches="tight")
+    print(f"Side by side: {output_dir / 'comparison.png'}; per method: {output_dir}/<method>/")
 
 
 if __name__ == "__main__":

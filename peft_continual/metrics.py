@@ -6,7 +6,7 @@ Each task has its own metric (accuracy, exact match, F1, ROUGE-L, edit similarit
 Definitions (per task, i.e. macro; 0-based indices, T tasks trained so far):
 
 * average accuracy  AA  = mean_j R[T-1][j]
-* backward transfer BWT = mean_{j<T-1} (R[T-1][j] - R[j][j])
+* backward transfer BWT = mean_{j<T-1} (R[T-1][j] - R[j][j])   (per task: ``task_backward_transfer``)
 * forward transfer  FWT = mean_{j>0} (R[j-1][j] - R0[j]), R0 = the base model's zero-shot accuracy
 * forgetting        F   = mean_{j<T-1} (max_{l<T-1} R[l][j] - R[T-1][j])
 
@@ -73,9 +73,15 @@ class ContinualResult:
         return None if final is None else _mean(final)
 
     @property
-    def backward_transfer(self) -> Optional[float]:
+    def task_backward_transfer(self) -> Optional[list[Optional[float]]]:
+        """R[T-1][j] - R[j][j] for each earlier task j: what the later tasks did to it (None where not scored)."""
         R, T, final = self.accuracy_matrix, self.num_trained, self._final()
-        return None if final is None else _mean([_diff(final[j], R[j][j]) for j in range(T - 1)])
+        return None if final is None else [_diff(final[j], R[j][j]) for j in range(T - 1)]
+
+    @property
+    def backward_transfer(self) -> Optional[float]:
+        per_task = self.task_backward_transfer
+        return None if per_task is None else _mean(per_task)
 
     @property
     def forgetting(self) -> Optional[float]:

@@ -275,6 +275,45 @@ def test_end_to_end_with_a_tiny_model_then_continue(script, tmp_path, tokenizer,
     result = script.main([*switch, "--output_dir", str(tmp_path / "switch"), "--allow_other_base", "true"])
     assert result.task_names == ["colors", "animals", "fruits", "new"]
 
+def test_compare_with_trains_each_method_and_prints_the_contrast(script, tmp_path, tokenizer, task_files, capsys):
+    """--compare_with: one run per method in its own folder, the zero-shot row measured once and shared, the
+    contrast printed with its paired interval, the matrices drawn side by side; a flag of one method only applies
+    to that method."""
+    model, _ = tiny_model("llama", tokenizer)
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    out = tmp_path / "out"
+    result = script.main(["--model_name_or_path", str(tmp_path / "model"), "--max_source_length", "48", "--use_cpu",
+                          "--per_device_train_batch_size", "4", "--learning_rate", "5e-3", "--disable_tqdm", "true",
+                          "--continual_tasks", *task_files[:2], "--output_dir", str(out), "--cl_method", "replay",
+                          "--compare_with", "seqlora", "--replay_buffer_size", "8", "--target_modules", "q_proj",
+                          "--evaluation_method", "generate", "rank", "--evaluate_zero_shot", "true"])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert result.method == "replay" and printed.count("zero-shot: ") == 1
+    runs = {m: json.loads((out / m / "accuracy_matrix.json").read_text()) for m in ("seqlora", "replay")}
+    for protocol in (None, "rank"):
+        seq, rep = ((r if protocol is None else r["secondary"][protocol]) for r in runs.values())
+        assert seq["zero_shot_example_scores"] == rep["zero_shot_example_scores"] is not None
+    assert (out / "seqlora" / "final" / "continual_state.json").is_file() and (out / "replay" / "final").is_dir()
+    comparison = json.loads((out / "comparison.json").read_text())
+    assert comparison["runs"]["replay"]["backward_transfer"] == pytest.approx(result.backward_transfer)
+    assert (out / "comparison.png").read_bytes()[:4] == b"\x89PNG"
+    contrast = comparison["contrast"]
+    assert contrast[-1].startswith("SeqLoRA forgot") and "ER forgot" in contrast[-1] and "95% interval" in contrast[-1]
+    assert contrast[-1] in printed and "colors" in contrast[1]
+
+
+def test_compare_with_errors_before_any_model(script, tmp_path, no_model, task_files):
+    with pytest.raises(SystemExit, match="unknown --compare_with 'seqlorra'"):
+        script.main(model_argv(tmp_path, "--continual_tasks", task_files[0], "--compare_with", "seqlorra"))
+    with pytest.raises(SystemExit, match="cannot --continue_from"):
+        script.main(model_argv(tmp_path, "--continual_tasks", task_files[0], "--compare_with", "seqlora",
+                               "--continue_from", str(tmp_path)))  # fmt: skip
+    with pytest.raises(SystemExit, match="push one of them"):
+        script.main(model_argv(tmp_path, "--continual_tasks", task_files[0], "--compare_with", "seqlora",
+                               "--push_to_hub", "--hub_model_id", "me/x"))  # fmt: skip
+
+
 @pytest.mark.parametrize("value,expected", [("false", False), ("False", False), ("true", True), (None, False)])
 def test_resume_from_checkpoint_flag(script, tmp_path, tokenizer, task_files, monkeypatch, value, expected):
     """--resume_from_checkpoint false does not resume (Trainer keeps the string "false", which is not None)."""
