@@ -33,6 +33,7 @@ from .metrics import ContinualResult
 from .target_logits import supports_target_logits, with_target_logits
 from .persistence import (
     ContinualStateError,
+    base_differences,
     base_fingerprint,
     check_folder_is_safe,
     load_adapter_weights,
@@ -348,6 +349,12 @@ class ContinualTrainer(Trainer):
                 f"{folder!r} holds a {state['config_class']} run over tasks {saved}, not a "
                 f"{type(self.method.config).__name__} run over {expected}: resume with the same method and tasks, "
                 "or use another output_dir"
+            )
+        differences = base_differences((state.get("base_model") or {}).get("fingerprint"), self.base_fingerprint)
+        if differences:
+            raise ContinualStateError(
+                f"{folder!r} was trained on another base model ({state['base_model'].get('name_or_path')!r}), not "
+                f"the base model given: its weights differ in {differences}. Resume with the run's base model."
             )
         load_adapter_weights(self.peft_model, folder, state["adapters"], self.method.config)
         self.method.load_state_dict(state["method_state"], tensors, self.peft_model)

@@ -131,18 +131,20 @@ def test_sigkill_inside_or_between_tasks_resumes_to_the_same_run(method, killed_
         assert result["accuracy_matrix"] == reference["accuracy_matrix"], place
 
 
-def test_resuming_with_other_tasks_is_refused(tokenizer, tmp_path):
+def test_resuming_with_other_tasks_or_another_base_is_refused(tokenizer, tmp_path):
     from peft import get_peft_model
 
     from conftest import memorised_task, tiny_model, training_args
     from peft_continual import ContinualTrainer, NLoraConfig
     from peft_continual.persistence import ContinualStateError
 
-    def trainer():
-        model, targets = tiny_model("llama", tokenizer)
+    def trainer(seed=0):
+        model, targets = tiny_model("llama", tokenizer, seed=seed)
         return ContinualTrainer(model=get_peft_model(model, NLoraConfig(r=4, target_modules=targets)),
                                 args=training_args(tmp_path, num_train_epochs=1), processing_class=tokenizer)  # fmt: skip
 
     trainer().train_continual([memorised_task("colors", 4)])
     with pytest.raises(ContinualStateError, match=r"over tasks \['colors'\], not a NLoraConfig run over \['fruits'\]"):
         trainer().train_continual([memorised_task("fruits", 4)], resume_from_checkpoint=True)
+    with pytest.raises(ContinualStateError, match=r"not the base model .* its weights differ in \["):  # same shapes
+        trainer(seed=1).train_continual([memorised_task("colors", 4)], resume_from_checkpoint=True)
