@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import fcntl
 import hashlib
 import json
 import re
@@ -155,13 +156,23 @@ def zero_shot(config: dict, model, tokenizer, tasks, order: int, seed: int, resu
     subsample does not enter the key: the test sample is drawn independently of it). Evaluation dominates a run
     at this scale; sharing R0 saves one round of it per method.
     """
+    folder = results / "zero_shot"
+    folder.mkdir(parents=True, exist_ok=True)
+    # Runs of one order and seed started side by side would each measure the same row: the first measures it
+    # while the others wait for it here, then read it from the cache.
+    with open(folder / f".order{order}_seed{seed}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _zero_shot_locked(config, model, tokenizer, tasks, order, seed, folder)
+
+
+def _zero_shot_locked(config, model, tokenizer, tasks, order, seed, folder: Path) -> dict[str, dict]:
     data, options = config["data"], config["trainer"]
     cached, missing = {}, []
     paths = {}
     for protocol in protocols(config):
         key = json.dumps([order, seed, data["data_dir"], data["max_eval_samples"], protocol, options["max_source_length"],
                           options.get("chat_template", "off")])  # fmt: skip
-        paths[protocol] = results / "zero_shot" / f"order{order}_seed{seed}_{protocol}_{hashlib.sha1(key.encode()).hexdigest()[:8]}.json"
+        paths[protocol] = folder / f"order{order}_seed{seed}_{protocol}_{hashlib.sha1(key.encode()).hexdigest()[:8]}.json"
         if paths[protocol].exists():
             cached[protocol] = json.loads(paths[protocol].read_text())
         else:
