@@ -89,7 +89,10 @@ def test_demo_defaults_yield_to_explicit_arguments(script):
     assert cl_args.demo and model_args.model_name_or_path is None
     assert data_args.continual_tasks == ["yahoo"] and training_args.num_train_epochs == 3
     assert training_args.use_cpu and training_args.save_strategy == "no"
-    assert data_args.max_train_samples == script.DEMO_DEFAULTS["max_train_samples"]
+    assert data_args.max_train_per_label == script.DEMO_DEFAULTS["max_train_per_label"]
+    assert cl_args.cl_method == "replay" and cl_args.compare_with == ["seqlora"]
+    continued = script.parse_args(["--continual_tasks", "yahoo", "--continue_from", "out/final"])[2]
+    assert continued.cl_method is None and continued.compare_with is None  # the saved run decides
 
 
 def test_demo_with_a_model_is_an_error(script, tmp_path):
@@ -131,7 +134,8 @@ def test_demo_without_benchmark_data_reads_the_packaged_sample(script, no_model,
     tasks = script.load_tasks(data_args, seed=0, demo=True)
     assert [t.name for t in tasks] == ["dbpedia", "amazon", "agnews"]
     assert all(Path(t.source).is_relative_to(packaged_demo_dir()) for t in tasks)
-    assert [len(t.train) for t in tasks] == [script.DEMO_DEFAULTS["max_train_samples"]] * 3
+    per_label = script.DEMO_DEFAULTS["max_train_per_label"]
+    assert [len(t.train) for t in tasks] == [14 * per_label, 5 * per_label, 4 * per_label]  # label-balanced
 
 
 def test_data_dir_selects_the_full_data(script, tmp_path, monkeypatch):
