@@ -740,6 +740,8 @@ def forgetting_contrast(results: dict[str, ContinualResult]) -> list[str]:
 
     titles = {name: method.title.split(" (")[0] for name, method in registered_methods().items()}  # "SeqLoRA"
     names, first = list(results), next(iter(results.values()))
+    if any(r.backward_transfer is None for r in results.values()):
+        return ["Forgetting needs at least two trained tasks: nothing to contrast."]
     examples = len(first.example_scores[-1][0] or [])
     lines = [f"How much of each earlier task was kept ({first.evaluation_method} scoring, {examples} test examples "
              f"per task, one seed): score just after training it -> after the last task"]  # fmt: skip
@@ -758,7 +760,7 @@ def forgetting_contrast(results: dict[str, ContinualResult]) -> list[str]:
         except MissingExampleScores:
             diff = None
         if diff is not None:
-            verdict = "a real difference" if diff.significant else "not distinguishable from noise at this size"
+            verdict = "significant" if diff.significant else "not significant: the interval includes 0"
             summary += (f" ({titles[name]} - {baseline}: {100 * diff.estimate:+.1f} points, 95% interval "
                         f"[{100 * diff.low:+.1f}, {100 * diff.high:+.1f}] over the test examples: {verdict})")
         lines.append(summary + ".")
@@ -781,7 +783,8 @@ def compare(results: dict[str, ContinualResult], output_dir: Path) -> None:
     axes = fig.subplots(1, len(results))
     for ax, result in zip(axes, results.values()):
         image = draw_accuracy_matrix(ax, result)
-        ax.set_title(f"{result.method}: BWT {100 * result.backward_transfer:+.1f}")
+        if result.backward_transfer is not None:
+            ax.set_title(f"{result.method}: BWT {100 * result.backward_transfer:+.1f}")
     fig.colorbar(image, ax=list(axes), label=f"score (%), {first.evaluation_method} scoring")
     fig.savefig(output_dir / "comparison.png", dpi=150, bbox_inches="tight")
     print(f"Side by side: {output_dir / 'comparison.png'}; per method: {output_dir}/<method>/")

@@ -307,6 +307,11 @@ def test_compare_with_trains_each_method_and_prints_the_contrast(script, tmp_pat
     assert contrast[-1] in printed and "colors" in contrast[1]
 
 
+def test_contrast_of_a_single_task_says_there_is_nothing_to_contrast(script):
+    one = {m: ContinualResult(task_names=["a"], accuracy_matrix=[[0.5]], method=m) for m in ("seqlora", "replay")}
+    assert script.forgetting_contrast(one) == ["Forgetting needs at least two trained tasks: nothing to contrast."]
+
+
 def test_compare_with_errors_before_any_model(script, tmp_path, no_model, task_files):
     with pytest.raises(SystemExit, match="unknown --compare_with 'seqlorra'"):
         script.main(model_argv(tmp_path, "--continual_tasks", task_files[0], "--compare_with", "seqlorra"))
