@@ -781,8 +781,9 @@ def compare(results: dict[str, ContinualResult], output_dir: Path) -> None:
     size = 1.2 + 0.9 * len(first.task_names)
     fig = Figure(figsize=(len(results) * (size + 0.8) + 1.2, size + 0.5 * (first.zero_shot is not None)))
     axes = fig.subplots(1, len(results))
-    for ax, result in zip(axes, results.values()):
+    for k, (ax, result) in enumerate(zip(axes, results.values())):
         image = draw_accuracy_matrix(ax, result)
+        ax.tick_params(labelleft=k == 0)  # the rows are the same in every panel
         if result.backward_transfer is not None:
             ax.set_title(f"{result.method}: BWT {100 * result.backward_transfer:+.1f}")
     fig.colorbar(image, ax=list(axes), label=f"score (%), {first.evaluation_method} scoring")
