@@ -140,6 +140,7 @@ def test_every_runner_scores_both_protocols_per_example(tmp_path, data_dir, meth
     if method != "mtl":  # a rank-only run at another training scale reuses the cached rank row
         config = tiny_config(data_dir, "inclora")
         config["data"]["max_train_per_label"] = 2
+        config["trainer"]["evaluation_method"] = "rank"
         other = json.loads(run("inclora", config, tmp_path, load_model=Loader()).read_text())
         assert other["zero_shot_example_scores"] == result["secondary"]["rank"]["zero_shot_example_scores"]
         assert len(list((tmp_path / "results" / "zero_shot").glob("*.json"))) == 2
@@ -196,7 +197,8 @@ def test_plan_unit_costs_from_results_and_measurement(tmp_path, monkeypatch):
     observed = plan.costs_from_results()
     key = plan.cost_key(run.config)
     assert observed["step"][key, "nlora"] == pytest.approx(10.0 / 5)
-    assert observed["eval"][key, "rank"] == pytest.approx((30.0 - 10.0) / 10)
+    assert plan.protocol_key(run.config) == "generate+rank"  # an example costs one scoring per protocol
+    assert observed["eval"][key, "generate+rank"] == pytest.approx((30.0 - 10.0) / 10)
     amount = {"steps": 7, "eval_examples": 11, "zero_shot_examples": 5}
     seconds, source = plan.price(run, amount, observed, {}, {})
     assert seconds == pytest.approx(plan.LOAD_SECONDS + 7 * 2.0 + 16 * 2.0) and source == "results"
@@ -204,6 +206,9 @@ def test_plan_unit_costs_from_results_and_measurement(tmp_path, monkeypatch):
     seconds, source = plan.price(plan.Run("olora", 1, 0), amount, observed, measured, {"olora": 1.1})
     assert seconds == pytest.approx(plan.LOAD_SECONDS + 7 * 3.0 * 1.1 + 16 * 2.0) and "step_time" in source
     assert plan.price(plan.Run("olora", 1, 0), amount, observed, {}, {"olora": 1.1}) is None
+    no_results = {"step": {}, "eval": {}}  # eval priced from the measurement: the sum over the two protocols
+    seconds, _ = plan.price(plan.Run("olora", 1, 0), amount, no_results, measured, {"olora": 1.1})
+    assert seconds == pytest.approx(plan.LOAD_SECONDS + 7 * 3.0 * 1.1 + 16 * (0.5 + 1.5))
 
 
 def test_plan_measures_unit_costs_with_the_runs_code(data_dir):
