@@ -30,6 +30,7 @@ import argparse
 import contextlib
 import copy
 import fcntl
+import gzip
 import hashlib
 import json
 import re
@@ -49,9 +50,9 @@ from common import environment
 from peft_continual import STANDARD_ORDERS, ContinualResult, ContinualTrainer, evaluate_task, load_continual_tasks
 from peft_continual.methods import config_classes
 from peft_continual.demo_model import load_smollm2
-from peft_continual.io_utils import atomic_directory, atomic_write_text
+from peft_continual.io_utils import atomic_directory, atomic_write_bytes, atomic_write_text
 from peft_continual.tasks import GENERATION, ContinualCollator, tokenize_task
-from peft_continual.trainer import tasks_to_evaluate
+from peft_continual.trainer import PREDICTIONS_DIR, tasks_to_evaluate
 
 HERE = Path(__file__).resolve().parent
 EXPERIMENTS, RESULTS, RUNS = HERE / "experiments", HERE / "results", HERE / "runs"
@@ -294,6 +295,23 @@ def run_osf(config: dict, model, tokenizer, tasks, output_dir: str, seed: int, r
 RUNNERS = {"mtl": run_mtl, "osf": run_osf}
 
 
+def keep_predictions(folder: Path, target: Path) -> None:
+    """Every evaluation's answers, without the prompts (the test set rebuilds them), as one gzipped JSONL: what the
+    diagnosis of a method's forgetting reads (which wrong answers, after which task)."""
+    files = sorted(folder.glob("*/*.jsonl"))  # <after>/<task>.<protocol>.jsonl, as ContinualTrainer writes them
+    if not files:
+        return
+    rows = []
+    for file in files:
+        task, protocol = file.name[: -len(".jsonl")].rsplit(".", 1)
+        for index, line in enumerate(file.read_text(encoding="utf-8").splitlines()):
+            record = json.loads(line)
+            rows.append(json.dumps({"after": file.parent.name, "task": task, "protocol": protocol, "example": index,
+                                    "target": record["target"], "prediction": record["prediction"],
+                                    "score": record["score"]}, ensure_ascii=False))  # fmt: skip
+    atomic_write_bytes(target, gzip.compress(("\n".join(rows) + "\n").encode("utf-8"), mtime=0))
+
+
 def result_path(method: str, order: int, seed: int, overrides: list[str], results: Path = RESULTS) -> Path:
     name = f"{method}_order{order}_seed{seed}"
     if not overrides:
@@ -350,6 +368,7 @@ def run_benchmark(method: str, order: int, seed: int, overrides: list[str] = (),
                               "config_hash": digest, "wall_seconds": round(wall, 1), "resumed": resumed,
                               "environment": environment()})  # fmt: skip
     atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
+    keep_predictions(output_dir / PREDICTIONS_DIR, results / "predictions" / f"{path.stem}.jsonl.gz")
     shutil.rmtree(output_dir, ignore_errors=True)
     print(f"AA {100 * payload['average_accuracy']:.1f}%  wall {wall:.0f} s  -> {path}", flush=True)
     return path

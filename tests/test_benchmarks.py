@@ -3,6 +3,7 @@ exactly like uninterrupted ones, the plan runner finds the missing runs and proj
 profile's dry run goes through the same code path on the CPU."""
 
 import copy
+import gzip
 import re
 import textwrap
 import json
@@ -135,6 +136,12 @@ def test_every_runner_scores_both_protocols_per_example(tmp_path, data_dir, meth
                     assert len(examples) == 6 and value == pytest.approx(sum(examples) / 6)
         assert (scores.zero_shot_example_scores is None) == (method == "mtl")
         assert scored["average_accuracy"] is not None
+    if method == "seqlora":  # the answers are kept (without prompts) for diagnosis, and agree with the scores
+        with gzip.open(tmp_path / "results" / "predictions" / "seqlora_order1_seed0.jsonl.gz", "rt") as f:
+            rows = [json.loads(line) for line in f]
+        final = [r for r in rows if r["after"].startswith("after_4") and r["task"] == "dbpedia" and r["protocol"] == "rank"]
+        assert [r["score"] for r in final] == result["secondary"]["rank"]["example_scores"][3][0]
+        assert {r["protocol"] for r in rows} == {"generate", "rank"} and all(r["target"] for r in rows)
     cache = sorted(p.name for p in (tmp_path / "results" / "zero_shot").glob("*.json")) if method != "mtl" else []
     assert [name.split("_")[2] for name in cache] == ([] if method == "mtl" else ["generate", "rank"])
     if method != "mtl":  # a rank-only run at another training scale reuses the cached rank row
