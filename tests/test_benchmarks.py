@@ -142,6 +142,10 @@ def test_every_runner_scores_both_protocols_per_example(tmp_path, data_dir, meth
         final = [r for r in rows if r["after"].startswith("after_4") and r["task"] == "dbpedia" and r["protocol"] == "rank"]
         assert [r["score"] for r in final] == result["secondary"]["rank"]["example_scores"][3][0]
         assert {r["protocol"] for r in rows} == {"generate", "rank"} and all(r["target"] for r in rows)
+        import diagnose
+
+        table = diagnose.report(tmp_path / "results" / "predictions" / "seqlora_order1_seed0.jsonl.gz", data_dir)
+        assert table.startswith("#### seqlora_order1_seed0") and "| label of agnews |" in table
     cache = sorted(p.name for p in (tmp_path / "results" / "zero_shot").glob("*.json")) if method != "mtl" else []
     assert [name.split("_")[2] for name in cache] == ([] if method == "mtl" else ["generate", "rank"])
     if method != "mtl":  # a rank-only run at another training scale reuses the cached rank row
@@ -151,6 +155,23 @@ def test_every_runner_scores_both_protocols_per_example(tmp_path, data_dir, meth
         other = json.loads(run("inclora", config, tmp_path, load_model=Loader()).read_text())
         assert other["zero_shot_example_scores"] == result["secondary"]["rank"]["zero_shot_example_scores"]
         assert len(list((tmp_path / "results" / "zero_shot").glob("*.json"))) == 2
+
+
+def test_diagnosis_sorts_wrong_answers_by_whose_label_they_are():
+    import diagnose
+
+    labels = {"topics": ["Company", "Film"], "news": ["World", "Sports"]}
+
+    def row(after, task, prediction, score, protocol="generate"):
+        return {"after": after, "task": task, "protocol": protocol, "prediction": prediction, "score": score}
+
+    rows = [row("after_2_news", "topics", "film.", 0.0), row("after_2_news", "topics", " sports", 0.0),
+            row("after_2_news", "topics", "World", 0.0), row("after_2_news", "topics", "", 0.0),
+            row("after_2_news", "topics", "Company", 1.0), row("after_2_news", "topics", "World", 0.0, "rank"),
+            row("after_1_topics", "topics", "World", 0.0), row("after_2_news", "news", "Sports", 0.0)]  # fmt: skip
+    kinds = diagnose.wrong_answers(rows, labels)
+    assert kinds["topics"] == {"own label": 1, "label of news": 2, "other text": 1}  # rank and earlier rows ignored
+    assert kinds["news"] == {"own label": 1}
 
 
 def test_config_hash_covers_what_a_result_depends_on():
