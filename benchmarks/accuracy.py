@@ -203,7 +203,7 @@ def new_result(method: str, tasks, config: dict, r0: dict | None) -> ContinualRe
 
 def add_row(result: ContinualResult, evaluated: list[int], evaluations: dict[str, list]) -> None:
     """Append one row (the tasks ``evaluated``, in that order) to the matrix of every protocol."""
-    for protocol, target in {result.evaluation_method: result, **result.secondary}.items():
+    for protocol, target in result.by_protocol().items():
         by_task = dict(zip(evaluated, evaluations[protocol]))
         row = [by_task.get(j) for j in range(len(target.task_names))]
         target.accuracy_matrix.append([e and e.score for e in row])
@@ -221,7 +221,7 @@ def run_continual(config: dict, model, tokenizer, tasks, output_dir: str, seed: 
         processing_class=tokenizer, evaluate_zero_shot=False, **options,
     )  # fmt: skip
     if r0 is not None:  # the cached base-model scores: what evaluate_zero_shot=True would measure
-        for protocol, result in {trainer.result.evaluation_method: trainer.result, **trainer.result.secondary}.items():
+        for protocol, result in trainer.result.by_protocol().items():
             result.zero_shot, result.zero_shot_example_scores = r0[protocol]["scores"], r0[protocol]["example_scores"]
     return trainer.train_continual(tasks, resume_from_checkpoint=True)
 

@@ -707,8 +707,8 @@ def train_method(model_args, data_args, cl_args, training_args, tasks, peft_conf
             evaluate_zero_shot=evaluate_zero_shot, **options,
         )  # fmt: skip
     if zero_shot is not None and data_args.evaluate_zero_shot:
-        for protocol, result in {trainer.result.evaluation_method: trainer.result, **trainer.result.secondary}.items():
-            source = zero_shot if protocol == zero_shot.evaluation_method else zero_shot.secondary[protocol]
+        for protocol, result in trainer.result.by_protocol().items():
+            source = zero_shot.by_protocol()[protocol]
             result.zero_shot, result.zero_shot_example_scores = source.zero_shot, source.zero_shot_example_scores
     result = trainer.train_continual(tasks, resume_from_checkpoint=resume_requested(training_args))
 
@@ -739,7 +739,7 @@ def forgetting_contrast(results: dict[str, ContinualResult]) -> list[str]:
     from peft_continual.statistics import MissingExampleScores, RunScores, paired_comparison
 
     titles = {name: method.title.split(" (")[0] for name, method in registered_methods().items()}  # "SeqLoRA"
-    names, first = list(results), next(iter(results.values()))
+    first = next(iter(results.values()))
     if any(r.backward_transfer is None for r in results.values()):
         return ["Forgetting needs at least two trained tasks: nothing to contrast."]
     examples = len(first.example_scores[-1][0] or [])
@@ -750,7 +750,7 @@ def forgetting_contrast(results: dict[str, ContinualResult]) -> list[str]:
         cells = ", ".join(f"{task} {100 * R[j][j]:.1f}% -> {100 * R[-1][j]:.1f}%"
                           for j, task in enumerate(result.task_names[:-1]))  # fmt: skip
         lines.append(f"  {titles[name]:<8} {cells}   BWT {100 * result.backward_transfer:+.1f}")
-    baseline = titles[names[0]]
+    baseline = titles[next(iter(results))]
     for name, result in list(results.items())[1:]:
         summary = (f"{baseline} {forgot(first.backward_transfer)} of the earlier tasks on average; "
                    f"{titles[name]} {forgot(result.backward_transfer)}")  # fmt: skip

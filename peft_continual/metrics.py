@@ -55,6 +55,10 @@ class ContinualResult:
     def score_matrix(self) -> list[list[Optional[float]]]:
         return self.accuracy_matrix
 
+    def by_protocol(self) -> dict[str, "ContinualResult"]:
+        """This result and every secondary one, by scoring protocol (this one first)."""
+        return {self.evaluation_method: self, **self.secondary}
+
     @property
     def num_trained(self) -> int:
         return len(self.accuracy_matrix)

@@ -295,7 +295,7 @@ class ContinualTrainer(Trainer):
 
     def _cl_register_tasks(self, tasks: Sequence[ContinualTask]) -> None:
         self.tasks += tasks
-        for protocol, result in self._results().items():
+        for protocol, result in self.result.by_protocol().items():
             result.task_names += [t.name for t in tasks]
             result.task_metrics += [None if protocol == "rank" and t.kind == GENERATION else t.metric for t in tasks]
             T = len(result.task_names)
@@ -322,10 +322,6 @@ class ContinualTrainer(Trainer):
                     example_scores=[[None] * T for _ in range(rows)], evaluation_method=protocol, method=result.method,
                 )  # fmt: skip
         self.result = result
-
-    def _results(self) -> dict[str, ContinualResult]:
-        """The result of every protocol, the primary first."""
-        return {self.evaluation_method: self.result, **self.result.secondary}
 
     def _cl_refuse_to_overwrite_progress(self) -> None:
         """A fresh run must not silently start over (and overwrite) the resumable run in the same output_dir."""
@@ -390,7 +386,7 @@ class ContinualTrainer(Trainer):
         self.method.end_task(model, index, features)
         evaluated = tasks_to_evaluate(index, T, self.evaluate_unseen, self.evaluate_seen)
         evaluations = self.evaluate_tasks([self.tasks[j] for j in evaluated], stage=f"after_{index + 1}_{task.name}")
-        for protocol, result in self._results().items():
+        for protocol, result in self.result.by_protocol().items():
             row, examples = [None] * len(result.task_names), [None] * len(result.task_names)
             for j, evaluation in zip(evaluated, evaluations[protocol]):
                 if evaluation is not None:
@@ -511,7 +507,7 @@ class ContinualTrainer(Trainer):
         finally:
             model.train(was_training)
             self.restore_adapter_state()  # leaving disable_adapter() unfreezes every adapter
-        for protocol, result in self._results().items():
+        for protocol, result in self.result.by_protocol().items():
             earlier = len(result.task_names) - len(tasks)
             known = (result.zero_shot or [])[:earlier]
             known_examples = (result.zero_shot_example_scores or [])[:earlier]

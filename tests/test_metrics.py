@@ -20,6 +20,8 @@ def test_metrics_hand_computed():
     assert r.average_accuracy == pytest.approx((0.5 + 0.7 + 0.95) / 3)
     assert r.backward_transfer == pytest.approx(((0.5 - 0.9) + (0.7 - 0.8)) / 2)
     assert r.task_backward_transfer == pytest.approx([0.5 - 0.9, 0.7 - 0.8])
+    r.secondary = {"generate": ContinualResult(task_names=r.task_names, evaluation_method="generate")}
+    assert list(r.by_protocol().items()) == [("rank", r), ("generate", r.secondary["generate"])]  # primary first
     assert r.forgetting == pytest.approx(((0.9 - 0.5) + (0.8 - 0.7)) / 2)
     assert r.forward_transfer == pytest.approx(((0.2 - 0.15) + (0.3 - 0.2)) / 2)
 
