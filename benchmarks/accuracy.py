@@ -32,6 +32,7 @@ import copy
 import fcntl
 import gzip
 import hashlib
+import inspect
 import json
 import re
 import shutil
@@ -47,17 +48,28 @@ from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging as hf_logging
 
 from common import environment
-from peft_continual import STANDARD_ORDERS, ContinualResult, ContinualTrainer, evaluate_task, load_continual_tasks
+from peft_continual import (
+    GENERATION_ORDER,
+    STANDARD_ORDERS,
+    ContinualResult,
+    ContinualTrainer,
+    evaluate_task,
+    load_continual_tasks,
+)
 from peft_continual.methods import config_classes
 from peft_continual.demo_model import load_smollm2
 from peft_continual.io_utils import atomic_directory, atomic_write_bytes, atomic_write_text
-from peft_continual.tasks import GENERATION, ContinualCollator, tokenize_task
+from peft_continual.tasks import GENERATION, ContinualCollator, fit_max_new_tokens, tokenize_task, use_chat_template
 from peft_continual.trainer import PREDICTIONS_DIR, tasks_to_evaluate
 
 HERE = Path(__file__).resolve().parent
 EXPERIMENTS, RESULTS, RUNS = HERE / "experiments", HERE / "results", HERE / "runs"
 MAX_SUFFIX = 200  # of a sweep result's file name (the overrides)
 METHODS = ["seqlora", "inclora", "olora", "nlora", "replay", "ilora", "mtl", "osf"]
+# data.sequence -> its task orders: the Standard CL benchmark, or the offline generation sequence (one order)
+SEQUENCES = {"standard": STANDARD_ORDERS, "generation": {1: GENERATION_ORDER}}
+DEFAULT_BASE = "default.json"
+MAX_NEW_TOKENS = inspect.signature(ContinualTrainer.__init__).parameters["max_new_tokens"].default  # the trainer's cap
 
 
 def deep_merge(base: dict, override: dict) -> dict:
@@ -68,7 +80,7 @@ def deep_merge(base: dict, override: dict) -> dict:
     return merged
 
 
-def load_experiment(method: str, overrides: list[str], base: str = "default.json") -> dict:
+def load_experiment(method: str, overrides: list[str], base: str = DEFAULT_BASE) -> dict:
     """``base`` + <method>.json + ``--set`` overrides (values parsed as JSON, else kept as strings)."""
     config = deep_merge(json.loads((EXPERIMENTS / base).read_text()),
                         json.loads((EXPERIMENTS / f"{method}.json").read_text()))  # fmt: skip
@@ -101,6 +113,42 @@ def stored_hash(path: Path) -> str | None:
         return config_hash(b["method"], b["order"], b["seed"], b["config"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def bases() -> list[str]:
+    """The base experiments: the files of experiments/ that are not a method's."""
+    return sorted(p.name for p in EXPERIMENTS.glob("*.json") if p.stem not in METHODS)
+
+
+def results_root(base: str, results: Path = RESULTS) -> Path:
+    """Where a base experiment's results go: ``results/`` for the main one, ``results/<base stem>/`` for another
+    sequence or scale, so that their runs never share a file name or a zero-shot cache."""
+    return results if base == DEFAULT_BASE else results / Path(base).stem
+
+
+def load_tasks(config: dict, order: int, seed: int):
+    """The tasks of ``data.sequence`` (default: Standard CL) in ``order``, subsampled as the config says."""
+    data = config["data"]
+    sequence = data.get("sequence", "standard")
+    if sequence not in SEQUENCES:
+        raise SystemExit(f"data.sequence must be one of {sorted(SEQUENCES)}, got {sequence!r}")
+    if order not in SEQUENCES[sequence]:
+        raise SystemExit(f"the {sequence} sequence has orders {sorted(SEQUENCES[sequence])}, not {order}")
+    return load_continual_tasks(SEQUENCES[sequence][order], HERE.parent / data["data_dir"],
+                                max_train_per_label=data.get("max_train_per_label"),
+                                max_train_samples=data.get("max_train_samples"),
+                                max_eval_samples=data["max_eval_samples"], seed=seed)  # fmt: skip
+
+
+def fit_generation_budgets(config: dict, tokenizer, tasks) -> None:
+    """Each generation task's decoding budget, as ContinualTrainer sets it, for the runners outside it (zero-shot,
+    MTL, OSF): the longest training target, at most ``trainer.max_new_tokens``."""
+    options = config["trainer"]
+    chat = use_chat_template(tokenizer, options.get("chat_template", "off"))
+    for task in tasks:
+        if task.kind == GENERATION:
+            features = tokenize_task(tokenizer, task, options["max_source_length"], chat)
+            fit_max_new_tokens(task, features, options.get("max_new_tokens", MAX_NEW_TOKENS))
 
 
 def training_args(config: dict, output_dir: str, seed: int, save_steps: int = 0) -> TrainingArguments:
@@ -322,16 +370,17 @@ def result_path(method: str, order: int, seed: int, overrides: list[str], result
     return results / "sweeps" / f"{name}__{suffix}.json"
 
 
-def run_benchmark(method: str, order: int, seed: int, overrides: list[str] = (), *, config: dict | None = None,
-                  results: Path = RESULTS, runs: Path = RUNS, load_model=None, force: bool = False,
-                  save_steps: int = 50) -> Path:  # fmt: skip
+def run_benchmark(method: str, order: int, seed: int, overrides: list[str] = (), *, base: str = DEFAULT_BASE,
+                  config: dict | None = None, results: Path | None = None, runs: Path = RUNS, load_model=None,
+                  force: bool = False, save_steps: int = 50) -> Path:  # fmt: skip
     """Run one (method, order, seed) unless its result exists with the same config; returns the result's path.
 
-    ``config`` defaults to default.json + <method>.json + ``overrides``; ``load_model`` returns (model, tokenizer)
-    (default: SmolLM2 from peft_continual's cache).
+    ``config`` defaults to ``base`` + <method>.json + ``overrides``; ``results`` to :func:`results_root` of
+    ``base``; ``load_model`` returns (model, tokenizer) (default: SmolLM2 from peft_continual's cache).
     """
     overrides = list(overrides)
-    config = config if config is not None else load_experiment(method, overrides)
+    config = config if config is not None else load_experiment(method, overrides, base)
+    results = results if results is not None else results_root(base)
     digest = config_hash(method, order, seed, config)
     path = result_path(method, order, seed, overrides, results)
     if path.exists() and not force:
@@ -343,14 +392,12 @@ def run_benchmark(method: str, order: int, seed: int, overrides: list[str] = (),
     hf_logging.set_verbosity_warning()
     set_seed(seed)
     started = time.perf_counter()
-    data = config["data"]
-    tasks = load_continual_tasks(STANDARD_ORDERS[order], HERE.parent / data["data_dir"],
-                                 max_train_per_label=data["max_train_per_label"],
-                                 max_eval_samples=data["max_eval_samples"], seed=seed)  # fmt: skip
+    tasks = load_tasks(config, order, seed)
     model, tokenizer = (load_model or load_smollm2)()
     model.to(config.get("device", "cpu"))
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    fit_generation_budgets(config, tokenizer, tasks)
     r0 = None  # no forward transfer for the joint (mtl) upper bound
     if config["trainer"]["evaluate_zero_shot"] and method != "mtl":
         r0 = zero_shot(config, model, tokenizer, tasks, order, seed, results)
@@ -379,6 +426,9 @@ def main() -> None:
     parser.add_argument("--method", required=True, choices=METHODS)
     parser.add_argument("--order", type=int, default=1, choices=[1, 2, 3])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--base", default=DEFAULT_BASE, choices=bases(),
+                        help="base experiment in experiments/ (default.json: Standard CL; generation.json: the "
+                             "offline generation sequence); results of another base go to results/<its name>/")  # fmt: skip
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one key of the merged config, e.g. method.collision_lambda=50")  # fmt: skip
     parser.add_argument("--model-cache", default=None,
@@ -387,7 +437,8 @@ def main() -> None:
                         help="Trainer checkpoint every that many steps, so an interrupted task resumes (0: none)")
     parser.add_argument("--force", action="store_true", help="run even if the result exists with this config")
     args = parser.parse_args()
-    run_benchmark(args.method, args.order, args.seed, args.overrides, force=args.force, save_steps=args.save_steps,
+    run_benchmark(args.method, args.order, args.seed, args.overrides, base=args.base, force=args.force,
+                  save_steps=args.save_steps,
                   load_model=lambda: load_smollm2(cache_dir=args.model_cache))  # fmt: skip
 
 

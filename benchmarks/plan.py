@@ -37,7 +37,20 @@ from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
 
-from accuracy import HERE, METHODS, RESULTS, RUNS, config_hash, load_experiment, result_path, stored_hash
+from accuracy import (
+    DEFAULT_BASE,
+    HERE,
+    METHODS,
+    RESULTS,
+    RUNS,
+    bases,
+    config_hash,
+    load_experiment,
+    load_tasks,
+    result_path,
+    results_root,
+    stored_hash,
+)
 from common import environment, markdown_table
 from peft_continual.demo_model import load_smollm2
 from peft_continual.io_utils import atomic_write_text
@@ -55,7 +68,7 @@ class Run:
     order: int
     seed: int
     overrides: tuple[str, ...] = ()
-    base: str = "default.json"
+    base: str = DEFAULT_BASE
 
     @cached_property
     def config(self) -> dict:
@@ -63,7 +76,7 @@ class Run:
 
     @property
     def path(self) -> Path:
-        return result_path(self.method, self.order, self.seed, list(self.overrides), RESULTS)
+        return result_path(self.method, self.order, self.seed, list(self.overrides), results_root(self.base, RESULTS))
 
     @property
     def finished(self) -> bool:
@@ -72,6 +85,8 @@ class Run:
     def command(self, model_cache: str | None) -> list[str]:
         command = [sys.executable, str(HERE / "accuracy.py"), "--method", self.method, "--order", str(self.order),
                    "--seed", str(self.seed)]  # fmt: skip
+        if self.base != DEFAULT_BASE:
+            command += ["--base", self.base]
         for item in self.overrides:
             command += ["--set", item]
         return command + (["--model-cache", model_cache] if model_cache else [])
@@ -96,7 +111,7 @@ def expand(plan: dict) -> list[Run]:
         methods = values("method", "methods", lambda m: m in METHODS)
         orders = values("order", "orders", lambda o: o in (1, 2, 3))
         seeds = values("seed", "seeds", lambda s: isinstance(s, int) and s >= 0)
-        base = entry.get("base", "default.json")
+        base = entry.get("base", DEFAULT_BASE)
         if not (HERE / "experiments" / base).is_file():
             raise SystemExit(f"plan entry {index}: experiments/{base} does not exist")
         overrides = tuple(entry.get("set", ()))
@@ -113,12 +128,7 @@ def expand(plan: dict) -> list[Run]:
 @lru_cache(maxsize=None)
 def task_sizes(data: str, order: int, seed: int) -> tuple[tuple[int, int], ...]:
     """(train, eval) examples per task of the order, as the runner will load them."""
-    from peft_continual import STANDARD_ORDERS, load_continual_tasks
-
-    data = json.loads(data)
-    tasks = load_continual_tasks(STANDARD_ORDERS[order], HERE.parent / data["data_dir"],
-                                 max_train_per_label=data["max_train_per_label"],
-                                 max_eval_samples=data["max_eval_samples"], seed=seed)  # fmt: skip
+    tasks = load_tasks({"data": json.loads(data)}, order, seed)
     return tuple((len(t.train), len(t.eval)) for t in tasks)
 
 
@@ -151,9 +161,11 @@ def protocol_key(config: dict) -> str:
 def cost_key(config: dict) -> str:
     """The settings that change the CPU cost of one step or one evaluated example."""
     training = config["training"]
+    sequence = config["data"].get("sequence", "standard")  # another sequence: other prompts and answers
     return json.dumps({"batch": training["per_device_train_batch_size"], "length": config["trainer"]["max_source_length"],
                        "eval_batch": training["per_device_eval_batch_size"], "lora": config["lora"],
-                       "threads": config["threads"]}, sort_keys=True)  # fmt: skip
+                       "threads": config["threads"], **({"sequence": sequence} if sequence != "standard" else {})},
+                      sort_keys=True)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------- unit costs
@@ -166,7 +178,8 @@ def costs_from_results() -> dict:
     include the per-run loading too (an overestimate of a few percent).
     """
     steps, evals = defaultdict(lambda: [0.0, 0]), defaultdict(lambda: [0.0, 0])
-    for path in sorted(RESULTS.glob("accuracy/*.json")) + sorted(RESULTS.glob("sweeps/*.json")):
+    roots = sorted({results_root(base, RESULTS) for base in bases()})
+    for path in [p for root in roots for folder in ("accuracy", "sweeps") for p in sorted(root.glob(f"{folder}/*.json"))]:
         data = json.loads(path.read_text())
         b = data.get("benchmark", {})
         if b.get("resumed") or "config" not in b:

@@ -29,6 +29,7 @@ from peft_continual.statistics import MissingExampleScores, RunScores, bootstrap
 HERE = Path(__file__).resolve().parent
 RESULTS_MD = HERE / "RESULTS.md"
 ACCURACY, SWEEPS, GPU = HERE / "results" / "accuracy", HERE / "results" / "sweeps", HERE / "results" / "gpu" / "accuracy"
+GENERATION_SEQUENCE = HERE / "results" / "generation" / "accuracy"  # accuracy.py --base generation.json
 PLOTS = ACCURACY / "plots"
 BEGIN, END = "<!-- BEGIN GENERATED (benchmarks/summarize.py) -->", "<!-- END GENERATED -->"
 METHOD_ORDER = ["seqlora", "inclora", "olora", "nlora", "replay", "ilora", "osf", "mtl"]
@@ -75,15 +76,17 @@ def by_method_and_order(runs: list[dict]) -> dict[tuple[str, int], list[dict]]:
     return dict(sorted(groups.items(), key=lambda kv: (kv[0][1], rank.get(kv[0][0], 99))))
 
 
-def main_table(groups) -> str:
-    header = ["method", "order", "seeds", "AA %", "BWT", "FWT", "forgetting", "paper AA (T5-large, orders 1–3)",
-              "wall s/run"]  # fmt: skip
+def main_table(groups, published: dict | None = PUBLISHED_T5_LARGE) -> str:
+    """Per (method, order): mean ± std over seeds, with the papers' AA where ``published`` has one."""
+    paper = ["paper AA (T5-large, orders 1–3)"] if published is not None else []
+    header = ["method", "order", "seeds", "AA %", "BWT", "FWT", "forgetting", *paper, "wall s/run"]
     rows = []
     for (method, order), runs in groups.items():
         cells = [pct([r[key] for r in runs]) for key in METRICS]
         wall = statistics.mean(r["benchmark"]["wall_seconds"] for r in runs)
         seeds = ",".join(str(r["benchmark"]["seed"]) for r in runs)
-        rows.append([method, order, seeds, *cells, PUBLISHED_T5_LARGE.get(method, "—"), f"{wall:.0f}"])
+        paper_cell = [published.get(method, "—")] if published is not None else []
+        rows.append([method, order, seeds, *cells, *paper_cell, f"{wall:.0f}"])
     return markdown_table(header, rows)
 
 
@@ -241,10 +244,10 @@ def paired_table(runs: list[dict], protocol: str) -> str:
     return markdown_table(["A − B", "runs paired", "ΔAA", "ΔBWT", "ΔFWT", "Δforgetting", "verdict (AA)"], rows)
 
 
-def statistics_sections(runs: list[dict]) -> list[str]:
+def statistics_sections(runs: list[dict], names: dict[str, str] = PROTOCOL_NAMES) -> list[str]:
     parts = []
     for protocol in protocols(runs):
-        name = PROTOCOL_NAMES.get(protocol, protocol)
+        name = names.get(protocol, protocol)
         if not any(run_scores(r, protocol) for r in runs if scored(r, protocol)):
             parts.append(f"### Intervals and paired comparisons, {name}\n\nNo interval: none of these results carries "
                          "per-example scores (they were written before results recorded them).")  # fmt: skip
@@ -378,6 +381,17 @@ def generated_section(runs: list[dict], sweeps: list[dict]) -> str:
     if gpu:
         parts += ["## GPU profile (`python benchmarks/gpu_profile.py`; results in `results/gpu/`)",
                   overall_table(gpu), main_table(by_method_and_order(gpu)), *statistics_sections(gpu)]  # fmt: skip
+    generation = load(GENERATION_SEQUENCE) if GENERATION_SEQUENCE.is_dir() else []
+    if generation:
+        parts += ["## Offline generation sequence (amazon-title → arithmetic → spelling; "
+                  "`accuracy.py --base generation.json`, results in `results/generation/`)",
+                  "Scores are each task's own metric (ROUGE-L, exact match, edit similarity), in points.",
+                  main_table(by_method_and_order(generation), published=None),
+                  *statistics_sections(generation, {"generate": "greedy generation, each task's metric"})]  # fmt: skip
+        for run in sorted(generation, key=lambda r: (r["benchmark"]["seed"], METHOD_ORDER.index(r["benchmark"]["method"]))):
+            b = run["benchmark"]
+            parts += [f"**{b['method']}**, seed {b['seed']} ([json](results/generation/accuracy/{run['_file']}))",
+                      matrix_block(run)]  # fmt: skip
     return "\n\n".join(parts + cost_sections())
 
 

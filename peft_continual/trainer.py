@@ -46,13 +46,13 @@ from .persistence import (
 )
 from .tasks import (
     GENERATION,
-    IGNORE_INDEX,
     ChatTemplateMode,
     ContinualCollator,
     ContinualTask,
     EvalEncoding,
     check_unique_names,
     encode_eval,
+    fit_max_new_tokens,
     tokenize_task,
     use_chat_template,
 )
@@ -263,9 +263,7 @@ class ContinualTrainer(Trainer):
         self.method.check_before_training(self.peft_model, len(self.tasks) + len(tasks))
         features = [tokenize_task(self.processing_class, t, self.max_source_length, self.chat) for t in tasks]  # fail early
         for task, encoded in zip(tasks, features):
-            if task.kind == GENERATION and task.max_new_tokens is None:
-                longest = max(sum(label != IGNORE_INDEX for label in row) for row in encoded["labels"])
-                task.max_new_tokens = min(self.max_new_tokens, longest)
+            fit_max_new_tokens(task, encoded, self.max_new_tokens)
         first_new = len(self.tasks)
         if not resume_from_checkpoint and not self.tasks:
             self._cl_refuse_to_overwrite_progress()

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from conftest import TASK_WORDS, make_tokenizer, synthetic_rows, tiny_model
-from peft_continual import ContinualTrainer
+from peft_continual import GENERATION_ORDER, ContinualTrainer
 from peft_continual.statistics import RunScores
+from peft_continual.tasks import IGNORE_INDEX, tokenize_task
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
@@ -155,6 +156,63 @@ def test_every_runner_scores_both_protocols_per_example(tmp_path, data_dir, meth
         other = json.loads(run("inclora", config, tmp_path, load_model=Loader()).read_text())
         assert other["zero_shot_example_scores"] == result["secondary"]["rank"]["zero_shot_example_scores"]
         assert len(list((tmp_path / "results" / "zero_shot").glob("*.json"))) == 2
+
+
+@pytest.fixture(scope="module")
+def generation_data_dir(tmp_path_factory):
+    """The two benchmark files the offline generation sequence derives its text tasks from, in their format."""
+    root = tmp_path_factory.mktemp("cl_benchmark_generation")
+    reviews = [f"Title: great sturdy product {i}\nText: the {w} arrived quickly and works well" for i, w in
+               enumerate(["carrier", "blender", "lantern", "speaker", "charger", "monitor", "toaster", "printer"])]
+    entries = [f"Title: Entry {i}\nText: The {w} Company is a Canadian manufacturer of sturdy kitchen products." for i, w in
+               enumerate(["Maple", "Cedar", "Birch", "Aspen", "Spruce", "Willow", "Hazel", "Alder"])]
+    for folder, sentences in (("SC/amazon", reviews), ("TC/dbpedia", entries)):
+        (root / folder).mkdir(parents=True)
+        for split in ("train", "test"):
+            (root / folder / f"{split}.json").write_text(json.dumps([{"sentence": t, "label": "x"} for t in sentences]))
+    return root
+
+
+@pytest.mark.parametrize("method", ["seqlora", "mtl"])
+def test_generation_sequence_runs_with_its_own_metrics_and_zero_shot_row(tmp_path, generation_data_dir, method):
+    """``--base generation.json``: amazon-title -> arithmetic -> spelling, each scored by its own metric; the runners
+    outside ContinualTrainer (zero-shot cache, MTL) decode within the budget the trainer would give each task."""
+    config = accuracy.load_experiment(method, [], "generation.json")
+    config.update(threads=1)
+    config["data"].update(data_dir=str(generation_data_dir), max_train_samples=8, max_eval_samples=4)
+    config["trainer"].update(chat_template="off", max_new_tokens=6)
+    config["training"].update(num_train_epochs=1, logging_steps=50)
+    config["lora"].update(r=4, lora_alpha=8)
+    result = json.loads(run(method, config, tmp_path, load_model=Loader()).read_text())
+    assert result["task_names"] == GENERATION_ORDER and result["evaluation_method"] == "generate"
+    assert result["task_metrics"] == ["rouge_l", "exact_match", "edit_similarity"] and not result.get("secondary")
+    scores = RunScores.from_result(result)  # per-example scores for the intervals
+    assert len(result["accuracy_matrix"]) == (1 if method == "mtl" else 3)
+    if method != "mtl":
+        assert len(result["zero_shot"]) == 3 and all(0 <= v <= 1 for v in result["zero_shot"])
+        assert scores.zero_shot_example_scores is not None
+    # the decoding budget the runners outside the trainer use: the longest training target, capped
+    tokenizer, tasks = make_tokenizer(), accuracy.load_tasks(config, 1, 0)
+    accuracy.fit_generation_budgets(config, tokenizer, tasks)
+    for task in tasks:
+        labels = tokenize_task(tokenizer, task, config["trainer"]["max_source_length"])["labels"]
+        longest = max(sum(t != IGNORE_INDEX for t in row) for row in labels)
+        assert task.max_new_tokens == min(6, longest)
+
+    with pytest.raises(SystemExit, match=r"generation sequence has orders \[1\], not 2"):
+        accuracy.run_benchmark(method, 2, 0, config=config, results=tmp_path / "results", runs=tmp_path / "runs",
+                               load_model=Loader())  # fmt: skip
+
+
+def test_another_base_experiment_keeps_its_results_apart():
+    assert accuracy.results_root("default.json") == accuracy.RESULTS
+    assert accuracy.results_root("generation.json") == accuracy.RESULTS / "generation"
+    run_ = plan.expand({"runs": [{"method": "replay", "order": 1, "seed": 0, "base": "generation.json"}]})[0]
+    assert run_.path == accuracy.RESULTS / "generation" / "accuracy" / "replay_order1_seed0.json"
+    assert run_.command(None)[-2:] == ["--base", "generation.json"]
+    assert run_.config["data"]["sequence"] == "generation"
+    assert plan.Run("replay", 1, 0).path == accuracy.RESULTS / "accuracy" / "replay_order1_seed0.json"
+    assert "--base" not in plan.Run("replay", 1, 0).command(None)
 
 
 def test_diagnosis_sorts_wrong_answers_by_whose_label_they_are():

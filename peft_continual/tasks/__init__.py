@@ -13,6 +13,7 @@ from .encoding import (
     EvalEncoding,
     PromptEncoder,
     encode_eval,
+    fit_max_new_tokens,
     left_pad,
     tokenize_task,
 )
@@ -33,5 +34,5 @@ __all__ = [
     "BENCHMARK_INSTRUCTIONS", "BENCHMARK_TASKS", "CHAT_TEMPLATE_MODES", "CLASSIFICATION", "ChatTemplateMode",
     "ContinualCollator", "ContinualTask", "DATA_DIR_ENV", "EvalEncoding", "GENERATION", "GENERATION_ORDER",
     "IGNORE_INDEX", "NO_GOLD_LABEL", "PromptEncoder", "STANDARD_ORDERS", "TaskSpecError", "check_unique_names",
-    "encode_eval", "left_pad", "load_continual_tasks", "packaged_demo_dir", "tokenize_task", "use_chat_template",
+    "encode_eval", "fit_max_new_tokens", "left_pad", "load_continual_tasks", "packaged_demo_dir", "tokenize_task", "use_chat_template",
 ]  # fmt: skip

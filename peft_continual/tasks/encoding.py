@@ -109,6 +109,14 @@ def tokenize_task(tokenizer, task, max_source_length: int, chat: bool = False) -
     )
 
 
+def fit_max_new_tokens(task, features: datasets.Dataset, cap: int) -> None:
+    """Give a generation task without its own decoding budget its longest training target's length, at most ``cap``:
+    decoding further only lets a run-on answer lower its score, at the cost of time."""
+    if task.kind == GENERATION and task.max_new_tokens is None:
+        longest = max(sum(label != IGNORE_INDEX for label in row) for row in features["labels"])
+        task.max_new_tokens = min(cap, longest)
+
+
 @dataclass
 class EvalEncoding:
     """A task's evaluation rows, encoded once: prompts, references, label options (classification) and stops."""
