@@ -115,6 +115,30 @@ TRAINING_ARGUMENTS = (
 )  # fmt: skip
 
 
+def continual_state(trainer, method_meta: dict, include_data: bool) -> dict:
+    """The JSON record of ``trainer``'s run (method, config, adapters, tasks, result, options): what
+    ``continual_state.json`` holds and the model card describes. ``method_meta``: the method's ``state_dict()[0]``."""
+    if not trainer.result.accuracy_matrix:
+        raise ValueError("nothing to save yet: train at least one task first")
+    config, args = trainer.method.config, trainer.continual_args
+    return {
+        "format_version": FORMAT_VERSION,
+        "method": trainer.method.name,
+        "config_class": type(config).__name__,
+        "config": json.loads(json.dumps(config.to_dict(), default=list)),
+        "adapters": list(trainer.peft_model.peft_config),
+        "method_state": method_meta,
+        "data_included": include_data,
+        "base_model": {"name_or_path": config.base_model_name_or_path, "fingerprint": trainer.base_fingerprint},
+        "tasks": [task_to_dict(t, include_data) for t in trainer.tasks],
+        "result": trainer.result.to_dict(),
+        "trainer": {"evaluation_method": trainer.evaluation_methods, "max_source_length": trainer.max_source_length,
+                    "evaluate_unseen": trainer.evaluate_unseen, "evaluate_seen": trainer.evaluate_seen,
+                    "chat_template": trainer.chat_template, "max_new_tokens": trainer.max_new_tokens},
+        "training_arguments": {k: getattr(getattr(args, k), "value", getattr(args, k)) for k in TRAINING_ARGUMENTS},
+    }  # fmt: skip
+
+
 def save_continual(
     trainer, output_dir: str | os.PathLike, *, include_data: bool = True, extra_files: Optional[Callable[[Path, dict], None]] = None
 ) -> Path:
@@ -125,30 +149,11 @@ def save_continual(
     ``from_continual``. ``extra_files(staging, state)`` may add files (e.g. a model card) before the folder appears.
     """
     model, method = trainer.peft_model, trainer.method
-    if not trainer.result.accuracy_matrix:
-        raise ValueError("nothing to save yet: train at least one task first")
     output_dir = Path(output_dir)
     meta, tensors = method.state_dict()
     if not include_data:
         tensors = {k: v for k, v in tensors.items() if not k.startswith(method.data_tensor_prefixes)}
-    config = method.config
-    args = trainer.continual_args
-    state = {
-        "format_version": FORMAT_VERSION,
-        "method": method.name,
-        "config_class": type(config).__name__,
-        "config": json.loads(json.dumps(config.to_dict(), default=list)),
-        "adapters": list(model.peft_config),
-        "method_state": meta,
-        "data_included": include_data,
-        "base_model": {"name_or_path": config.base_model_name_or_path, "fingerprint": trainer.base_fingerprint},
-        "tasks": [task_to_dict(t, include_data) for t in trainer.tasks],
-        "result": trainer.result.to_dict(),
-        "trainer": {"evaluation_method": trainer.evaluation_methods, "max_source_length": trainer.max_source_length,
-                    "evaluate_unseen": trainer.evaluate_unseen, "evaluate_seen": trainer.evaluate_seen,
-                    "chat_template": trainer.chat_template, "max_new_tokens": trainer.max_new_tokens},
-        "training_arguments": {k: getattr(getattr(args, k), "value", getattr(args, k)) for k in TRAINING_ARGUMENTS},
-    }  # fmt: skip
+    state = continual_state(trainer, meta, include_data)
     with atomic_directory(output_dir) as staging:
         for adapter in model.peft_config:
             _save_adapter(model, adapter, staging / adapter)

@@ -28,7 +28,8 @@ from .adapters import adapters_active
 from .collision import collision_report
 from .evaluation import EVALUATION_METHODS, EvaluationMethod, TaskEvaluation, check_protocol, evaluate_task, write_predictions
 from .methods import ContinualMethod, build_method, task_adapter_name
-from .hub import push_continual_to_hub, save_continual_with_card
+from .io_utils import atomic_write_text
+from .hub import check_card_keywords, push_continual_to_hub, render_model_card, save_continual_with_card
 from .metrics import ContinualResult
 from .target_logits import supports_target_logits, with_target_logits
 from .persistence import (
@@ -36,6 +37,7 @@ from .persistence import (
     base_differences,
     base_fingerprint,
     check_folder_is_safe,
+    continual_state,
     load_adapter_weights,
     load_continual_model,
     load_method_state,
@@ -574,6 +576,18 @@ class ContinualTrainer(Trainer):
         if _internal_call:
             return super().save_model(output_dir, _internal_call=True)
         self.save_continual(output_dir or self.continual_args.output_dir)
+
+    def create_model_card(self, **card) -> None:
+        """Write the continual run's model card (method, task sequence, score matrix) as ``README.md`` in
+        ``args.output_dir``, instead of Trainer's generic draft, which knows nothing of the tasks and would replace
+        the card of a run saved there. ``card``: Trainer's keywords (``language``, ``license``, ``tags``,
+        ``finetuned_from``, ...)."""
+        check_card_keywords(card)
+        if not self.is_world_process_zero():
+            return
+        state = continual_state(self, self.method.state_dict()[0], include_data=False)
+        card_text = str(render_model_card(state, self.method.config.base_model_name_or_path, **card))
+        atomic_write_text(Path(self.continual_args.output_dir) / "README.md", card_text)
 
     def push_to_hub(
         self,

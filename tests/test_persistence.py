@@ -184,6 +184,22 @@ def test_model_card_and_upload_without_network(tokenizer, tmp_path, monkeypatch)
     assert "hf_SECRET_TOKEN" not in card
 
 
+def test_create_model_card_writes_the_continual_card_not_trainers_draft(tokenizer, tmp_path):
+    """Trainer's own create_model_card would replace the card of a run saved in output_dir with a draft that knows
+    nothing of the tasks; ContinualTrainer's writes the run's card, with Trainer's keywords in it."""
+    trainer = train(tokenizer, tmp_path, NLoraConfig(r=4, lora_alpha=8))
+    with pytest.raises(TypeError, match="model card keywords"):
+        trainer.create_model_card(licence="mit")  # a typo is named, nothing is written
+    assert not (Path(trainer.continual_args.output_dir) / "README.md").exists()
+    trainer.create_model_card(language="en", tags=["my-tag"], finetuned_from="org/base")
+    card = (Path(trainer.continual_args.output_dir) / "README.md").read_text()
+    for needle in ("continual-learning", "my-tag", "colors → animals", "| 2. animals |", "Backward transfer"):
+        assert needle in card, needle
+    trainer.create_model_card()  # without keywords: the very card a saved run carries
+    saved = trainer.save_continual(tmp_path / "saved", include_data=False) / "README.md"
+    assert (Path(trainer.continual_args.output_dir) / "README.md").read_text() == saved.read_text()
+
+
 def test_model_card_documents_prompt_training_and_eval_sizes(tokenizer, tmp_path):
     trainer = train(tokenizer, tmp_path, NLoraConfig(r=4, lora_alpha=8))
     card = (trainer.save_continual(tmp_path / "final") / "README.md").read_text()
