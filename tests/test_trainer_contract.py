@@ -17,7 +17,7 @@ from peft_continual.persistence import ContinualStateError
 from peft_continual.tasks import tokenize_task
 
 # Trainer names ContinualTrainer overrides on purpose, keeping their signature and meaning.
-OVERRIDES = {"__init__", "__doc__", "__module__", "compute_loss", "log", "train", "push_to_hub", "save_model",
+OVERRIDES = {"__init__", "__doc__", "__module__", "compute_loss", "log", "train", "push_to_hub", "create_model_card", "save_model",
              "_load_from_checkpoint"}  # fmt: skip
 
 METHODS = {
