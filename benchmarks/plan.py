@@ -79,6 +79,18 @@ class Run:
         return result_path(self.method, self.order, self.seed, list(self.overrides), results_root(self.base, RESULTS))
 
     @property
+    def name(self) -> str:
+        """Its result's name, after its base experiment's when that is not the main one (logs, messages)."""
+        return self.path.stem if self.base == DEFAULT_BASE else f"{Path(self.base).stem}_{self.path.stem}"
+
+    @property
+    def outputs(self) -> list[Path]:
+        """What a finished run adds to its results folder: the result, its kept answers, the zero-shot cache."""
+        root = self.path.parents[1]  # <results root>/{accuracy,sweeps}/<name>.json
+        candidates = (self.path, root / "predictions" / f"{self.path.stem}.jsonl.gz", root / "zero_shot")
+        return [p for p in candidates if p.exists()]
+
+    @property
     def finished(self) -> bool:
         return stored_hash(self.path) == config_hash(self.method, self.order, self.seed, self.config)
 
@@ -322,7 +334,7 @@ def projection(runs: list[Run], costs: dict, jobs: int) -> str:
              f"each job a core)."]  # fmt: skip
     if unpriced:
         lines.append(f"Not priced (no result with the same settings and no measurement: run with --measure): "
-                     f"{', '.join(r.path.stem for r in unpriced)}")  # fmt: skip
+                     f"{', '.join(r.name for r in unpriced)}")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -340,24 +352,25 @@ def run_missing(runs: list[Run], jobs: int, model_cache: str | None, nice: int, 
     while queue or active:
         while queue and len(active) < jobs:
             run = queue.pop(0)
-            log = (logs / f"{run.path.stem}.log").open("a")
+            log = (logs / f"{run.name}.log").open("a")
             proc = subprocess.Popen(["nice", "-n", str(nice), *run.command(model_cache)], stdout=log,
                                     stderr=subprocess.STDOUT, env=env, cwd=HERE.parent)  # fmt: skip
             active[proc] = (run, log, time.time())
-            print(f"started {run.path.stem} (log: {log.name})", flush=True)
+            print(f"started {run.name} (log: {log.name})", flush=True)
         time.sleep(2)
         for proc in [p for p in active if p.poll() is not None]:
             run, log, started = active.pop(proc)
             log.close()
             if proc.returncode == 0 and run.finished:
-                print(f"finished {run.path.stem} in {(time.time() - started) / 60:.1f} min", flush=True)
+                print(f"finished {run.name} in {(time.time() - started) / 60:.1f} min", flush=True)
                 if commit:
-                    subprocess.run(["git", "add", str(run.path)], cwd=HERE.parent, check=True)
-                    subprocess.run(["git", "commit", "-q", "-m", f"benchmark result: {run.path.stem}", "--", str(run.path)],
+                    paths = [str(p) for p in run.outputs]
+                    subprocess.run(["git", "add", *paths], cwd=HERE.parent, check=True)
+                    subprocess.run(["git", "commit", "-q", "-m", f"benchmark result: {run.name}", "--", *paths],
                                    cwd=HERE.parent, check=True)  # fmt: skip
             else:
                 failed += 1
-                print(f"FAILED {run.path.stem} (exit {proc.returncode}); see {log.name}", flush=True)
+                print(f"FAILED {run.name} (exit {proc.returncode}); see {log.name}", flush=True)
     return failed
 
 

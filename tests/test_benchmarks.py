@@ -204,12 +204,24 @@ def test_generation_sequence_runs_with_its_own_metrics_and_zero_shot_row(tmp_pat
                                load_model=Loader())  # fmt: skip
 
 
+def test_plan_commits_a_result_with_its_kept_answers_and_the_zero_shot_cache(tmp_path, monkeypatch):
+    monkeypatch.setattr(plan, "RESULTS", tmp_path)
+    run_ = plan.Run("replay", 1, 0, base="generation.json")
+    assert run_.outputs == []
+    root = tmp_path / "generation"
+    for path in (run_.path, root / "predictions" / "replay_order1_seed0.jsonl.gz", root / "zero_shot" / "x.json"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("{}")
+    assert run_.outputs == [run_.path, root / "predictions" / "replay_order1_seed0.jsonl.gz", root / "zero_shot"]
+
+
 def test_another_base_experiment_keeps_its_results_apart():
     assert accuracy.results_root("default.json") == accuracy.RESULTS
     assert accuracy.results_root("generation.json") == accuracy.RESULTS / "generation"
     run_ = plan.expand({"runs": [{"method": "replay", "order": 1, "seed": 0, "base": "generation.json"}]})[0]
     assert run_.path == accuracy.RESULTS / "generation" / "accuracy" / "replay_order1_seed0.json"
     assert run_.command(None)[-2:] == ["--base", "generation.json"]
+    assert run_.name == "generation_replay_order1_seed0" and plan.Run("replay", 1, 0).name == "replay_order1_seed0"
     assert run_.config["data"]["sequence"] == "generation"
     assert plan.Run("replay", 1, 0).path == accuracy.RESULTS / "accuracy" / "replay_order1_seed0.json"
     assert "--base" not in plan.Run("replay", 1, 0).command(None)
