@@ -370,6 +370,19 @@ def result_path(method: str, order: int, seed: int, overrides: list[str], result
     return results / "sweeps" / f"{name}__{suffix}.json"
 
 
+@contextlib.contextmanager
+def claim(output_dir: Path):
+    """Hold a run's folder for this process: a second process on the same run (a plan started twice) would resume
+    from the checkpoints the first one is still writing and race it to the result."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with open(output_dir / ".lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SystemExit(f"{output_dir.name} is being run by another process: wait for it, or stop it") from None
+        yield
+
+
 def run_benchmark(method: str, order: int, seed: int, overrides: list[str] = (), *, base: str = DEFAULT_BASE,
                   config: dict | None = None, results: Path | None = None, runs: Path = RUNS, load_model=None,
                   force: bool = False, save_steps: int = 50) -> Path:  # fmt: skip
@@ -388,35 +401,36 @@ def run_benchmark(method: str, order: int, seed: int, overrides: list[str] = (),
             print(f"skip {path.name}: finished with this config ({digest})", flush=True)
             return path
         print(f"{path.name} holds another config: running again and replacing it", flush=True)
-    torch.set_num_threads(config["threads"])
-    hf_logging.set_verbosity_warning()
-    set_seed(seed)
-    started = time.perf_counter()
-    tasks = load_tasks(config, order, seed)
-    model, tokenizer = (load_model or load_smollm2)()
-    model.to(config.get("device", "cpu"))
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    fit_generation_budgets(config, tokenizer, tasks)
-    r0 = None  # no forward transfer for the joint (mtl) upper bound
-    if config["trainer"]["evaluate_zero_shot"] and method != "mtl":
-        r0 = zero_shot(config, model, tokenizer, tasks, order, seed, results)
     output_dir = runs / f"{path.stem}-{digest}"
     resumed = output_dir.is_dir()
-    result = RUNNERS.get(method, run_continual)(config, model, tokenizer, tasks, str(output_dir), seed, r0, save_steps)
-    wall = time.perf_counter() - started
+    with claim(output_dir):
+        torch.set_num_threads(config["threads"])
+        hf_logging.set_verbosity_warning()
+        set_seed(seed)
+        started = time.perf_counter()
+        tasks = load_tasks(config, order, seed)
+        model, tokenizer = (load_model or load_smollm2)()
+        model.to(config.get("device", "cpu"))
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        fit_generation_budgets(config, tokenizer, tasks)
+        r0 = None  # no forward transfer for the joint (mtl) upper bound
+        if config["trainer"]["evaluate_zero_shot"] and method != "mtl":
+            r0 = zero_shot(config, model, tokenizer, tasks, order, seed, results)
+        result = RUNNERS.get(method, run_continual)(config, model, tokenizer, tasks, str(output_dir), seed, r0, save_steps)
+        wall = time.perf_counter() - started
 
-    payload = result.to_dict()
-    if method == "mtl":  # one row: every task's score after the single joint training, under every protocol
-        for scores in [payload, *payload["secondary"].values()]:
-            row = [v for v in scores["accuracy_matrix"][0] if v is not None]
-            scores["average_accuracy"] = sum(row) / len(row)
-    payload.update(benchmark={"method": method, "order": order, "seed": seed, "overrides": overrides, "config": config,
-                              "config_hash": digest, "wall_seconds": round(wall, 1), "resumed": resumed,
-                              "environment": environment()})  # fmt: skip
-    atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
-    keep_predictions(output_dir / PREDICTIONS_DIR, results / "predictions" / f"{path.stem}.jsonl.gz")
-    shutil.rmtree(output_dir, ignore_errors=True)
+        payload = result.to_dict()
+        if method == "mtl":  # one row: every task's score after the single joint training, under every protocol
+            for scores in [payload, *payload["secondary"].values()]:
+                row = [v for v in scores["accuracy_matrix"][0] if v is not None]
+                scores["average_accuracy"] = sum(row) / len(row)
+        payload.update(benchmark={"method": method, "order": order, "seed": seed, "overrides": overrides, "config": config,
+                                  "config_hash": digest, "wall_seconds": round(wall, 1), "resumed": resumed,
+                                  "environment": environment()})  # fmt: skip
+        atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
+        keep_predictions(output_dir / PREDICTIONS_DIR, results / "predictions" / f"{path.stem}.jsonl.gz")
+        shutil.rmtree(output_dir, ignore_errors=True)
     print(f"AA {100 * payload['average_accuracy']:.1f}%  wall {wall:.0f} s  -> {path}", flush=True)
     return path
 

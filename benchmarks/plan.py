@@ -19,7 +19,7 @@ method's step-time ratio in ``results/step_time.json``. Its output is markdown, 
 
     python benchmarks/plan.py PLAN.json --status
     python benchmarks/plan.py PLAN.json --measure --project
-    python benchmarks/plan.py PLAN.json --jobs 2 --model-cache /work/cache/smollm2
+    python benchmarks/plan.py PLAN.json --jobs 2 --model-cache /work/cache/smollm2 [--hours 2.5]
 """
 
 from __future__ import annotations
@@ -298,10 +298,10 @@ def price(run: Run, amount: dict, observed: dict, measured: dict, ratios: dict) 
     return LOAD_SECONDS + amount["steps"] * step + examples * per_example, source
 
 
-def projection(runs: list[Run], costs: dict, jobs: int) -> str:
+def priced_runs(runs: list[Run], costs: dict) -> list[tuple[Run, dict, tuple[float, str] | None]]:
+    """(run, its work, its price or None) for every run; the zero-shot row is priced once per order and seed."""
     observed, ratios = costs_from_results(), step_ratios()
-    rows, totals, unpriced = defaultdict(lambda: [0, 0, 0, 0, 0.0, 0.0, set()]), [0.0, 0.0], []
-    seen_zero = set()
+    out, seen_zero = [], set()
     for run in runs:
         amount = work(run.method, run.order, run.seed, run.config)
         test_set = {k: v for k, v in run.config["data"].items() if k != "max_train_per_label"}  # as the cache is keyed
@@ -309,7 +309,13 @@ def projection(runs: list[Run], costs: dict, jobs: int) -> str:
         if zero_key in seen_zero:  # the base model's scores are cached and shared by the methods of one order/seed
             amount["zero_shot_examples"] = 0
         seen_zero.add(zero_key)
-        priced = price(run, amount, observed, costs.get("measured", {}), ratios)
+        out.append((run, amount, price(run, amount, observed, costs.get("measured", {}), ratios)))
+    return out
+
+
+def projection(runs: list[Run], costs: dict, jobs: int) -> str:
+    rows, totals, unpriced = defaultdict(lambda: [0, 0, 0, 0, 0.0, 0.0, set()]), [0.0, 0.0], []
+    for run, amount, priced in priced_runs(runs, costs):
         if priced is None:
             unpriced.append(run)
             continue
@@ -341,8 +347,13 @@ def projection(runs: list[Run], costs: dict, jobs: int) -> str:
 # ----------------------------------------------------------------------------------------------- running
 
 
-def run_missing(runs: list[Run], jobs: int, model_cache: str | None, nice: int, commit: bool) -> int:
-    """Run the unfinished runs, ``jobs`` at a time; returns how many failed (their logs say why)."""
+def run_missing(runs: list[Run], jobs: int, model_cache: str | None, nice: int, commit: bool,
+                deadline: float | None = None, seconds: dict[Run, float | None] | None = None) -> int:  # fmt: skip
+    """Run the unfinished runs, ``jobs`` at a time; returns how many failed (their logs say why).
+
+    With a ``deadline`` (a ``time.time()``), a run starts only if its projected ``seconds`` end before it (one job
+    per core: CPU seconds = wall seconds); an unpriced one does not start. A later, cheaper run may still fit.
+    """
     missing = [r for r in runs if not r.finished]
     print(f"{len(runs) - len(missing)} of {len(runs)} runs finished; running {len(missing)}, {jobs} at a time", flush=True)
     logs = RUNS / "logs"
@@ -352,6 +363,12 @@ def run_missing(runs: list[Run], jobs: int, model_cache: str | None, nice: int, 
     while queue or active:
         while queue and len(active) < jobs:
             run = queue.pop(0)
+            if deadline is not None:
+                needed, left = (seconds or {}).get(run), deadline - time.time()
+                if needed is None or needed > left:
+                    why = "no projected cost" if needed is None else f"projected {needed / 60:.0f} min"
+                    print(f"not started {run.name}: {why}, {max(left, 0) / 60:.0f} min left before the deadline", flush=True)
+                    continue
             log = (logs / f"{run.name}.log").open("a")
             proc = subprocess.Popen(["nice", "-n", str(nice), *run.command(model_cache)], stdout=log,
                                     stderr=subprocess.STDOUT, env=env, cwd=HERE.parent)  # fmt: skip
@@ -384,6 +401,9 @@ def main() -> None:
     parser.add_argument("--nice", type=int, default=5)
     parser.add_argument("--model-cache", default=None, help="converted SmolLM2 checkpoint folder")
     parser.add_argument("--commit", action="store_true", help="git-commit each result JSON as it arrives")
+    parser.add_argument("--hours", type=float, default=None,
+                        help="start only runs whose projected time ends within this many hours (e.g. what is left of "
+                             "a session), so that none is cut off half-way; runs without a projected cost do not start")  # fmt: skip
     args = parser.parse_args()
     if args.jobs < 1:
         raise SystemExit("--jobs must be at least 1")
@@ -399,7 +419,11 @@ def main() -> None:
         print(f"#### Projection of `{args.plan.name}`" + (f": {plan['description']}" if plan.get("description") else ""))
         print(projection(runs, costs, args.jobs))
         return
-    sys.exit(1 if run_missing(runs, args.jobs, args.model_cache, args.nice, args.commit) else 0)
+    deadline, seconds = None, None
+    if args.hours is not None:
+        deadline = time.time() + 3600 * args.hours
+        seconds = {run: priced and priced[0] for run, _, priced in priced_runs(runs, unit_costs(runs, None, False))}
+    sys.exit(1 if run_missing(runs, args.jobs, args.model_cache, args.nice, args.commit, deadline, seconds) else 0)
 
 
 if __name__ == "__main__":

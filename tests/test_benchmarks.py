@@ -9,6 +9,7 @@ import textwrap
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -117,6 +118,25 @@ def test_interrupted_run_resumes_and_finished_run_is_skipped(tmp_path, data_dir,
     changed["training"]["learning_rate"] = 3e-2
     run(method, changed, tmp_path, load_model=loader)
     assert loader.calls == 1 and accuracy.stored_hash(path) == accuracy.config_hash(method, 1, 0, changed)
+
+
+def test_a_run_folder_is_held_by_one_process(tmp_path):
+    """A plan started twice must not run one run in two processes (the second would resume from checkpoints the
+    first is still writing); the check is an OS lock, released when the holder ends however it ends."""
+    folder = tmp_path / "runs" / "nlora_order1_seed0-abc"
+    code = f"import sys, time; sys.path.insert(0, {str(BENCHMARKS)!r}); import accuracy, pathlib\n" \
+           f"with accuracy.claim(pathlib.Path({str(folder)!r})):\n    print('held', flush=True); time.sleep(30)"
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(SystemExit, match="being run by another process"):
+            with accuracy.claim(folder):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with accuracy.claim(folder):  # the holder is gone: the folder is free again
+        assert folder.is_dir()
 
 
 @pytest.mark.parametrize("method", ["seqlora", "mtl", "osf"])
@@ -347,6 +367,13 @@ def test_plan_runs_only_missing_runs_jobs_at_a_time(tmp_path, monkeypatch):
         running += 1 if kind == "start" else -1
         most = max(most, running)
     assert most == 2
+
+    # with a deadline, only the runs whose projected time fits start (a cheaper one after a refused one does too)
+    later = plan.expand({"runs": [{"methods": ["replay", "ilora", "mtl"], "order": 1, "seed": 0}]})
+    seconds = {later[0]: 3600.0, later[1]: None, later[2]: 60.0}
+    assert plan.run_missing(later, jobs=2, model_cache=None, nice=0, commit=False, deadline=time.time() + 600,
+                            seconds=seconds) == 0  # fmt: skip
+    assert [r.finished for r in later] == [False, False, True]
 
 
 # ----------------------------------------------------------------------------------------------- gpu_profile.py
