@@ -241,6 +241,8 @@ def paired_table(runs: list[dict], protocol: str) -> str:
         aa = diff["average_accuracy"]
         verdict = (f"{a if aa.estimate > 0 else b} higher AA" if aa.significant else "no significant AA difference")
         rows.append([label, where, *cells, verdict])
+    if not rows:
+        return "No pair of compared methods shares a seed yet."
     return markdown_table(["A − B", "runs paired", "ΔAA", "ΔBWT", "ΔFWT", "Δforgetting", "verdict (AA)"], rows)
 
 

@@ -435,6 +435,7 @@ def test_summarize_renders_intervals_and_paired_verdicts():
     paired = summarize.paired_table(runs, "generate")
     assert re.search(r"\| nlora − olora \| orders 1, 3 seed-runs \| \+40\.0 \[\+[0-9.]+, \+[0-9.]+\] \* \(p 0\.000\) \|", paired)
     assert "nlora higher AA" in paired and f"| olora − inclora | orders 1, 3 seed-runs | {summarize.NO_SCORES} |" in paired
+    assert summarize.paired_table(runs[:3], "generate") == "No pair of compared methods shares a seed yet."
     sections = "\n".join(summarize.statistics_sections(runs))
     assert "generation + normalised exact match" in sections and "label ranking" not in sections
     old = [scored_result("nlora", 0, 36, "rank") | {"example_scores": None}]
