@@ -15,7 +15,7 @@ The projection counts each run's optimizer steps and evaluated test examples fro
 prices them with CPU seconds per step and per evaluated example: per method from finished results with the same
 cost-relevant settings where there are some, otherwise from ``--measure`` (a short measurement of plain LoRA
 steps and of both scoring protocols on this machine, saved to ``results/unit_costs.json``) scaled by the
-method's step-time ratio in ``results/step_time.json``. Its output is markdown, to paste into RESULTS.md.
+method's step-time ratio in ``results/step_time*.json``. Its output is markdown, to paste into RESULTS.md.
 
     python benchmarks/plan.py PLAN.json --status
     python benchmarks/plan.py PLAN.json --measure --project
@@ -210,13 +210,17 @@ def costs_from_results() -> dict:
 
 
 def step_ratios() -> dict[str, float]:
-    """Each method's step-time ratio to plain LoRA, from ``results/step_time.json`` (CPU time, SmolLM2)."""
-    path = RESULTS / "step_time.json"
-    if not path.exists():
-        return {}
-    table = json.loads(path.read_text())["results"]["cpu"]
-    return {method: table[variant]["ratio"] if variant != "lora" else 1.0
-            for method, variant in STEP_VARIANTS.items() if variant in table}  # fmt: skip
+    """Each method's step-time ratio to plain LoRA (CPU time, SmolLM2), from ``results/step_time*.json``.
+
+    ``step_time.json`` (the full table) wins; the narrower later measurements (e.g. ``step_time_task15.json``,
+    which has OSF) only fill in variants it lacks.
+    """
+    table = {}
+    for path in sorted(RESULTS.glob("step_time*.json"), key=lambda p: p.name != "step_time.json"):
+        for variant, row in json.loads(path.read_text())["results"].get("cpu", {}).items():
+            table.setdefault(variant, row["ratio"])
+    table["lora"] = 1.0
+    return {method: table[variant] for method, variant in STEP_VARIANTS.items() if variant in table}
 
 
 def measure(config: dict, load_model, steps: int = 3, examples: int = 8) -> dict:

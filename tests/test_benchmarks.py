@@ -329,6 +329,16 @@ def test_plan_unit_costs_from_results_and_measurement(tmp_path, monkeypatch):
     assert seconds == pytest.approx(plan.LOAD_SECONDS + 7 * 3.0 * 1.1 + 16 * (0.5 + 1.5))
 
 
+def test_plan_step_ratios_merge_the_step_time_tables(tmp_path, monkeypatch):
+    monkeypatch.setattr(plan, "RESULTS", tmp_path)
+    assert plan.step_ratios() == {"seqlora": 1.0, "mtl": 1.0}  # plain LoRA is the unit, measured or not
+    table = lambda rows: json.dumps({"results": {"cpu": {v: {"ratio": r} for v, r in rows.items()}}})  # noqa: E731
+    (tmp_path / "step_time.json").write_text(table({"lora": 1.0, "inclora@4": 1.1, "osf@1": 2.0}))
+    (tmp_path / "step_time_task15.json").write_text(table({"inclora@4": 9.0, "osf@1": 9.0, "olora@4": 1.3}))
+    ratios = plan.step_ratios()  # the full table wins; a later narrow one only fills in what it lacks
+    assert (ratios["inclora"], ratios["osf"], ratios["olora"]) == (1.1, 2.0, 1.3) and "ilora" not in ratios
+
+
 def test_plan_measures_unit_costs_with_the_runs_code(data_dir):
     costs = plan.measure(tiny_config(data_dir, "seqlora"), Loader(), steps=2, examples=4)
     assert costs["step_seconds"] > 0
