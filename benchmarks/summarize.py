@@ -311,14 +311,57 @@ def heatmap(run: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def sweep_table(runs: list[dict]) -> str:
-    """One row per sweep point, showing every setting swept for that method (not only the row's own override)."""
+def training_key(config: dict) -> str:
+    """What fixes a run's training and its test examples: its config less the method's values and the protocols."""
+    rest = {k: v for k, v in config.items() if k not in ("method", "description")}
+    rest["trainer"] = {k: v for k, v in rest.get("trainer", {}).items() if k != "evaluation_method"}
+    return json.dumps(rest, sort_keys=True)
+
+
+def default_run(sweep: dict, runs: list[dict]) -> dict | None:
+    """The main run a sweep point varies: same method, order, seed, training and test set."""
+    b = sweep["benchmark"]
+    for run in runs:
+        rb = run["benchmark"]
+        if (rb["method"], rb["order"], rb["seed"]) == (b["method"], b["order"], b["seed"]) and training_key(
+            rb["config"]
+        ) == training_key(b["config"]):
+            return run
+    return None
+
+
+def learned(run: dict) -> float | None:
+    """Mean of the diagonal R[i][i]: how well each task is learned when trained (plasticity)."""
+    matrix = run["accuracy_matrix"]
+    diagonal = [matrix[i][i] for i in range(min(len(matrix), len(matrix[0])))]
+    return None if None in diagonal or len(matrix) == 1 else statistics.fmean(diagonal)
+
+
+def versus_default(sweep: dict, default: dict | None, protocol: str) -> list[str]:
+    """ΔAA and ΔBWT of a sweep point minus its default run, paired on the test examples (* = significant)."""
+    pair = None if default is None else (run_scores(sweep, protocol), run_scores(default, protocol))
+    if pair is None or None in pair:
+        return ["—", "—"]
+    diff = paired_comparison([[pair[0]]], [[pair[1]]])
+    return ["n/a" if d is None else f"{interval(d)}{' *' if d.significant else ''}"
+            for d in (diff["average_accuracy"], diff["backward_transfer"])]  # fmt: skip
+
+
+def sweep_table(runs: list[dict], main_runs: list[dict] = ()) -> str:
+    """One row per sweep point, showing every setting swept for that method (not only the row's own override).
+
+    A point whose main run exists (same method, order, seed and training, only method values and protocols
+    differing) is paired with it on the same test examples under the sweep's primary protocol; the main run
+    itself is listed as the point ``(default)``.
+    """
     swept = defaultdict(dict)  # method -> ordered set of dotted keys
     for r in runs:
         for item in r["benchmark"]["overrides"]:
             swept[r["benchmark"]["method"]][item.partition("=")[0]] = None
-    header = ["method", "order", "seed", "settings", "AA %", "BWT", "FWT", "forgetting", "collision ε=0.01 (%)",
-              "collision ε=0.1 (%)", "wall s"]  # fmt: skip
+    defaults = {id(r): default_run(r, main_runs) for r in runs}
+    shown = list(runs) + list({id(d): d for d in defaults.values() if d is not None}.values())
+    header = ["method", "order", "seed", "settings", "AA %", "BWT", "FWT", "forgetting", "learned (mean R[i][i])",
+              "ΔAA vs default", "ΔBWT vs default", "collision ε=0.01 (%)", "collision ε=0.1 (%)", "wall s"]  # fmt: skip
     rows = []
 
     def setting(r, key):
@@ -328,28 +371,36 @@ def sweep_table(runs: list[dict]) -> str:
         return node
 
     def sort_key(r):
-        return r["benchmark"]["method"], [setting(r, k) for k in swept[r["benchmark"]["method"]]]
+        values = [setting(r, k) for k in swept[r["benchmark"]["method"]]]  # numbers by value; None (unset) first
+        return r["benchmark"]["method"], [(v is not None, type(v).__name__, v if v is not None else 0) for v in values]
 
-    for r in sorted(runs, key=sort_key):
+    for r in sorted(shown, key=sort_key):
         b = r["benchmark"]
-        settings = ", ".join(f"`{k.split('.')[-1]}={setting(r, k)}`" for k in swept[b["method"]])
+        keys = [k for k in swept[b["method"]] if k != "trainer.evaluation_method"] or swept[b["method"]]
+        settings = ", ".join(f"`{k.split('.')[-1]}={setting(r, k)}`" for k in keys)
+        if id(r) not in defaults:
+            settings += " (default)"
+        paired = versus_default(r, defaults.get(id(r)), r["evaluation_method"]) if id(r) in defaults else ["", ""]
         collisions = [pct([collision_mean([r], eps)]) if r.get("collision") else "—" for eps in ("0.01", "0.1")]
-        rows.append([b["method"], b["order"], b["seed"], settings, *(pct([r[key]]) for key in METRICS), *collisions,
-                     f"{b['wall_seconds']:.0f}"])  # fmt: skip
+        rows.append([b["method"], b["order"], b["seed"], settings, *(pct([r[key]]) for key in METRICS),
+                     pct([learned(r)]), *paired, *collisions, f"{b['wall_seconds']:.0f}"])  # fmt: skip
     return markdown_table(header, rows)
 
 
 def lambda_plot(runs: list[dict], path: Path) -> None:
-    """N-LoRA's λ sweep: accuracy and collision rate against λ (log scale)."""
+    """N-LoRA's λ sweep (its default run included): accuracy, plasticity and collision rate against λ (log scale)."""
     points = sorted((r["benchmark"]["config"]["method"]["collision_lambda"], r) for r in runs)
     x = [p[0] for p in points]
+    reductions = {r["benchmark"]["config"]["method"].get("collision_reduction", "mean") for _, r in points}
     fig, ax = plt.subplots(figsize=(5.5, 3.2))
     ax.plot(x, [100 * r["average_accuracy"] for _, r in points], "o-", color="tab:blue", label="AA %")
+    ax.plot(x, [100 * (learned(r) or float("nan")) for _, r in points], "o:", color="tab:green",
+            label="learned (mean R[i][i]) %")  # fmt: skip
     for eps, style in (("0.01", "s--"), ("0.1", "^--")):
         ax.plot(x, [100 * collision_mean([r], eps) for _, r in points], style, color="tab:red",
                 label=f"collision % (ε = {eps})")  # fmt: skip
     ax.set_xscale("log")
-    ax.set_xlabel("collision_lambda (delta_w form, mean reduction)")
+    ax.set_xlabel(f"collision_lambda (delta_w form, {' / '.join(sorted(reductions))} reduction)")
     ax.set_ylim(0, 100)
     ax.legend(fontsize=8)
     ax.set_title("N-LoRA λ sweep (order 1, seed 0)", fontsize=10)
@@ -374,8 +425,10 @@ def generated_section(runs: list[dict], sweeps: list[dict]) -> str:
         parts += [f"**{b['method']}**, order {b['order']}, seed {b['seed']} ([heatmap]({png.relative_to(HERE)}), "
                   f"[json](results/accuracy/{run['_file']}))", matrix_block(run)]  # fmt: skip
     if sweeps:
-        parts += ["### Sweeps (tiny: one order, one seed, one value per row)", sweep_table(sweeps)]
+        parts += ["### Sweeps (one order, one seed, one value per row; Δ = point − its default run, paired on the "
+                  "test examples of that seed, 95 % interval, * = excludes 0)", sweep_table(sweeps, runs)]  # fmt: skip
         lambdas = [r for r in sweeps if r["benchmark"]["method"] == "nlora"]
+        lambdas += [d for d in {id(d): d for d in (default_run(r, runs) for r in lambdas) if d}.values()]
         if lambdas:
             lambda_plot(lambdas, PLOTS / "nlora_lambda_sweep.png")
             parts.append("![N-LoRA λ sweep](results/accuracy/plots/nlora_lambda_sweep.png)")

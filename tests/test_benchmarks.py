@@ -450,3 +450,27 @@ def test_summarize_renders_intervals_and_paired_verdicts():
     assert "generation + normalised exact match" in sections and "label ranking" not in sections
     old = [scored_result("nlora", 0, 36, "rank") | {"example_scores": None}]
     assert "none of these results carries per-example scores" in "\n".join(summarize.statistics_sections(old))
+
+
+def test_summarize_pairs_each_sweep_point_with_its_default_run():
+    import summarize
+
+    def run(right, lam, overrides=(), epochs=2, protocol=("generate", "rank")):
+        config = {"data": {"max_train_per_label": 16}, "training": {"num_train_epochs": epochs},
+                  "trainer": {"evaluation_method": protocol}, "method": {"collision_lambda": lam}}  # fmt: skip
+        result = scored_result("nlora", 0, right)
+        result |= {"backward_transfer": right / 40 - 0.75, "forward_transfer": 0.0, "forgetting": 0.0}
+        result["benchmark"] |= {"config": config, "overrides": list(overrides), "wall_seconds": 1.0}
+        return result
+
+    main = run(20, 0.2)
+    better = run(36, 0.05, ["trainer.evaluation_method=generate", "method.collision_lambda=0.05"], protocol="generate")
+    other_training = run(36, 0.05, ["method.collision_lambda=0.05", "training.num_train_epochs=1"], epochs=1)
+    assert summarize.default_run(better, [main]) is main and summarize.default_run(other_training, [main]) is None
+    assert summarize.learned(main) == pytest.approx((0.75 + 0.5) / 2)
+    rows = {line.split("|")[4].strip(): line for line in summarize.sweep_table([better], [main]).splitlines()[2:]}
+    assert set(rows) == {"`collision_lambda=0.05`", "`collision_lambda=0.2` (default)"}
+    # the sweep point's last row gets 36 of 40 right where the default's gets 20: +40 AA points, paired
+    assert re.search(r"\| \+40\.0 \[\+[0-9.]+, \+[0-9.]+\] \* \| \+40\.0 \[", rows["`collision_lambda=0.05`"])
+    lone = summarize.sweep_table([other_training], [main])
+    assert "(default)" not in lone and "| — | — |" in lone
