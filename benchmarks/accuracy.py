@@ -34,6 +34,7 @@ import gzip
 import hashlib
 import inspect
 import json
+import os
 import re
 import shutil
 import time
@@ -451,6 +452,9 @@ def main() -> None:
                         help="Trainer checkpoint every that many steps, so an interrupted task resumes (0: none)")
     parser.add_argument("--force", action="store_true", help="run even if the result exists with this config")
     args = parser.parse_args()
+    # The converted SmolLM2 carries its Hub id; without this, peft looks that id up on the Hub at every adapter
+    # save (a vocabulary check that fails offline with a warning). A benchmark never needs the network.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     run_benchmark(args.method, args.order, args.seed, args.overrides, base=args.base, force=args.force,
                   save_steps=args.save_steps,
                   load_model=lambda: load_smollm2(cache_dir=args.model_cache))  # fmt: skip
