@@ -38,9 +38,10 @@ PUBLISHED_T5_LARGE = {"seqlora": 43.7, "inclora": 66.4, "olora": 75.8, "nlora": 
 METRICS = ["average_accuracy", "backward_transfer", "forward_transfer", "forgetting"]
 METRIC_NAMES = {"average_accuracy": "AA", "backward_transfer": "BWT", "forward_transfer": "FWT", "forgetting": "forgetting"}
 PROTOCOL_NAMES = {"generate": "generation + normalised exact match", "rank": "label ranking"}
-# Paired comparisons shown (A, B): the issue's target chain and claims, then every method against SeqLoRA.
-COMPARISONS = [("nlora", "olora"), ("olora", "inclora"), ("inclora", "seqlora"), ("ilora", "replay"), ("nlora", "osf"),
-               ("ilora", "osf"), ("replay", "osf"), ("nlora", "replay"), ("olora", "seqlora"), ("nlora", "seqlora"),
+# Paired comparisons shown (A, B): the issue's target chain and claims, N-LoRA against IncLoRA (the penalty alone:
+# same task adapters), then every method against SeqLoRA.
+COMPARISONS = [("nlora", "olora"), ("olora", "inclora"), ("inclora", "seqlora"), ("nlora", "inclora"), ("ilora", "replay"),
+               ("nlora", "osf"), ("ilora", "osf"), ("replay", "osf"), ("nlora", "replay"), ("olora", "seqlora"), ("nlora", "seqlora"),
                ("replay", "seqlora"), ("ilora", "seqlora"), ("osf", "seqlora"), ("mtl", "nlora")]  # fmt: skip
 NO_SCORES = "no interval: no per-example scores"
 SKELETON = f"""# Benchmark results
@@ -231,7 +232,7 @@ def paired_table(runs: list[dict], protocol: str) -> str:
         label = f"{a} − {b}"
         pairs = [[(run_scores(index[a, o, s], protocol), run_scores(index[b, o, s], protocol)) for oo, s in shared if oo == o]
                  for o in orders]  # fmt: skip
-        where = f"orders {','.join(map(str, orders))}, {len(shared)} seed-runs"
+        where = f"order{'s' * (len(orders) > 1)} {','.join(map(str, orders))}, {len(shared)} seed-run{'s' * (len(shared) > 1)}"
         if any(x is None or y is None for stratum in pairs for x, y in stratum):
             rows.append([label, where, NO_SCORES, "", "", "", ""])
             continue

@@ -443,8 +443,8 @@ def test_summarize_renders_intervals_and_paired_verdicts():
     assert low < 90 < high
     assert f"| inclora | 1 | 0,1,2 | {summarize.NO_SCORES} |" in table
     paired = summarize.paired_table(runs, "generate")
-    assert re.search(r"\| nlora − olora \| orders 1, 3 seed-runs \| \+40\.0 \[\+[0-9.]+, \+[0-9.]+\] \* \(p 0\.000\) \|", paired)
-    assert "nlora higher AA" in paired and f"| olora − inclora | orders 1, 3 seed-runs | {summarize.NO_SCORES} |" in paired
+    assert re.search(r"\| nlora − olora \| order 1, 3 seed-runs \| \+40\.0 \[\+[0-9.]+, \+[0-9.]+\] \* \(p 0\.000\) \|", paired)
+    assert "nlora higher AA" in paired and f"| olora − inclora | order 1, 3 seed-runs | {summarize.NO_SCORES} |" in paired
     assert summarize.paired_table(runs[:3], "generate") == "No pair of compared methods shares a seed yet."
     sections = "\n".join(summarize.statistics_sections(runs))
     assert "generation + normalised exact match" in sections and "label ranking" not in sections
