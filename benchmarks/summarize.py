@@ -401,6 +401,8 @@ def lambda_plot(runs: list[dict], path: Path) -> None:
         ax.plot(x, [100 * collision_mean([r], eps) for _, r in points], style, color="tab:red",
                 label=f"collision % (ε = {eps})")  # fmt: skip
     ax.set_xscale("log")
+    ax.minorticks_off()
+    ax.set_xticks(x, [f"{v:g}" for v in x])  # the swept values themselves, not powers of ten
     ax.set_xlabel(f"collision_lambda (delta_w form, {' / '.join(sorted(reductions))} reduction)")
     ax.set_ylim(0, 100)
     ax.legend(fontsize=8)
