@@ -128,27 +128,39 @@ def collision_mean(runs: list[dict], eps: str) -> float | None:
     return statistics.mean(values) if values else None
 
 
-def targets_table(runs: list[dict]) -> str:
-    """The issue's accuracy targets, each on the runs its methods share, with the numbers behind the verdict."""
+def targets_table(runs: list[dict], protocol: str = "generate") -> str:
+    """The issue's targets, each on the runs its methods share, with the numbers behind the verdict.
+
+    A comparative target is "met" only when every paired difference it names (same seeds and test examples, under
+    ``protocol``) is significant in its direction; "not significant" when the estimates point its way but an
+    interval includes 0; "MISSED" when an estimate points the other way.
+    """
     rows = []
 
-    def add(target, methods, values, met, fmt="{:.1f}"):
+    def add(target, methods, values, met, fmt="{:.1f}", steps=()):
         n = len(next(iter(shared_runs(runs, methods).values()), []))
         shown = ", ".join(f"{m} " + ("n/a" if v is None else fmt.format(round(v, 1) + 0.0)) for m, v in zip(methods, values))
-        rows.append([target, n, shown, "n/a" if met is None else ("met" if met else "MISSED")])
+        diffs = [(a, b, (paired_differences(runs, a, b, protocol)[1] or {}).get(metric)) for a, b, metric in steps]
+        paired = "; ".join(f"{a} − {b} {interval(d)}" for a, b, d in diffs) or "—"
+        if met and diffs and not all(d is not None and d.significant and d.estimate > 0 for _, _, d in diffs):
+            verdict = "not significant" if all(d is not None for _, _, d in diffs) else "no interval"
+        else:
+            verdict = "n/a" if met is None else ("met" if met else "MISSED")
+        rows.append([target, n, shown, paired, verdict])
 
     chain = ["nlora", "olora", "inclora", "seqlora"]
     shared = shared_runs(runs, chain)
     aa = [cell_mean(shared[m], "average_accuracy") for m in chain]
     ok = None if None in aa else all(a > b for a, b in zip(aa, aa[1:]))
-    add("AA: N-LoRA > O-LoRA > IncLoRA > SeqLoRA (mean over orders)", chain, [None if a is None else 100 * a for a in aa], ok)
+    add("AA: N-LoRA > O-LoRA > IncLoRA > SeqLoRA (mean over orders)", chain, [None if a is None else 100 * a for a in aa], ok,
+        steps=[(a, b, "average_accuracy") for a, b in zip(chain, chain[1:])])  # fmt: skip
     ours = ["seqlora", "inclora", "olora", "nlora", "replay", "ilora"]
     shared = shared_runs(runs, ours + ["osf"])
     aa = {m: cell_mean(shared[m], "average_accuracy") for m in ours + ["osf"]}
     if None not in aa.values():
         best = max(ours, key=aa.get)
         add(f"our best method ({best}) ahead of OSF in AA", [best, "osf"], [100 * aa[best], 100 * aa["osf"]],
-            aa[best] > aa["osf"])  # fmt: skip
+            aa[best] > aa["osf"], steps=[(best, "osf", "average_accuracy")])  # fmt: skip
     shared = shared_runs(runs, ["nlora", "olora"])
     for eps in ("0.01", "0.1"):
         n, o = collision_mean(shared["nlora"], eps), collision_mean(shared["olora"], eps)
@@ -159,8 +171,8 @@ def targets_table(runs: list[dict]) -> str:
     shared = shared_runs(runs, ["ilora", "replay"])
     bwt = [cell_mean(shared[m], "backward_transfer") for m in ("ilora", "replay")]
     add("BWT: I-LoRA better than ER", ["ilora", "replay"], [None if b is None else 100 * b for b in bwt],
-        None if None in bwt else bwt[0] > bwt[1], "{:+.1f}")  # fmt: skip
-    return markdown_table(["target", "shared runs", "values", "verdict"], rows)
+        None if None in bwt else bwt[0] > bwt[1], "{:+.1f}", steps=[("ilora", "replay", "backward_transfer")])  # fmt: skip
+    return markdown_table(["target", "shared runs", "values", f"paired Δ [95 %] ({protocol})", "verdict"], rows)
 
 
 def protocols(runs: list[dict]) -> list[str]:
@@ -219,24 +231,34 @@ def interval_table(runs: list[dict], protocol: str) -> str:
     return markdown_table(["method", "order(s)", "seeds", "AA %", "BWT", "FWT", "forgetting"], rows)
 
 
-def paired_table(runs: list[dict], protocol: str) -> str:
-    """A − B on the (order, seed) runs both have, all their orders weighing the same; * marks a significant one."""
+def paired_differences(runs: list[dict], a: str, b: str, protocol: str) -> tuple[list, dict | None]:
+    """(the (order, seed) runs A and B share, A − B per metric or None when a run lacks per-example scores)."""
     index = {(r["benchmark"]["method"], r["benchmark"]["order"], r["benchmark"]["seed"]): r for r in runs
              if scored(r, protocol)}  # fmt: skip
+    shared = sorted({(o, s) for m, o, s in index if m == a} & {(o, s) for m, o, s in index if m == b})
+    if not shared:
+        return shared, None
+    orders = sorted({o for o, _ in shared})
+    pairs = [[(run_scores(index[a, o, s], protocol), run_scores(index[b, o, s], protocol)) for oo, s in shared if oo == o]
+             for o in orders]  # fmt: skip
+    if any(x is None or y is None for stratum in pairs for x, y in stratum):
+        return shared, None
+    return shared, paired_comparison([[x for x, _ in st] for st in pairs], [[y for _, y in st] for st in pairs])
+
+
+def paired_table(runs: list[dict], protocol: str) -> str:
+    """A − B on the (order, seed) runs both have, all their orders weighing the same; * marks a significant one."""
     rows = []
     for a, b in COMPARISONS:
-        shared = sorted({(o, s) for m, o, s in index if m == a} & {(o, s) for m, o, s in index if m == b})
+        shared, diff = paired_differences(runs, a, b, protocol)
         if not shared:
             continue
         orders = sorted({o for o, _ in shared})
         label = f"{a} − {b}"
-        pairs = [[(run_scores(index[a, o, s], protocol), run_scores(index[b, o, s], protocol)) for oo, s in shared if oo == o]
-                 for o in orders]  # fmt: skip
         where = f"order{'s' * (len(orders) > 1)} {','.join(map(str, orders))}, {len(shared)} seed-run{'s' * (len(shared) > 1)}"
-        if any(x is None or y is None for stratum in pairs for x, y in stratum):
+        if diff is None:
             rows.append([label, where, NO_SCORES, "", "", "", ""])
             continue
-        diff = paired_comparison([[x for x, _ in st] for st in pairs], [[y for _, y in st] for st in pairs])
         cells = ["n/a" if d is None else f"{interval(d)}{' *' if d.significant else ''} (p {d.p_value:.3f})"
                  for d in (diff[m] for m in METRICS)]  # fmt: skip
         aa = diff["average_accuracy"]

@@ -474,3 +474,18 @@ def test_summarize_pairs_each_sweep_point_with_its_default_run():
     assert re.search(r"\| \+40\.0 \[\+[0-9.]+, \+[0-9.]+\] \* \| \+40\.0 \[", rows["`collision_lambda=0.05`"])
     lone = summarize.sweep_table([other_training], [main])
     assert "(default)" not in lone and "| — | — |" in lone
+
+
+def test_summarize_targets_are_met_only_when_the_paired_intervals_say_so():
+    import summarize
+
+    def target_row(rights):
+        runs = [scored_result(m, s, right) for m, right in rights.items() for s in (0, 1, 2)]
+        for run in runs[6:9]:  # IncLoRA gets other examples right than the rest: a 1-example gap is then noise
+            run["example_scores"][1] = [row[::-1] for row in run["example_scores"][1]]
+        return next(line for line in summarize.targets_table(runs).splitlines() if line.startswith("| AA: N-LoRA"))
+
+    assert target_row({"nlora": 38, "olora": 28, "inclora": 18, "seqlora": 8}).endswith("| met |")
+    assert target_row({"nlora": 38, "olora": 28, "inclora": 27, "seqlora": 8}).endswith("| not significant |")
+    row = target_row({"nlora": 20, "olora": 28, "inclora": 18, "seqlora": 8})
+    assert row.endswith("| MISSED |") and "nlora − olora -20.0 [" in row
