@@ -343,14 +343,11 @@ def training_key(config: dict) -> str:
 
 def default_run(sweep: dict, runs: list[dict]) -> dict | None:
     """The main run a sweep point varies: same method, order, seed, training and test set."""
-    b = sweep["benchmark"]
-    for run in runs:
-        rb = run["benchmark"]
-        if (rb["method"], rb["order"], rb["seed"]) == (b["method"], b["order"], b["seed"]) and training_key(
-            rb["config"]
-        ) == training_key(b["config"]):
-            return run
-    return None
+    def key(run):
+        b = run["benchmark"]
+        return b["method"], b["order"], b["seed"], training_key(b["config"])
+
+    return next((run for run in runs if key(run) == key(sweep)), None)
 
 
 def learned(run: dict) -> float | None:
@@ -417,7 +414,7 @@ def lambda_plot(runs: list[dict], path: Path) -> None:
     reductions = {r["benchmark"]["config"]["method"].get("collision_reduction", "mean") for _, r in points}
     fig, ax = plt.subplots(figsize=(5.5, 3.2))
     ax.plot(x, [100 * r["average_accuracy"] for _, r in points], "o-", color="tab:blue", label="AA %")
-    ax.plot(x, [100 * (learned(r) or float("nan")) for _, r in points], "o:", color="tab:green",
+    ax.plot(x, [float("nan") if learned(r) is None else 100 * learned(r) for _, r in points], "o:", color="tab:green",
             label="learned (mean R[i][i]) %")  # fmt: skip
     for eps, style in (("0.01", "s--"), ("0.1", "^--")):
         ax.plot(x, [100 * collision_mean([r], eps) for _, r in points], style, color="tab:red",
