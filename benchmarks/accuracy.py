@@ -60,7 +60,15 @@ from peft_continual import (
 from peft_continual.methods import config_classes
 from peft_continual.demo_model import load_smollm2
 from peft_continual.io_utils import atomic_directory, atomic_write_bytes, atomic_write_text
-from peft_continual.tasks import GENERATION, ContinualCollator, fit_max_new_tokens, tokenize_task, use_chat_template
+from peft_continual.evaluation import write_predictions
+from peft_continual.tasks import (
+    GENERATION,
+    ContinualCollator,
+    encode_eval,
+    fit_max_new_tokens,
+    tokenize_task,
+    use_chat_template,
+)
 from peft_continual.trainer import PREDICTIONS_DIR, tasks_to_evaluate
 
 HERE = Path(__file__).resolve().parent
@@ -179,22 +187,31 @@ def can_score(protocol: str, task) -> bool:
 
 
 @torch.no_grad()
-def evaluate_all(model, tokenizer, tasks, config: dict, only: list[str] | None = None) -> dict[str, list]:
+def evaluate_all(model, tokenizer, tasks, config: dict, only: list[str] | None = None,
+                 predictions: Path | None = None) -> dict[str, list]:  # fmt: skip
     """Every task under every protocol of the config (or ``only`` those), scored exactly as ContinualTrainer
-    scores, for the runners outside it: protocol -> one TaskEvaluation per task (None where it cannot score)."""
+    scores, for the runners outside it: protocol -> one TaskEvaluation per task (None where it cannot score).
+
+    With ``predictions`` (a stage folder), every answer goes to ``<predictions>/<task>.<protocol>.jsonl`` as
+    ContinualTrainer writes them, so that :func:`keep_predictions` and ``diagnose.py`` read every method alike.
+    """
     was_training = model.training
     model.eval()
     options = config["trainer"]
+    chat = use_chat_template(tokenizer, options.get("chat_template", "off"))
+    encodings = [encode_eval(tokenizer, task, options["max_source_length"], chat) for task in tasks]
     evaluations = {}
     with autocast(model, config):
         for protocol in only or protocols(config):
             evaluations[protocol] = [
-                evaluate_task(model, tokenizer, task, method=protocol, max_source_length=options["max_source_length"],
-                              chat_template=options.get("chat_template", "off"),
+                evaluate_task(model, tokenizer, task, method=protocol, encoding=encoding,
                               batch_size=config["training"]["per_device_eval_batch_size"])
                 if can_score(protocol, task) else None
-                for task in tasks
+                for task, encoding in zip(tasks, encodings)
             ]  # fmt: skip
+            for task, encoding, evaluation in zip(tasks, encodings, evaluations[protocol]):
+                if predictions is not None and evaluation is not None:
+                    write_predictions(predictions / f"{task.name}.{protocol}.jsonl", encoding, evaluation)
     model.train(was_training)
     return evaluations
 
@@ -286,7 +303,8 @@ def run_mtl(config: dict, model, tokenizer, tasks, output_dir: str, seed: int, r
                      data_collator=ContinualCollator(tokenizer.pad_token_id)).train(resume_from_checkpoint=checkpoint)  # fmt: skip
     seconds = round(time.perf_counter() - started, 2)
     result = new_result("mtl", tasks, config, r0)
-    add_row(result, list(range(len(tasks))), evaluate_all(model, tokenizer, tasks, config))
+    stage = Path(output_dir) / PREDICTIONS_DIR / f"after_1_{'+'.join(t.name for t in tasks)}"  # the single training
+    add_row(result, list(range(len(tasks))), evaluate_all(model, tokenizer, tasks, config, predictions=stage))
     result.details = [{"task": "+".join(t.name for t in tasks), "train_examples": len(features), "steps": output.global_step,
                        "train_loss": output.training_loss, "train_seconds": seconds}]  # fmt: skip
     return result
@@ -324,7 +342,8 @@ def run_osf(config: dict, model, tokenizer, tasks, output_dir: str, seed: int, r
         seconds = round(time.perf_counter() - started, 2)
         evaluated = tasks_to_evaluate(i, len(tasks), options["evaluate_unseen"],
                                       options.get("evaluate_seen", "needed"))  # as ContinualTrainer does
-        evaluations = evaluate_all(peft_model, tokenizer, [tasks[j] for j in evaluated], config)
+        stage = Path(output_dir) / PREDICTIONS_DIR / f"after_{i + 1}_{task.name}"  # as ContinualTrainer names it
+        evaluations = evaluate_all(peft_model, tokenizer, [tasks[j] for j in evaluated], config, predictions=stage)
         add_row(result, evaluated, evaluations)
         result.details.append({"task": task.name, "train_examples": len(features), "train_loss": output.training_loss,
                                "steps": output.global_step, "train_seconds": seconds, "effective_rank": ranks[i],

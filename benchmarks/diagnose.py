@@ -61,7 +61,7 @@ def wrong_answers(rows: list[dict], labels: dict[str, list[str]], protocol: str 
 
 
 def report(path: Path, data_dir: Path) -> str:
-    name = path.name.split(".")[0]  # <method>_order<k>_seed<s>
+    name = path.name.removesuffix(".jsonl.gz")  # <method>_order<k>_seed<s>[__<overrides>]
     order = int(name.split("_order")[1].split("_")[0])
     tasks = load_continual_tasks(STANDARD_ORDERS[order], data_dir, max_eval_samples=1)
     labels = {t.name: t.labels for t in tasks}
@@ -80,6 +80,11 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--data-dir", type=Path, default=HERE.parent.parent / "shared" / "data" / "cl_benchmark")
     args = parser.parse_args()
+    missing = [str(path) for path in args.runs if not path.is_file()]
+    if missing:  # before any report: a typo in the third of three runs should not cost the first two's time
+        kept = sorted(p.name for p in (HERE / "results" / "predictions").glob("*.jsonl.gz"))
+        raise SystemExit(f"no kept answers at {', '.join(missing)}; accuracy.py keeps them in "
+                         f"benchmarks/results/predictions/, which holds: {', '.join(kept) or 'nothing yet'}")  # fmt: skip
     for path in args.runs:
         print(report(path, args.data_dir))
 

@@ -157,16 +157,22 @@ def test_every_runner_scores_both_protocols_per_example(tmp_path, data_dir, meth
                     assert len(examples) == 6 and value == pytest.approx(sum(examples) / 6)
         assert (scores.zero_shot_example_scores is None) == (method == "mtl")
         assert scored["average_accuracy"] is not None
-    if method == "seqlora":  # the answers are kept (without prompts) for diagnosis, and agree with the scores
-        with gzip.open(tmp_path / "results" / "predictions" / "seqlora_order1_seed0.jsonl.gz", "rt") as f:
-            rows = [json.loads(line) for line in f]
-        final = [r for r in rows if r["after"].startswith("after_4") and r["task"] == "dbpedia" and r["protocol"] == "rank"]
-        assert [r["score"] for r in final] == result["secondary"]["rank"]["example_scores"][3][0]
-        assert {r["protocol"] for r in rows} == {"generate", "rank"} and all(r["target"] for r in rows)
-        import diagnose
+    # every runner keeps its answers (without prompts) for diagnosis, and they agree with the scores
+    predictions = tmp_path / "results" / "predictions" / f"{method}_order1_seed0.jsonl.gz"
+    with gzip.open(predictions, "rt") as f:
+        rows = [json.loads(line) for line in f]
+    stages = sorted({r["after"] for r in rows})
+    assert stages == (["after_1_dbpedia+amazon+yahoo+agnews"] if method == "mtl" else
+                      ["after_1_dbpedia", "after_2_amazon", "after_3_yahoo", "after_4_agnews"])  # fmt: skip
+    for protocol in ("generate", "rank"):
+        scored = result if protocol == "generate" else result["secondary"][protocol]
+        final = [r for r in rows if r["after"] == stages[-1] and r["task"] == "dbpedia" and r["protocol"] == protocol]
+        assert [r["score"] for r in final] == scored["example_scores"][-1][0]
+    assert all(r["target"] for r in rows)
+    import diagnose
 
-        table = diagnose.report(tmp_path / "results" / "predictions" / "seqlora_order1_seed0.jsonl.gz", data_dir)
-        assert table.startswith("#### seqlora_order1_seed0") and "| label of agnews |" in table
+    table = diagnose.report(predictions, data_dir)
+    assert table.startswith(f"#### {method}_order1_seed0") and "| label of agnews |" in table
     cache = sorted(p.name for p in (tmp_path / "results" / "zero_shot").glob("*.json")) if method != "mtl" else []
     assert [name.split("_")[2] for name in cache] == ([] if method == "mtl" else ["generate", "rank"])
     if method != "mtl":  # a rank-only run at another training scale reuses the cached rank row
@@ -262,6 +268,15 @@ def test_diagnosis_sorts_wrong_answers_by_whose_label_they_are():
     kinds = diagnose.wrong_answers(rows, labels)
     assert kinds["topics"] == {"own label": 1, "label of news": 2, "other text": 1}  # rank and earlier rows ignored
     assert kinds["news"] == {"own label": 1}
+
+
+def test_diagnosis_names_a_missing_run_before_reporting_any(tmp_path, monkeypatch, capsys):
+    import diagnose
+
+    monkeypatch.setattr(sys, "argv", ["diagnose.py", str(tmp_path / "osf_order1_seed0.jsonl.gz")])
+    with pytest.raises(SystemExit, match="no kept answers at .*osf_order1_seed0.jsonl.gz; accuracy.py keeps them"):
+        diagnose.main()
+    assert capsys.readouterr().out == ""
 
 
 def test_config_hash_covers_what_a_result_depends_on():
