@@ -18,7 +18,8 @@ deleted once the result is written; results are written atomically.
     python benchmarks/accuracy.py --method nlora --order 1 --seed 0
     python benchmarks/accuracy.py --method nlora --order 1 --seed 0 --set method.collision_lambda=50
 
-Methods: the ContinualTrainer ones (seqlora = plain LoraConfig, inclora, olora, nlora, replay, ilora); ``mtl``, the
+Methods: the ContinualTrainer ones (seqlora = plain LoraConfig, inclora, olora, nlora, replay, ilora, nlora_replay);
+``mtl``, the
 multi-task upper bound (all training sets concatenated, one plain LoRA trained once, one row of accuracies); and
 ``osf``, peft's OSFConfig run as its docs prescribe for a sequence (re-wrap per task with a growing preserved
 rank, a fresh Trainer per task), scored with the same ``evaluate_task``.
@@ -74,7 +75,7 @@ from peft_continual.trainer import PREDICTIONS_DIR, tasks_to_evaluate
 HERE = Path(__file__).resolve().parent
 EXPERIMENTS, RESULTS, RUNS = HERE / "experiments", HERE / "results", HERE / "runs"
 MAX_SUFFIX = 200  # of a sweep result's file name (the overrides)
-METHODS = ["seqlora", "inclora", "olora", "nlora", "replay", "ilora", "mtl", "osf"]
+METHODS = ["seqlora", "inclora", "olora", "nlora", "replay", "ilora", "nlora_replay", "mtl", "osf"]
 # data.sequence -> its task orders: the Standard CL benchmark, or the offline generation sequence (one order)
 SEQUENCES = {"standard": STANDARD_ORDERS, "generation": {1: GENERATION_ORDER}}
 DEFAULT_BASE = "default.json"

@@ -56,9 +56,10 @@ from peft_continual.demo_model import load_smollm2
 from peft_continual.io_utils import atomic_write_text
 
 UNIT_COSTS = RESULTS / "unit_costs.json"
-# accuracy.py method -> step_time.py variant whose step-time ratio to plain LoRA prices it (at the benchmark's T = 4)
+# accuracy.py method -> step_time.py variant whose step-time ratio to plain LoRA prices it (at the benchmark's T = 4);
+# N-LoRA + ER is priced as ER (the replay batch doubles a step; the penalty adds about 2 %, task adapters 10 %)
 STEP_VARIANTS = {"seqlora": "lora", "mtl": "lora", "inclora": "inclora@4", "olora": "olora@4", "nlora": "nlora-delta_w@4",
-                 "replay": "er@2", "ilora": "ilora@2", "osf": "osf@1"}  # fmt: skip
+                 "replay": "er@2", "ilora": "ilora@2", "nlora_replay": "er@2", "osf": "osf@1"}  # fmt: skip
 LOAD_SECONDS = 10.0  # process start, imports, model and data loading per run
 
 

@@ -1,7 +1,7 @@
 """Continual learning of language models with PEFT: N-LoRA, O-LoRA, I-LoRA and replay on the HF stack."""
 
 from .collision import collision_report
-from .configs import IncLoraConfig, ILoraConfig, NLoraConfig, OLoraConfig, ReplayConfig
+from .configs import IncLoraConfig, ILoraConfig, NLoraConfig, NLoraReplayConfig, OLoraConfig, ReplayConfig
 from .evaluation import TaskEvaluation, evaluate_task
 from .metrics import ContinualResult
 from .scoring import METRICS, normalize_answer
@@ -27,6 +27,7 @@ __all__ = [
     "METRICS",
     "IncLoraConfig",
     "NLoraConfig",
+    "NLoraReplayConfig",
     "OLoraConfig",
     "ReplayConfig",
     "STANDARD_ORDERS",

@@ -6,14 +6,15 @@ tell :class:`~peft_continual.ContinualTrainer` which method to run and with whic
 
 Method by config class:
 
-==================  =========================================================================
-``LoraConfig``      SeqLoRA: one adapter trained on task after task (no protection)
-``IncLoraConfig``   IncLoRA: a new adapter per task; earlier ones frozen and active
-``OLoraConfig``     O-LoRA: IncLoRA + orthogonality between the new and earlier ``lora_A``
-``NLoraConfig``     N-LoRA: IncLoRA + l1 "collision" penalty on the current task's dW
-``ReplayConfig``    ER: one adapter + experience replay from a reservoir buffer
-``ILoraConfig``     I-LoRA: ER + a slow learner (EMA of the fast one) + consistency loss
-==================  =========================================================================
+=====================  =========================================================================
+``LoraConfig``         SeqLoRA: one adapter trained on task after task (no protection)
+``IncLoraConfig``      IncLoRA: a new adapter per task; earlier ones frozen and active
+``OLoraConfig``        O-LoRA: IncLoRA + orthogonality between the new and earlier ``lora_A``
+``NLoraConfig``        N-LoRA: IncLoRA + l1 "collision" penalty on the current task's dW
+``ReplayConfig``       ER: one adapter + experience replay from a reservoir buffer
+``ILoraConfig``        I-LoRA: ER + a slow learner (EMA of the fast one) + consistency loss
+``NLoraReplayConfig``  N-LoRA + ER: N-LoRA's task adapters and penalty, trained with ER's replay
+=====================  =========================================================================
 """
 
 from __future__ import annotations
@@ -280,4 +281,13 @@ class ILoraConfig(ReplayConfig):
             f"consistency_target must be 'slow' or 'max', got {self.consistency_target!r}.",
         )
         _require(self.eval_learner in ("slow", "fast"), f"eval_learner must be 'slow' or 'fast', got {self.eval_learner!r}.")
+
+
+@dataclass
+class NLoraReplayConfig(NLoraConfig, ReplayConfig):
+    """N-LoRA + ER: N-LoRA's task adapters and collision penalty, each step also trained on a replay batch.
+
+    Not a published method: the composition for when the penalty alone keeps the answer format but not every
+    earlier decision. Its fields are N-LoRA's and ER's, with their defaults and meanings.
+    """
 

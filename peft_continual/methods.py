@@ -27,7 +27,15 @@ from .adapters import (
     merge_into_base,
     set_adapter_state,
 )
-from .configs import IncLoraConfig, ILoraConfig, NLoraConfig, OLoraConfig, ReplayConfig, check_base_preserved
+from .configs import (
+    IncLoraConfig,
+    ILoraConfig,
+    NLoraConfig,
+    NLoraReplayConfig,
+    OLoraConfig,
+    ReplayConfig,
+    check_base_preserved,
+)
 from .interpolation import consistency_loss, ema_decay_at, ema_update, select_layers
 from .regularizers import delta_w_l1, l2_penalty, orthogonality_penalty, rank_product_l1
 from .replay import ReservoirBuffer
@@ -201,7 +209,6 @@ class TaskAdapterMethod(ContinualMethod):
         self.merged: list[str] = []
 
     def begin_task(self, model, task_index: int, task_name: str) -> None:
-        self.task_index = task_index
         name = task_adapter_name(task_index, task_name)
         if name in model.peft_config:
             raise ValueError(f"adapter {name!r} already exists: task names must be unique")
@@ -210,7 +217,7 @@ class TaskAdapterMethod(ContinualMethod):
         self.restore_adapter_state(model)
         if self.initial_adapter in model.peft_config and self.initial_adapter not in self.adapters:
             model.delete_adapter(self.initial_adapter)  # it only lent its config to the task adapters
-            self.restore_adapter_state(model)
+        super().begin_task(model, task_index, task_name)  # cooperative: a composed method's other half runs too
 
     def training_adapters(self):
         active = [a for a in self.adapters if a not in self.merged]
@@ -232,6 +239,7 @@ class TaskAdapterMethod(ContinualMethod):
             check_mergeable(model, adapter)
 
     def end_task(self, model, task_index, train_features):
+        super().end_task(model, task_index, train_features)
         if self.config.merge_finished_adapters:
             merge_into_base(model, self.adapters[-1])
             self.merged.append(self.adapters[-1])
@@ -453,3 +461,23 @@ class ILoraMethod(ReplayMethod):
     def load_state_dict(self, meta, tensors, model):
         super().load_state_dict(meta, tensors, model)
         self.steps_in_task = int(meta.get("steps_in_task", 0))
+
+
+@register_method
+class NLoraReplayMethod(NLoraMethod, ReplayMethod):
+    """N-LoRA's task adapters and collision penalty plus ER's buffer: loss = (CE_current + CE_replay) / 2 + penalty.
+
+    The penalty keeps each task's update sparse; the replayed examples (through every active adapter, only the
+    current one training) keep earlier tasks' decisions, which the penalty alone does not (benchmarks/RESULTS.md).
+    The hooks compose by the class order: N-LoRA's adapters first, ER's buffer after them.
+    """
+
+    name = "nlora_replay"
+    title = "N-LoRA + ER (collision-regularised task LoRAs with experience replay)"
+    config_class = NLoraReplayConfig
+
+    def loss_terms(self, model, inputs, wrapped=None, accumulation=1):
+        task_weight, replay = ReplayMethod.loss_terms(self, model, inputs, wrapped, accumulation)
+        _, collision = NLoraMethod.loss_terms(self, model, inputs, wrapped, accumulation)
+        return task_weight, {**replay, **collision}
+

@@ -504,3 +504,19 @@ def test_summarize_targets_are_met_only_when_the_paired_intervals_say_so():
     assert target_row({"nlora": 38, "olora": 28, "inclora": 27, "seqlora": 8}).endswith("| not significant |")
     row = target_row({"nlora": 20, "olora": 28, "inclora": 18, "seqlora": 8})
     assert row.endswith("| MISSED |") and "nlora − olora -20.0 [" in row
+
+
+def test_summarize_best_of_ours_counts_only_methods_run_wherever_osf_ran():
+    """A method run on fewer seeds (a new composition) must not shrink "our best ahead of OSF" to its seeds."""
+    import summarize
+
+    rights = {"seqlora": 8, "inclora": 18, "olora": 20, "nlora": 24, "replay": 30, "ilora": 32, "osf": 26}
+    runs = [scored_result(m, s, right) for m, right in rights.items() for s in (0, 1, 2)]
+    runs.append(scored_result("nlora_replay", 0, 38))  # the best, but on seed 0 only
+
+    def best_row(runs):
+        return next(line for line in summarize.targets_table(runs).splitlines() if line.startswith("| our best"))
+
+    assert best_row(runs).startswith("| our best method (ilora) ahead of OSF in AA | 3 |")
+    runs += [scored_result("nlora_replay", s, 38) for s in (1, 2)]
+    assert best_row(runs).startswith("| our best method (nlora_replay) ahead of OSF in AA | 3 |")

@@ -14,7 +14,7 @@ from huggingface_hub import ModelCard
 from peft import LoraConfig, PeftModel, get_peft_model
 
 from conftest import IDS, continual_logits, synthetic_task, tiny_model, train, training_args
-from peft_continual import ContinualTrainer, IncLoraConfig, ILoraConfig, NLoraConfig, OLoraConfig, ReplayConfig
+from peft_continual import ContinualTrainer, IncLoraConfig, ILoraConfig, NLoraConfig, NLoraReplayConfig, OLoraConfig, ReplayConfig
 from peft_continual.adapters import adapter_parameters
 from peft_continual.hub import push_folder_to_hub
 from peft_continual.persistence import ContinualStateError
@@ -359,6 +359,7 @@ ALL_METHODS = {
     "seqlora": LoraConfig(r=4, lora_alpha=8), "inclora": IncLoraConfig(r=4, lora_alpha=8),
     "olora": OLoraConfig(r=4, lora_alpha=8), "nlora": NLoraConfig(r=4, lora_alpha=8, collision_lambda=1.0),
     "replay": ReplayConfig(r=4, lora_alpha=8, replay_buffer_size=6), "ilora": ILoraConfig(r=4, lora_alpha=8, ema_decay=0.5),
+    "nlora_replay": NLoraReplayConfig(r=4, lora_alpha=8, collision_lambda=1.0, replay_buffer_size=6),
 }  # fmt: skip
 
 

@@ -10,7 +10,7 @@ from transformers import TrainerCallback
 import peft_continual.methods
 
 from conftest import memorised_task, synthetic_task, tiny_model, training_args
-from peft_continual import ContinualTrainer, IncLoraConfig, ILoraConfig, NLoraConfig, OLoraConfig, ReplayConfig
+from peft_continual import ContinualTrainer, IncLoraConfig, ILoraConfig, NLoraConfig, NLoraReplayConfig, OLoraConfig, ReplayConfig
 from peft_continual.adapters import adapter_factors, adapter_parameters
 from peft_continual.collision import module_collision_rate
 from peft_continual.tasks import tokenize_task
@@ -187,6 +187,45 @@ def test_replay_batches_hold_earlier_tasks_and_never_eval_rows(tokenizer, tmp_pa
     assert eval_rows and not eval_rows & buffered
     logged = {k for entry in trainer.state.log_history for k in entry}
     assert "loss_replay" in logged
+
+
+def test_nlora_with_replay_keeps_frozen_adapters_replays_earlier_tasks_and_adds_both_terms(tokenizer, tmp_path):
+    """The composition does both halves: N-LoRA's frozen task adapters and penalty, ER's buffer and replay loss."""
+    config = NLoraReplayConfig(r=4, lora_alpha=8, collision_lambda=0.3, replay_buffer_size=100, replay_batch_size=3)
+    trainer = make_trainer(tokenizer, tmp_path, config, num_train_epochs=2)
+    model, method = trainer.peft_model, trainer.method
+    t1, t2, t3 = memorise_tasks(n=8)
+    drawn = []
+    sample = method.buffer.sample
+    method.buffer.sample = lambda n: drawn.append((method.task_index, sample(n))) or drawn[-1][1]
+    trainer.train_task(t1)
+    after_task_1 = lora_state(model, "task_1_colors")
+    assert drawn == [] and len(method.buffer) == len(t1.train)
+    trainer.train_task(t2)
+    trainer.train_task(t3)
+    assert all(torch.equal(a, b) for a, b in zip(after_task_1, lora_state(model, "task_1_colors")))
+    assert list(model.peft_config) == ["task_1_colors", "task_2_animals", "task_3_fruits"]
+    replayed_tasks = {}  # task being trained -> tasks its replay batches came from
+    for task, rows in drawn:
+        replayed_tasks.setdefault(task, set()).update(e["task_index"] for e in rows)
+    assert replayed_tasks == {1: {0}, 2: {0, 1}}
+    assert len(method.buffer) == len(t1.train) + len(t2.train) + len(t3.train)
+    logged = {k for entry in trainer.state.log_history for k in entry}
+    assert {"loss_replay", "loss_collision"} <= logged
+
+    # one more micro-batch of task 3, its terms recomputed outside the method
+    batch = trainer.data_collator([tokenize_task(tokenizer, t3, 64)[i] for i in range(4)])
+    weight, terms = method.loss_terms(model, batch)
+    replayed = trainer.data_collator(drawn[-1][1])
+    targets = sum((row[1:] != -100).sum().item() for row in replayed["labels"])
+    logits = model(input_ids=replayed["input_ids"], attention_mask=replayed["attention_mask"]).logits
+    replay_ce = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), replayed["labels"][:, 1:].flatten(),
+                                                  ignore_index=-100, reduction="sum") / targets  # fmt: skip
+    penalty = sum((f.scaling * f.B @ f.A).abs().sum() / (f.B.shape[0] * f.A.shape[1]) ** 0.5
+                  for f in adapter_factors(model, "task_3_fruits"))  # fmt: skip
+    assert weight == 0.5 and set(terms) == {"loss_replay", "loss_collision"}
+    torch.testing.assert_close(terms["loss_replay"], 0.5 * replay_ce)
+    torch.testing.assert_close(terms["loss_collision"], 0.3 * penalty)
 
 
 def test_ilora_slow_learner_moves_without_gradients(tokenizer, tmp_path):
