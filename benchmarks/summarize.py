@@ -377,7 +377,7 @@ def sweep_table(runs: list[dict], main_runs: list[dict] = ()) -> str:
 
     A point whose main run exists (same method, order, seed and training, only method values and protocols
     differing) is paired with it on the same test examples under the sweep's primary protocol; the main run
-    itself is listed as the point ``(default)``.
+    itself is listed as the point ``(main run)`` (the experiment's value, the package default when it ran).
     """
     swept = defaultdict(dict)  # method -> ordered set of dotted keys
     for r in runs:
@@ -386,7 +386,7 @@ def sweep_table(runs: list[dict], main_runs: list[dict] = ()) -> str:
     defaults = {id(r): default_run(r, main_runs) for r in runs}
     shown = list(runs) + list({id(d): d for d in defaults.values() if d is not None}.values())
     header = ["method", "order", "seed", "settings", "AA %", "BWT", "FWT", "forgetting", "learned (mean R[i][i])",
-              "ΔAA vs default", "ΔBWT vs default", "collision ε=0.01 (%)", "collision ε=0.1 (%)", "wall s"]  # fmt: skip
+              "ΔAA vs main run", "ΔBWT vs main run", "collision ε=0.01 (%)", "collision ε=0.1 (%)", "wall s"]  # fmt: skip
     rows = []
 
     def setting(r, key):
@@ -405,7 +405,7 @@ def sweep_table(runs: list[dict], main_runs: list[dict] = ()) -> str:
         keys = [k for k in swept[b["method"]] if k != "trainer.evaluation_method"] or swept[b["method"]]
         settings = ", ".join(f"`{k.split('.')[-1]}={setting(r, k)}`" for k in keys)
         if id(r) not in defaults:
-            settings += " (default)"
+            settings += " (main run)"
         paired = versus_default(r, defaults.get(id(r)), r["evaluation_method"]) if id(r) in defaults else ["", ""]
         collisions = [pct([collision_mean([r], eps)]) if r.get("collision") else "—" for eps in ("0.01", "0.1")]
         rows.append([b["method"], b["order"], b["seed"], settings, *(pct([r[key]]) for key in METRICS),
@@ -414,7 +414,7 @@ def sweep_table(runs: list[dict], main_runs: list[dict] = ()) -> str:
 
 
 def lambda_plot(runs: list[dict], path: Path) -> None:
-    """N-LoRA's λ sweep (its default run included): accuracy, plasticity and collision rate against λ (log scale)."""
+    """N-LoRA's λ sweep (its main run included): accuracy, plasticity and collision rate against λ (log scale)."""
     points = sorted((r["benchmark"]["config"]["method"]["collision_lambda"], r) for r in runs)
     x = [p[0] for p in points]
     reductions = {r["benchmark"]["config"]["method"].get("collision_reduction", "mean") for _, r in points}
@@ -453,7 +453,7 @@ def generated_section(runs: list[dict], sweeps: list[dict]) -> str:
         parts += [f"**{b['method']}**, order {b['order']}, seed {b['seed']} ([heatmap]({png.relative_to(HERE)}), "
                   f"[json](results/accuracy/{run['_file']}))", matrix_block(run)]  # fmt: skip
     if sweeps:
-        parts += ["### Sweeps (one value per row, on order 1 to select and orders 2–3 to check; Δ = point − the default's "
+        parts += ["### Sweeps (one value per row, on order 1 to select and orders 2–3 to check; Δ = point − the main "
                   "run of the same order and seed, paired on its test examples, 95 % interval, * = excludes 0)",
                   sweep_table(sweeps, runs)]  # fmt: skip
         lambdas = [r for r in sweeps if r["benchmark"]["method"] == "nlora" and

@@ -484,7 +484,7 @@ def test_summarize_pairs_each_sweep_point_with_its_default_run():
     assert summarize.default_run(better, [main]) is main and summarize.default_run(other_training, [main]) is None
     assert summarize.learned(main) == pytest.approx((0.75 + 0.5) / 2)
     rows = {line.split("|")[4].strip(): line for line in summarize.sweep_table([better], [main]).splitlines()[2:]}
-    assert set(rows) == {"`collision_lambda=0.05`", "`collision_lambda=0.2` (default)"}
+    assert set(rows) == {"`collision_lambda=0.05`", "`collision_lambda=0.2` (main run)"}
     # the sweep point's last row gets 36 of 40 right where the default's gets 20: +40 AA points, paired
     assert re.search(r"\| \+40\.0 \[\+[0-9.]+, \+[0-9.]+\] \* \| \+40\.0 \[", rows["`collision_lambda=0.05`"])
     held_main, held = run(20, 0.2), run(36, 0.05, ["trainer.evaluation_method=generate", "method.collision_lambda=0.05"],
@@ -493,8 +493,8 @@ def test_summarize_pairs_each_sweep_point_with_its_default_run():
         r["benchmark"]["order"] = 2
     cells = [line.split("|") for line in summarize.sweep_table([held, better], [held_main, main]).splitlines()[2:]]
     assert [(c[2].strip(), c[4].strip()) for c in cells] == [
-        ("1", "`collision_lambda=0.05`"), ("1", "`collision_lambda=0.2` (default)"),
-        ("2", "`collision_lambda=0.05`"), ("2", "`collision_lambda=0.2` (default)")]  # fmt: skip
+        ("1", "`collision_lambda=0.05`"), ("1", "`collision_lambda=0.2` (main run)"),
+        ("2", "`collision_lambda=0.05`"), ("2", "`collision_lambda=0.2` (main run)")]  # fmt: skip
     assert summarize.default_run(held, [main, held_main]) is held_main
     lone = summarize.sweep_table([other_training], [main]).splitlines()
     assert len(lone) == 3 and [c.strip() for c in lone[2].split("|")[10:12]] == ["—", "—"]  # ΔAA, ΔBWT: no default
