@@ -236,6 +236,14 @@ def interval_table(runs: list[dict], protocol: str) -> str:
     return markdown_table(["method", "order(s)", "seeds", "AA %", "BWT", "FWT", "forgetting"], rows)
 
 
+def final_row(run: dict) -> dict:
+    """The run as its last row alone, under every protocol: what the joint bound's single row is compared with."""
+    def trim(scored: dict) -> dict:
+        return {**scored, "accuracy_matrix": scored["accuracy_matrix"][-1:], "example_scores": scored["example_scores"][-1:]}
+
+    return {**trim(run), "secondary": {p: trim(s) for p, s in (run.get("secondary") or {}).items()}}
+
+
 def paired_differences(runs: list[dict], a: str, b: str, protocol: str) -> tuple[list, dict | None]:
     """(the (order, seed) runs A and B share, A − B per metric or None when a run lacks per-example scores)."""
     index = {(r["benchmark"]["method"], r["benchmark"]["order"], r["benchmark"]["seed"]): r for r in runs
@@ -244,8 +252,12 @@ def paired_differences(runs: list[dict], a: str, b: str, protocol: str) -> tuple
     if not shared:
         return shared, None
     orders = sorted({o for o, _ in shared})
-    pairs = [[(run_scores(index[a, o, s], protocol), run_scores(index[b, o, s], protocol)) for oo, s in shared if oo == o]
-             for o in orders]  # fmt: skip
+
+    def scores(method, order, seed, other):  # against a one-row run (the joint MTL bound): the final row only
+        run, rows = index[method, order, seed], len(index[other, order, seed]["accuracy_matrix"])
+        return run_scores(final_row(run) if rows == 1 < len(run["accuracy_matrix"]) else run, protocol)
+
+    pairs = [[(scores(a, o, s, b), scores(b, o, s, a)) for oo, s in shared if oo == o] for o in orders]
     if any(x is None or y is None for stratum in pairs for x, y in stratum):
         return shared, None
     return shared, paired_comparison([[x for x, _ in st] for st in pairs], [[y for _, y in st] for st in pairs])

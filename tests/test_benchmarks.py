@@ -529,3 +529,17 @@ def test_summarize_best_of_ours_counts_only_methods_run_wherever_osf_ran():
     assert best_row(runs).startswith("| our best method (ilora) ahead of OSF in AA | 3 |")
     runs += [scored_result("nlora_replay", s, 38) for s in (1, 2)]
     assert best_row(runs).startswith("| our best method (nlora_replay) ahead of OSF in AA | 3 |")
+
+
+def test_summarize_pairs_the_joint_bound_with_each_methods_final_row():
+    """MTL has one row (after its single training): it is paired with the other run's last row, AA only."""
+    import summarize
+
+    nlora = scored_result("nlora", 0, 20)
+    mtl = scored_result("mtl", 0, 30)
+    for key in ("accuracy_matrix", "example_scores"):
+        mtl[key] = mtl[key][-1:]
+    mtl["zero_shot"] = mtl["zero_shot_example_scores"] = None
+    shared, diff = summarize.paired_differences([nlora, mtl], "mtl", "nlora", "generate")
+    assert shared == [(1, 0)] and diff["average_accuracy"].estimate == pytest.approx((30 - 20) / 40)
+    assert diff["backward_transfer"] is None  # one row: nothing to forget
