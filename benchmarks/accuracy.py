@@ -19,10 +19,9 @@ deleted once the result is written; results are written atomically.
     python benchmarks/accuracy.py --method nlora --order 1 --seed 0 --set method.collision_lambda=50
 
 Methods: the ContinualTrainer ones (seqlora = plain LoraConfig, inclora, olora, nlora, replay, ilora, nlora_replay);
-``mtl``, the
-multi-task upper bound (all training sets concatenated, one plain LoRA trained once, one row of accuracies); and
-``osf``, peft's OSFConfig run as its docs prescribe for a sequence (re-wrap per task with a growing preserved
-rank, a fresh Trainer per task), scored with the same ``evaluate_task``.
+``mtl``, the multi-task upper bound (all training sets concatenated, one plain LoRA trained once, one row of
+accuracies); and ``osf``, peft's OSFConfig run as its docs prescribe for a sequence (re-wrap per task with a growing
+preserved rank, a fresh Trainer per task), scored with the same ``evaluate_task``.
 """
 
 from __future__ import annotations

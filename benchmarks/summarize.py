@@ -117,10 +117,14 @@ def overall_table(runs: list[dict]) -> str:
                            "paper AA (T5-large, orders 1–3)"], rows)  # fmt: skip
 
 
+def runs_by_place(runs: list[dict], method: str) -> dict[tuple[int, int], dict]:
+    """The method's runs by (order, seed)."""
+    return {(r["benchmark"]["order"], r["benchmark"]["seed"]): r for r in runs if r["benchmark"]["method"] == method}
+
+
 def shared_runs(runs: list[dict], methods: list[str]) -> dict[str, list[dict]]:
     """Each method's runs restricted to the (order, seed) pairs that every one of ``methods`` has."""
-    keys = {m: {(r["benchmark"]["order"], r["benchmark"]["seed"]): r for r in runs if r["benchmark"]["method"] == m}
-            for m in methods}  # fmt: skip
+    keys = {m: runs_by_place(runs, m) for m in methods}
     common = set.intersection(*(set(k) for k in keys.values())) if keys else set()
     return {m: [keys[m][k] for k in sorted(common)] for m in methods}
 
@@ -158,8 +162,8 @@ def targets_table(runs: list[dict], protocol: str = "generate") -> str:
         steps=[(a, b, "average_accuracy") for a, b in zip(chain, chain[1:])])  # fmt: skip
     # candidates: our methods run wherever OSF ran (one not yet run there, e.g. a new composition, would shrink the
     # comparison to the runs it has)
-    ran = lambda m: {(r["benchmark"]["order"], r["benchmark"]["seed"]) for r in runs if r["benchmark"]["method"] == m}  # noqa: E731
-    ours = [m for m in ("seqlora", "inclora", "olora", "nlora", "replay", "ilora", "nlora_replay") if ran("osf") <= ran(m)]
+    ours = [m for m in ("seqlora", "inclora", "olora", "nlora", "replay", "ilora", "nlora_replay")
+            if runs_by_place(runs, "osf").keys() <= runs_by_place(runs, m).keys()]  # fmt: skip
     shared = shared_runs(runs, ours + ["osf"])
     aa = {m: cell_mean(shared[m], "average_accuracy") for m in ours + ["osf"]}
     if ours and None not in aa.values():
