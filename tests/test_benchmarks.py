@@ -225,6 +225,21 @@ def test_generation_sequence_runs_with_its_own_metrics_and_zero_shot_row(tmp_pat
         longest = max(sum(t != IGNORE_INDEX for t in row) for row in labels)
         assert task.max_new_tokens == min(6, longest)
 
+    import diagnose  # the kept answers are diagnosed against this sequence's tasks, which have no label options
+
+    kept = tmp_path / "results" / "predictions" / f"{method}_order1_seed0.jsonl.gz"
+    table = diagnose.report(kept, generation_data_dir)
+    assert "| task | wrong | empty | copied from the input | other text |" in table
+    body = [[c.strip() for c in line.split("|")[1:-1]] for line in table.splitlines() if line.startswith("| ")][1:]
+    assert body and {cells[0] for cells in body} <= set(GENERATION_ORDER)
+    assert all(int(cells[1]) == sum(map(int, cells[2:])) for cells in body)
+    rows = diagnose.read_answers(kept)
+    rows[0]["target"] += " (edited)"
+    with gzip.open(kept, "wt") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(SystemExit, match="does not match the test set rebuilt from its result's config"):
+        diagnose.report(kept, generation_data_dir)
+
     with pytest.raises(SystemExit, match=r"generation sequence has orders \[1\], not 2"):
         accuracy.run_benchmark(method, 2, 0, config=config, results=tmp_path / "results", runs=tmp_path / "runs",
                                load_model=Loader())  # fmt: skip
@@ -256,18 +271,25 @@ def test_another_base_experiment_keeps_its_results_apart():
 def test_diagnosis_sorts_wrong_answers_by_whose_label_they_are():
     import diagnose
 
-    labels = {"topics": ["Company", "Film"], "news": ["World", "Sports"]}
+    labels = {"topics": ["Company", "Film"], "news": ["World", "Sports"], "titles": []}
+    inputs = {"topics": ["Acme builds trains in Ohio."] * 8, "news": ["Rain in Spain."], "titles": ["A sturdy blender."] * 2}
 
-    def row(after, task, prediction, score, protocol="generate"):
-        return {"after": after, "task": task, "protocol": protocol, "prediction": prediction, "score": score}
+    def row(after, task, prediction, score, protocol="generate", example=0):
+        return {"after": after, "task": task, "protocol": protocol, "prediction": prediction, "score": score,
+                "example": example}  # fmt: skip
 
     rows = [row("after_2_news", "topics", "film.", 0.0), row("after_2_news", "topics", " sports", 0.0),
             row("after_2_news", "topics", "World", 0.0), row("after_2_news", "topics", "", 0.0),
+            row("after_2_news", "topics", "Builds trains!", 0.0), row("after_2_news", "topics", "builds in", 0.0),
             row("after_2_news", "topics", "Company", 1.0), row("after_2_news", "topics", "World", 0.0, "rank"),
-            row("after_1_topics", "topics", "World", 0.0), row("after_2_news", "news", "Sports", 0.0)]  # fmt: skip
-    kinds = diagnose.wrong_answers(rows, labels)
-    assert kinds["topics"] == {"own label": 1, "label of news": 2, "other text": 1}  # rank and earlier rows ignored
+            row("after_1_topics", "topics", "World", 0.0), row("after_2_news", "news", "Sports", 0.0),
+            row("after_2_news", "titles", "sturdy blender", 0.3, example=1), row("after_2_news", "titles", "Film", 0.0)]  # fmt: skip
+    kinds = diagnose.wrong_answers(rows, labels, inputs)
+    # rank rows, right answers and earlier stages are ignored; "builds in" is not a contiguous span of the input
+    assert kinds["topics"] == {"own label": 1, "label of news": 2, "empty": 1, "copied from the input": 1, "other text": 1}
     assert kinds["news"] == {"own label": 1}
+    assert kinds["titles"] == {"copied from the input": 1, "label of topics": 1}  # a generation task has no own label
+    assert diagnose.wrong_answers(rows, labels)["topics"]["other text"] == 2  # without inputs nothing counts as copied
 
 
 def test_diagnosis_names_a_missing_run_before_reporting_any(tmp_path, monkeypatch, capsys):
@@ -275,6 +297,12 @@ def test_diagnosis_names_a_missing_run_before_reporting_any(tmp_path, monkeypatc
 
     monkeypatch.setattr(sys, "argv", ["diagnose.py", str(tmp_path / "osf_order1_seed0.jsonl.gz")])
     with pytest.raises(SystemExit, match="no kept answers at .*osf_order1_seed0.jsonl.gz; accuracy.py keeps them"):
+        diagnose.main()
+    kept = tmp_path / "predictions" / "osf_order1_seed0.jsonl.gz"  # answers whose result JSON is gone
+    kept.parent.mkdir()
+    kept.write_bytes(gzip.compress(b"{}\n"))
+    monkeypatch.setattr(sys, "argv", ["diagnose.py", str(kept)])
+    with pytest.raises(SystemExit, match="no result beside .*osf_order1_seed0.jsonl.gz: diagnose.py rebuilds"):
         diagnose.main()
     assert capsys.readouterr().out == ""
 
