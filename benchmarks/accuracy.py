@@ -21,7 +21,7 @@ deleted once the result is written; results are written atomically.
 Methods: the ContinualTrainer ones (seqlora = plain LoraConfig, inclora, olora, nlora, replay, ilora, nlora_replay);
 ``mtl``, the multi-task upper bound (all training sets concatenated, one plain LoRA trained once, one row of
 accuracies); and ``osf``, peft's OSFConfig run as its docs prescribe for a sequence (re-wrap per task with a growing
-preserved rank, a fresh Trainer per task), scored with the same ``evaluate_task``.
+preserved rank, a fresh Trainer per task), scored with the same ``evaluate_protocols``.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ from peft_continual import (
     STANDARD_ORDERS,
     ContinualResult,
     ContinualTrainer,
-    evaluate_task,
+    evaluate_protocols,
     load_continual_tasks,
 )
 from peft_continual.methods import config_classes
@@ -200,18 +200,17 @@ def evaluate_all(model, tokenizer, tasks, config: dict, only: list[str] | None =
     options = config["trainer"]
     chat = use_chat_template(tokenizer, options.get("chat_template", "off"))
     encodings = [encode_eval(tokenizer, task, options["max_source_length"], chat) for task in tasks]
-    evaluations = {}
+    wanted = only or protocols(config)
+    evaluations = {protocol: [] for protocol in wanted}
     with autocast(model, config):
-        for protocol in only or protocols(config):
-            evaluations[protocol] = [
-                evaluate_task(model, tokenizer, task, method=protocol, encoding=encoding,
-                              batch_size=config["training"]["per_device_eval_batch_size"])
-                if can_score(protocol, task) else None
-                for task, encoding in zip(tasks, encodings)
-            ]  # fmt: skip
-            for task, encoding, evaluation in zip(tasks, encodings, evaluations[protocol]):
-                if predictions is not None and evaluation is not None:
-                    write_predictions(predictions / f"{task.name}.{protocol}.jsonl", encoding, evaluation)
+        for task, encoding in zip(tasks, encodings):
+            scorable = [protocol for protocol in wanted if can_score(protocol, task)]
+            scored = evaluate_protocols(model, tokenizer, task, scorable, encoding=encoding,
+                                        batch_size=config["training"]["per_device_eval_batch_size"])  # fmt: skip
+            for protocol in wanted:
+                evaluations[protocol].append(scored.get(protocol))
+                if predictions is not None and protocol in scored:
+                    write_predictions(predictions / f"{task.name}.{protocol}.jsonl", encoding, scored[protocol])
     model.train(was_training)
     return evaluations
 

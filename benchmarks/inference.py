@@ -4,7 +4,9 @@
    prompt runs once, its KV cache is repeated over the options), label ranking with the prompt re-run for every
    option (the straightforward way, computed here independently: it must pick the same labels), and greedy
    generation with exact match (the papers' protocol). Reported: examples per CPU-second and the ratio to the
-   shared-prompt ranking.
+   shared-prompt ranking. Then both protocols at once, as the benchmark scores every run: ``evaluate_protocols``
+   (one prefill of each prompt batch serves both) against ranking and generating one after the other (it must
+   give the same answers).
 2. **Serving the result.** Latency of one request (greedy generation of ``--new-tokens`` tokens after a prompt of
    ``--prompt-len`` tokens, batch 1) and of a prefill of ``--batch-size`` prompts, for the base model, the PeftModel
    with ``--adapters`` task adapters active (what IncLoRA/N-LoRA/O-LoRA train: every earlier adapter stays in the
@@ -28,7 +30,7 @@ from peft import LoraConfig, get_peft_model
 from transformers.utils import logging as hf_logging
 
 from common import environment, markdown_table, quartiles, run_rounds, write_json
-from peft_continual import evaluate_task, load_continual_tasks
+from peft_continual import evaluate_protocols, evaluate_task, load_continual_tasks
 from peft_continual.demo_model import load_smollm2
 from peft_continual.tasks import PromptEncoder
 
@@ -71,13 +73,22 @@ def scoring(model, tokenizer, args) -> dict:
             "rank, prompt per option": lambda: rank_by_full_sequences(model, tokenizer, task, args.max_source_length),
             "generate": lambda: evaluate_task(model, tokenizer, task, method="generate", chat_template="off",
                                               max_source_length=args.max_source_length, batch_size=8),
+            "rank + generate, one prefill": lambda: evaluate_protocols(
+                model, tokenizer, task, ["generate", "rank"], chat_template="off",
+                max_source_length=args.max_source_length, batch_size=8),
         }  # fmt: skip
-        shared, full, generated = (run[name]() for name in run)
+        shared, full, generated, both = (run[name]() for name in run)
+        if [both["rank"].predictions, both["generate"].predictions] != [shared.predictions, generated.predictions]:
+            raise SystemExit(f"{task.name}: scoring both protocols from one prefill changed the answers")
         # the calls above were the warm-up
-        stats = ratio_stats(run_rounds(run, {}, args.rounds, warmup=0, seed=args.seed)[1], "rank, shared prompt")
+        times = run_rounds(run, {}, args.rounds, warmup=0, seed=args.seed)[1]
+        stats = ratio_stats(times, "rank, shared prompt")
         for name, s in stats.items():
             s["examples_per_cpu_s"] = len(task.eval) / s["median_cpu_s"]
+        separately = [r + g for r, g in zip(times["rank, shared prompt"], times["generate"])]  # same round each
+        joint = ratio_stats({"joint": times["rank + generate, one prefill"], "separately": separately}, "separately")
         results[task.name] = {"options": len(task.labels), "examples": len(task.eval), "variants": stats,
+                              "both_protocols_one_prefill_vs_separately": joint["joint"],
                               "rank_predictions_agree": sum(a == b for a, b in zip(shared.predictions, full)) / len(full),
                               "rank_accuracy": shared.accuracy, "generate_accuracy": generated.accuracy}  # fmt: skip
     return results
@@ -129,7 +140,9 @@ def render(payload: dict) -> str:
         parts.append(f"{task} ({r['options']} options, {r['examples']} examples; ranking agrees "
                      f"{100 * r['rank_predictions_agree']:.0f} %; accuracy rank {100 * r['rank_accuracy']:.0f} %, "
                      f"generate {100 * r['generate_accuracy']:.0f} %)\n"
-                     + markdown_table(["scoring", "examples / CPU s", "CPU time / shared-prompt ranking"], rows))  # fmt: skip
+                     + markdown_table(["scoring", "examples / CPU s", "CPU time / shared-prompt ranking"], rows)
+                     + "\n\nboth protocols from one prefill / rank then generate: {ratio:.2f} ({ratio_q1:.2f}–{ratio_q3:.2f})"
+                     .format(**r["both_protocols_one_prefill_vs_separately"]))  # fmt: skip
     s = payload["settings"]
     for kind, label in (("request", f"one request: {s['prompt_len']} prompt + {s['new_tokens']} generated tokens"),
                         ("prefill", f"prefill: {s['batch_size']} x {s['prompt_len']} tokens")):  # fmt: skip

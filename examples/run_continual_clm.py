@@ -13,7 +13,7 @@
 # ///
 """
 Continual learning of a causal language model on a sequence of tasks with LoRA: SeqLoRA, IncLoRA, O-LoRA, N-LoRA,
-experience replay or I-LoRA (see ``peft_continual.configs``).
+experience replay, I-LoRA or N-LoRA with replay (see ``peft_continual.configs``).
 
 Every task is trained in turn; after each one, every task seen so far is evaluated, which fills the score matrix
 R[i][j] (the score on task j after training task i, by task j's metric). The matrix is written as JSON and as a heatmap, and the run is

@@ -2,7 +2,7 @@
 
 from .collision import collision_report
 from .configs import IncLoraConfig, ILoraConfig, NLoraConfig, NLoraReplayConfig, OLoraConfig, ReplayConfig
-from .evaluation import TaskEvaluation, evaluate_task
+from .evaluation import TaskEvaluation, evaluate_protocols, evaluate_task
 from .metrics import ContinualResult
 from .scoring import METRICS, normalize_answer
 from .tasks import (
@@ -34,6 +34,7 @@ __all__ = [
     "TaskEvaluation",
     "TaskSpecError",
     "collision_report",
+    "evaluate_protocols",
     "evaluate_task",
     "load_continual_tasks",
     "normalize_answer",

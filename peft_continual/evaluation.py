@@ -2,7 +2,8 @@
 
 * ``rank`` (classification only): the option whose tokens (label + EOS/end-of-turn) have the highest
   log-likelihood after the prompt. The prompt is run once per example; its KV cache is repeated for every option,
-  so the cost grows with the options' few tokens, not with options x prompt length.
+  so the cost grows with the options' few tokens, not with options x prompt length (and scoring under both
+  protocols shares that one run of the prompt: :class:`PromptBatch`).
 * ``generate``: batched, left-padded, KV-cached greedy decoding until EOS/end-of-turn or ``max_new_tokens``; the
   answer is scored by the task's metric (the papers' protocol, where format forgetting counts).
 
@@ -11,9 +12,11 @@ Every example's score is kept (for intervals and paired comparisons), and the pr
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Any, Literal, Optional, Sequence
 
 import torch
 from transformers import GenerationConfig
@@ -57,54 +60,91 @@ def _batches(n: int, size: int):
         yield range(start, min(n, start + size))
 
 
-@torch.no_grad()
-def rank_scores(model, prompts: list[list[int]], options: list[list[int]], pad_token_id: int) -> torch.Tensor:
-    """Sum of log-probabilities of each option after each prompt, shape (len(prompts), len(options))."""
-    device = next(model.parameters()).device
-    B, K = len(prompts), len(options)
-    ids, mask = (t.to(device) for t in left_pad(prompts, pad_token_id))
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
-    first = out.logits[:, -1].float().log_softmax(-1)  # (B, V): distribution of each option's first token
+@dataclass
+class PromptBatch:
+    """A left-padded batch of prompts with the KV cache of all but their last token.
 
+    Label ranking feeds the last token again, followed by each option; ``generate`` needs one uncached token to
+    start from. So one prefill of the prompts serves both protocols, and scoring a task under both costs one pass
+    over its prompts instead of two (the prompts dominate: they are long, the answers a few tokens).
+    """
+
+    ids: torch.Tensor
+    mask: torch.Tensor
+    positions: torch.Tensor
+    cache: Any  # transformers' cache of ids[:, :-1]; None for one-token prompts
+    cache_key: str  # "cache" since transformers 5.2x, "past_key_values" before
+
+    @classmethod
+    @torch.no_grad()
+    def prefill(cls, model, prompts: list[list[int]], pad_token_id: int) -> "PromptBatch":
+        device = next(model.parameters()).device
+        ids, mask = (t.to(device) for t in left_pad(prompts, pad_token_id))
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache, key = None, "cache"
+        if ids.shape[1] > 1:
+            out = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
+                        use_cache=True, logits_to_keep=1)  # fmt: skip
+            key = "cache" if "cache" in out else "past_key_values"
+            cache = out[key]
+        return cls(ids, mask, positions, cache, key)
+
+    def fork(self) -> "PromptBatch":
+        """A copy whose cache the caller may consume (extend, repeat) while this one's stays as it is."""
+        return dataclasses.replace(self, cache=copy.deepcopy(self.cache))
+
+    def cache_kwargs(self) -> dict[str, Any]:
+        return {} if self.cache is None else {self.cache_key: self.cache}
+
+
+@torch.no_grad()
+def rank_batch(model, batch: PromptBatch, options: list[list[int]], pad_token_id: int) -> torch.Tensor:
+    """Sum of log-probabilities of each option after each prompt of ``batch`` (whose cache it consumes), shape
+    (prompts, options): the cache is repeated once per option and the prompt's last token is fed before each."""
+    device = batch.ids.device
+    B, K = batch.ids.shape[0], len(options)
     width = max(len(o) for o in options)
     option_ids = torch.tensor([o + [pad_token_id] * (width - len(o)) for o in options], device=device)  # (K, W)
     option_mask = torch.tensor([[1] * len(o) + [0] * (width - len(o)) for o in options], device=device)
-    scores = first[:, option_ids[:, 0]]  # (B, K)
-    if width > 1:
-        cache_key = "cache" if "cache" in out else "past_key_values"  # renamed in transformers 5.2x
-        cache = out[cache_key]
-        cache.batch_repeat_interleave(K)
-        follow_ids = option_ids[:, :-1].repeat(B, 1)  # (B*K, W-1): every option after every prompt
-        follow_mask = torch.cat([mask.repeat_interleave(K, 0), option_mask[:, :-1].repeat(B, 1)], dim=1)
-        follow_pos = positions[:, -1:].repeat_interleave(K, 0) + 1 + torch.arange(width - 1, device=device)
-        logits = model(
-            input_ids=follow_ids, attention_mask=follow_mask, position_ids=follow_pos, **{cache_key: cache}
-        ).logits.float()
-        logp = logits.log_softmax(-1).gather(-1, option_ids[:, 1:].repeat(B, 1).unsqueeze(-1)).squeeze(-1)
-        logp = logp * option_mask[:, 1:].repeat(B, 1)
-        scores = scores + logp.sum(-1).view(B, K)
-    return scores
+    if batch.cache is not None:
+        batch.cache.batch_repeat_interleave(K)
+    follow_ids = torch.cat([batch.ids[:, -1:].repeat_interleave(K, 0), option_ids[:, :-1].repeat(B, 1)], dim=1)
+    follow_mask = torch.cat([batch.mask.repeat_interleave(K, 0), option_mask[:, :-1].repeat(B, 1)], dim=1)
+    follow_pos = batch.positions[:, -1:].repeat_interleave(K, 0) + torch.arange(width, device=device)
+    logits = model(input_ids=follow_ids, attention_mask=follow_mask, position_ids=follow_pos,
+                   **batch.cache_kwargs()).logits.float()  # fmt: skip
+    logp = logits.log_softmax(-1).gather(-1, option_ids.repeat(B, 1).unsqueeze(-1)).squeeze(-1)  # (B*K, W)
+    return (logp * option_mask.repeat(B, 1)).sum(-1).view(B, K)
+
+
+def rank_scores(model, prompts: list[list[int]], options: list[list[int]], pad_token_id: int) -> torch.Tensor:
+    """Sum of log-probabilities of each option after each prompt, shape (len(prompts), len(options))."""
+    return rank_batch(model, PromptBatch.prefill(model, prompts, pad_token_id), options, pad_token_id)
+
+
+def greedy_config(*, pad_token_id: int, stop_ids: list[int], max_new_tokens: int) -> GenerationConfig:
+    return GenerationConfig(
+        max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, use_cache=True,
+        eos_token_id=stop_ids, pad_token_id=pad_token_id,
+    )  # fmt: skip
 
 
 @torch.no_grad()
+def generate_batch(model, batch: PromptBatch, config: GenerationConfig) -> list[list[int]]:
+    """Greedy continuations of ``batch`` (whose cache ``generate`` extends), each cut before its first stop token."""
+    out = model.generate(input_ids=batch.ids, attention_mask=batch.mask, generation_config=config, **batch.cache_kwargs())
+    stops = set(config.eos_token_id)
+    return [row[: next((k for k, token in enumerate(row) if token in stops), len(row))]
+            for row in out[:, batch.ids.shape[1] :].tolist()]  # fmt: skip
+
+
 def generate_greedy(
     model, prompts: list[list[int]], *, pad_token_id: int, stop_ids: list[int], max_new_tokens: int, batch_size: int
 ) -> list[list[int]]:
     """Greedy continuations of left-padded prompt batches (KV-cached), each cut before its first stop token."""
-    device = next(model.parameters()).device
-    config = GenerationConfig(
-        max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, use_cache=True,
-        eos_token_id=stop_ids, pad_token_id=pad_token_id,
-    )  # fmt: skip
-    continuations = []
-    for batch in _batches(len(prompts), batch_size):
-        ids, mask = left_pad([prompts[i] for i in batch], pad_token_id)
-        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config)
-        for row in out[:, ids.shape[1] :].tolist():
-            end = next((k for k, token in enumerate(row) if token in stop_ids), len(row))
-            continuations.append(row[:end])
-    return continuations
+    config = greedy_config(pad_token_id=pad_token_id, stop_ids=stop_ids, max_new_tokens=max_new_tokens)
+    return [continuation for batch in _batches(len(prompts), batch_size)
+            for continuation in generate_batch(model, PromptBatch.prefill(model, [prompts[i] for i in batch], pad_token_id), config)]  # fmt: skip
 
 
 def default_max_new_tokens(task: ContinualTask, encoding: EvalEncoding) -> int:
@@ -119,6 +159,50 @@ def default_max_new_tokens(task: ContinualTask, encoding: EvalEncoding) -> int:
 
 
 @torch.no_grad()
+def evaluate_protocols(
+    model,
+    tokenizer,
+    task: ContinualTask,
+    methods: Sequence[EvaluationMethod],
+    *,
+    max_source_length: int = 256,
+    batch_size: int = 8,
+    max_new_tokens: Optional[int] = None,
+    chat_template: str = "auto",
+    encoding: Optional[EvalEncoding] = None,
+) -> dict[str, TaskEvaluation]:
+    """The task's metric on ``task.eval`` under each protocol of ``methods``, from one prefill of each prompt batch
+    (the model's current adapters and mode are used as they are). See :func:`evaluate_task` for the arguments."""
+    for method in methods:
+        check_protocol(method, task)
+    if not methods:
+        return {}
+    if encoding is None:
+        encoding = encode_eval(tokenizer, task, max_source_length, use_chat_template(tokenizer, chat_template))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    config = None
+    if "generate" in methods:
+        budget = max_new_tokens or default_max_new_tokens(task, encoding)
+        config = greedy_config(pad_token_id=pad, stop_ids=encoding.stop_ids, max_new_tokens=budget)
+    predictions: dict[str, list[str]] = {method: [] for method in methods}
+    for rows in _batches(len(encoding.prompts), batch_size):
+        batch = PromptBatch.prefill(model, [encoding.prompts[i] for i in rows], pad)
+        if "rank" in methods:
+            best = rank_batch(model, batch.fork() if config else batch, encoding.options, pad).argmax(-1)
+            predictions["rank"] += [task.labels[i] for i in best.tolist()]
+        if config is not None:
+            continuations = generate_batch(model, batch, config)
+            predictions["generate"] += [text.strip() for text in tokenizer.batch_decode(continuations, skip_special_tokens=True)]
+    evaluations = {}
+    for method, answers in predictions.items():
+        scores = score_predictions(task.metric, answers, encoding.references)
+        evaluations[method] = TaskEvaluation(
+            score=sum(scores) / len(scores), metric=task.metric, method=method, num_examples=len(scores),
+            predictions=answers, example_scores=scores,
+        )  # fmt: skip
+    return evaluations
+
+
 def evaluate_task(
     model,
     tokenizer,
@@ -134,28 +218,13 @@ def evaluate_task(
     """The task's metric on ``task.eval`` (the model's current adapters and mode are used as they are).
 
     ``encoding`` is the task's :func:`~peft_continual.tasks.encode_eval` output, to encode the prompts once for
-    many evaluations; ``chat_template`` and ``max_source_length`` only matter when it is not given.
+    many evaluations; ``chat_template`` and ``max_source_length`` only matter when it is not given. To score
+    under both protocols, :func:`evaluate_protocols` runs the prompts once for both.
     """
-    check_protocol(method, task)
-    if encoding is None:
-        encoding = encode_eval(tokenizer, task, max_source_length, use_chat_template(tokenizer, chat_template))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    if method == "rank":
-        predictions: list[str] = []
-        for batch in _batches(len(encoding.prompts), batch_size):
-            best = rank_scores(model, [encoding.prompts[i] for i in batch], encoding.options, pad).argmax(-1)
-            predictions += [task.labels[i] for i in best.tolist()]
-    else:
-        continuations = generate_greedy(
-            model, encoding.prompts, pad_token_id=pad, stop_ids=encoding.stop_ids, batch_size=batch_size,
-            max_new_tokens=max_new_tokens or default_max_new_tokens(task, encoding),
-        )  # fmt: skip
-        predictions = [text.strip() for text in tokenizer.batch_decode(continuations, skip_special_tokens=True)]
-    scores = score_predictions(task.metric, predictions, encoding.references)
-    return TaskEvaluation(
-        score=sum(scores) / len(scores), metric=task.metric, method=method, num_examples=len(scores),
-        predictions=predictions, example_scores=scores,
-    )  # fmt: skip
+    return evaluate_protocols(
+        model, tokenizer, task, [method], max_source_length=max_source_length, batch_size=batch_size,
+        max_new_tokens=max_new_tokens, chat_template=chat_template, encoding=encoding,
+    )[method]  # fmt: skip
 
 
 def write_predictions(path, encoding: EvalEncoding, evaluation: TaskEvaluation) -> None:

@@ -26,7 +26,7 @@ from transformers.utils import logging
 
 from .adapters import adapters_active
 from .collision import collision_report
-from .evaluation import EVALUATION_METHODS, EvaluationMethod, TaskEvaluation, check_protocol, evaluate_task, write_predictions
+from .evaluation import EVALUATION_METHODS, EvaluationMethod, TaskEvaluation, check_protocol, evaluate_protocols, write_predictions
 from .methods import ContinualMethod, build_method, task_adapter_name
 from .io_utils import atomic_write_text
 from .hub import check_card_keywords, push_continual_to_hub, render_model_card, save_continual_with_card
@@ -117,7 +117,7 @@ class ContinualTrainer(Trainer):
         evaluation_method: ``"rank"`` (label ranking by log-likelihood, default; classification tasks only) or
             ``"generate"`` (greedy generation scored by each task's metric, the papers' protocol), or a list of both:
             the first fills the score matrix, the others fill ``result.secondary[<protocol>]`` from the same run
-            (tasks a secondary protocol cannot score are skipped).
+            (tasks a secondary protocol cannot score are skipped; both protocols share one run of each prompt).
         chat_template: ``"auto"`` (render prompts with the tokenizer's chat template when it has one), ``"on"``
             or ``"off"`` (the reference prompt).
         max_new_tokens: cap on generated tokens; a generation task without its own ``max_new_tokens`` gets its
@@ -452,13 +452,8 @@ class ContinualTrainer(Trainer):
             model.train(was_training)
 
     def _evaluate_all(self, model, tasks: Sequence[ContinualTask], stage: Optional[str]) -> dict[str, list[Optional[TaskEvaluation]]]:
-        evaluations: dict[str, list[Optional[TaskEvaluation]]] = {}
-        for protocol in self.evaluation_methods:
-            evaluations[protocol] = [
-                None if protocol == "rank" and task.kind == GENERATION else self._cl_evaluate_task(model, task, protocol, stage)
-                for task in tasks
-            ]
-        return evaluations
+        per_task = [self._cl_evaluate_task(model, task, stage) for task in tasks]
+        return {protocol: [scored.get(protocol) for scored in per_task] for protocol in self.evaluation_methods}
 
     def eval_encoding(self, task: ContinualTask) -> EvalEncoding:
         """The task's evaluation prompts, encoded on first use and reused by every later evaluation."""
@@ -466,8 +461,9 @@ class ContinualTrainer(Trainer):
             self._eval_encodings[task.name] = encode_eval(self.processing_class, task, self.max_source_length, self.chat)
         return self._eval_encodings[task.name]
 
-    def _cl_evaluate_task(self, model, task: ContinualTask, protocol: str, stage: Optional[str]) -> TaskEvaluation:
-        """Score ``task``; under DDP each process scores a contiguous shard of its rows and all get the same result.
+    def _cl_evaluate_task(self, model, task: ContinualTask, stage: Optional[str]) -> dict[str, TaskEvaluation]:
+        """Score ``task`` under every protocol that can score it (one run of its prompts for all); under DDP each
+        process scores a contiguous shard of its rows and all get the same result.
 
         Under DeepSpeed ZeRO-3 every forward gathers parameters collectively, so every process must run the same
         forwards: each scores all rows.
@@ -481,18 +477,21 @@ class ContinualTrainer(Trainer):
             shard = dataclasses.replace(encoding, prompts=encoding.prompts[start:end],
                                         prompt_texts=encoding.prompt_texts[start:end],
                                         references=encoding.references[start:end])  # fmt: skip
+        protocols = [p for p in self.evaluation_methods if not (p == "rank" and task.kind == GENERATION)]
         part = None
         if shard.prompts:  # a task with fewer rows than processes leaves some processes without rows
-            part = evaluate_task(
-                model, self.processing_class, task, method=protocol, batch_size=self.args.per_device_eval_batch_size,
+            part = evaluate_protocols(
+                model, self.processing_class, task, protocols, batch_size=self.args.per_device_eval_batch_size,
                 max_new_tokens=task.max_new_tokens or (self.max_new_tokens if task.kind == GENERATION else None),
                 encoding=shard,
             )  # fmt: skip
-        evaluation = merge_evaluations(gather_object([part]) if world_size > 1 else [part])
+        parts = gather_object([part]) if world_size > 1 else [part]
+        evaluations = {p: merge_evaluations([part and part[p] for part in parts]) for p in protocols}
         if stage is not None and self.save_predictions and self.is_world_process_zero():
             folder = os.path.join(self.continual_args.output_dir, PREDICTIONS_DIR, stage)
-            write_predictions(os.path.join(folder, f"{task.name}.{protocol}.jsonl"), encoding, evaluation)
-        return evaluation
+            for protocol, evaluation in evaluations.items():
+                write_predictions(os.path.join(folder, f"{task.name}.{protocol}.jsonl"), encoding, evaluation)
+        return evaluations
 
     @torch.no_grad()
     def _cl_evaluate_zero_shot(self, tasks: Sequence[ContinualTask]) -> None:

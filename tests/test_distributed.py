@@ -25,11 +25,11 @@ SCRIPT = textwrap.dedent(
     from peft_continual import ContinualTrainer, ILoraConfig, NLoraConfig
 
     scored_rows = []  # the evaluation rows this process scored
-    evaluate_task = peft_continual.trainer.evaluate_task
-    def counting(model, tokenizer, task, **kwargs):
+    evaluate_protocols = peft_continual.trainer.evaluate_protocols
+    def counting(model, tokenizer, task, methods, **kwargs):
         scored_rows.extend(kwargs["encoding"].prompt_texts)  # the trainer passes each process's shard of the prompts
-        return evaluate_task(model, tokenizer, task, **kwargs)
-    peft_continual.trainer.evaluate_task = counting
+        return evaluate_protocols(model, tokenizer, task, methods, **kwargs)
+    peft_continual.trainer.evaluate_protocols = counting
 
     method, out, batch = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
     tokenizer = make_tokenizer()

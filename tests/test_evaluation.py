@@ -32,6 +32,27 @@ def test_shared_prompt_ranking_equals_naive(arch, tokenizer):
     torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
+def test_both_protocols_from_one_prefill_equal_each_alone(arch, tokenizer, monkeypatch):
+    """Scoring under rank and generate at once runs each prompt batch once, and answers exactly as each alone."""
+    import peft_continual.evaluation as evaluation
+
+    model, targets = tiny_model(arch, tokenizer)
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False))
+    model.eval()  # a random LoRA update: the adapter's path is part of what the shared cache must carry
+    task = synthetic_task("colors", n_eval=11)  # batches of 4: the last one is short
+    kwargs = dict(max_source_length=64, batch_size=4)
+    alone = {m: evaluate_task(model, tokenizer, task, method=m, **kwargs) for m in ("rank", "generate")}
+    prefills, original = [], evaluation.PromptBatch.prefill
+    monkeypatch.setattr(evaluation.PromptBatch, "prefill", lambda *a, **k: prefills.append(1) or original(*a, **k))
+    both = evaluation.evaluate_protocols(model, tokenizer, task, ["generate", "rank"], **kwargs)
+    assert len(prefills) == 3  # ceil(11 / 4) prompt batches, each run once for both protocols
+    for m in ("rank", "generate"):
+        assert both[m].method == m and both[m].num_examples == 11
+        assert both[m].predictions == alone[m].predictions and both[m].example_scores == alone[m].example_scores
+    assert any(both["generate"].predictions)  # something was generated to compare
+
+
 def test_normalize_answer():
     assert normalize_answer("  The Science, or Technology!\nmore") == "science or technology"
     assert normalize_answer("very negative.") == normalize_answer("Very Negative")

@@ -142,8 +142,8 @@ def test_trained_generation_task_predictions_file_and_example_scores(tokenizer, 
 def test_max_new_tokens_is_capped(tokenizer, tmp_path, monkeypatch):
     import peft_continual.evaluation as evaluation
 
-    used, original = [], evaluation.generate_greedy
-    monkeypatch.setattr(evaluation, "generate_greedy", lambda *a, **k: used.append(k["max_new_tokens"]) or original(*a, **k))
+    used, original = [], evaluation.greedy_config
+    monkeypatch.setattr(evaluation, "greedy_config", lambda **k: used.append(k["max_new_tokens"]) or original(**k))
     task = generation_task("reverse", n_train=4)
     trainer = make_trainer(tokenizer, tmp_path, evaluation_method="generate", max_new_tokens=2, args={"num_train_epochs": 1})
     trainer.train_continual([task])
