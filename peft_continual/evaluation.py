@@ -62,32 +62,35 @@ def _batches(n: int, size: int):
 
 @dataclass
 class PromptBatch:
-    """A left-padded batch of prompts with the KV cache of all but their last token.
+    """A left-padded batch of prompts, run through the model once, with their KV cache.
 
-    Label ranking feeds the last token again, followed by each option; ``generate`` needs one uncached token to
-    start from. So one prefill of the prompts serves both protocols, and scoring a task under both costs one pass
-    over its prompts instead of two (the prompts dominate: they are long, the answers a few tokens).
+    Ranking alone caches the whole prompt and keeps the next-token distribution after it. To score under both
+    protocols, the cache holds all but the last prompt token: ranking feeds that token before each option, and
+    ``generate`` needs one uncached token to start from. So one prefill serves both protocols, and scoring a task
+    under both costs one pass over its prompts instead of two (the prompts dominate: the answers are a few tokens).
     """
 
     ids: torch.Tensor
     mask: torch.Tensor
     positions: torch.Tensor
-    cache: Any  # transformers' cache of ids[:, :-1]; None for one-token prompts
+    cache: Any  # transformers' cache of the prefilled tokens; None when none were (one-token prompts)
     cache_key: str  # "cache" since transformers 5.2x, "past_key_values" before
+    next_logp: Optional[torch.Tensor] = None  # (B, V) after the whole prompt, when the whole prompt is cached
 
     @classmethod
     @torch.no_grad()
-    def prefill(cls, model, prompts: list[list[int]], pad_token_id: int) -> "PromptBatch":
+    def prefill(cls, model, prompts: list[list[int]], pad_token_id: int, *, whole: bool) -> "PromptBatch":
+        """Run ``prompts`` (the whole of each, or all but the last token) and keep their cache."""
         device = next(model.parameters()).device
         ids, mask = (t.to(device) for t in left_pad(prompts, pad_token_id))
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache, key = None, "cache"
-        if ids.shape[1] > 1:
-            out = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
-                        use_cache=True, logits_to_keep=1)  # fmt: skip
-            key = "cache" if "cache" in out else "past_key_values"
-            cache = out[key]
-        return cls(ids, mask, positions, cache, key)
+        end = ids.shape[1] if whole else ids.shape[1] - 1
+        if end == 0:
+            return cls(ids, mask, positions, None, "cache")
+        out = model(input_ids=ids[:, :end], attention_mask=mask[:, :end], position_ids=positions[:, :end],
+                    use_cache=True, logits_to_keep=1)  # fmt: skip
+        key = "cache" if "cache" in out else "past_key_values"
+        return cls(ids, mask, positions, out[key], key, out.logits[:, -1].float().log_softmax(-1) if whole else None)
 
     def fork(self) -> "PromptBatch":
         """A copy whose cache the caller may consume (extend, repeat) while this one's stays as it is."""
@@ -100,26 +103,27 @@ class PromptBatch:
 @torch.no_grad()
 def rank_batch(model, batch: PromptBatch, options: list[list[int]], pad_token_id: int) -> torch.Tensor:
     """Sum of log-probabilities of each option after each prompt of ``batch`` (whose cache it consumes), shape
-    (prompts, options): the cache is repeated once per option and the prompt's last token is fed before each."""
+    (prompts, options): the cache is repeated once per option and the option's tokens follow it in one pass."""
     device = batch.ids.device
     B, K = batch.ids.shape[0], len(options)
     width = max(len(o) for o in options)
     option_ids = torch.tensor([o + [pad_token_id] * (width - len(o)) for o in options], device=device)  # (K, W)
     option_mask = torch.tensor([[1] * len(o) + [0] * (width - len(o)) for o in options], device=device)
+    whole = batch.next_logp is not None  # the option's first token is already predicted: feed the rest
+    scores = batch.next_logp[:, option_ids[:, 0]] if whole else torch.zeros(B, K, device=device)
+    feed = option_ids[:, :-1].repeat(B, 1)  # (B*K, W-1): every option after every prompt
+    if not whole:  # the prompt's last token comes first, before each option
+        feed = torch.cat([batch.ids[:, -1:].repeat_interleave(K, 0), feed], dim=1)
+    if feed.shape[1] == 0:
+        return scores
     if batch.cache is not None:
         batch.cache.batch_repeat_interleave(K)
-    follow_ids = torch.cat([batch.ids[:, -1:].repeat_interleave(K, 0), option_ids[:, :-1].repeat(B, 1)], dim=1)
-    follow_mask = torch.cat([batch.mask.repeat_interleave(K, 0), option_mask[:, :-1].repeat(B, 1)], dim=1)
-    follow_pos = batch.positions[:, -1:].repeat_interleave(K, 0) + torch.arange(width, device=device)
-    logits = model(input_ids=follow_ids, attention_mask=follow_mask, position_ids=follow_pos,
-                   **batch.cache_kwargs()).logits.float()  # fmt: skip
-    logp = logits.log_softmax(-1).gather(-1, option_ids.repeat(B, 1).unsqueeze(-1)).squeeze(-1)  # (B*K, W)
-    return (logp * option_mask.repeat(B, 1)).sum(-1).view(B, K)
-
-
-def rank_scores(model, prompts: list[list[int]], options: list[list[int]], pad_token_id: int) -> torch.Tensor:
-    """Sum of log-probabilities of each option after each prompt, shape (len(prompts), len(options))."""
-    return rank_batch(model, PromptBatch.prefill(model, prompts, pad_token_id), options, pad_token_id)
+    feed_mask = torch.cat([batch.mask.repeat_interleave(K, 0), option_mask[:, :-1].repeat(B, 1)], dim=1)
+    feed_pos = batch.positions[:, -1:].repeat_interleave(K, 0) + int(whole) + torch.arange(feed.shape[1], device=device)
+    logits = model(input_ids=feed, attention_mask=feed_mask, position_ids=feed_pos, **batch.cache_kwargs()).logits
+    predicted = option_ids[:, int(whole) :].repeat(B, 1)  # the option tokens the fed positions predict
+    logp = logits.float().log_softmax(-1).gather(-1, predicted.unsqueeze(-1)).squeeze(-1)
+    return scores + (logp * option_mask[:, int(whole) :].repeat(B, 1)).sum(-1).view(B, K)
 
 
 def greedy_config(*, pad_token_id: int, stop_ids: list[int], max_new_tokens: int) -> GenerationConfig:
@@ -144,7 +148,7 @@ def generate_greedy(
     """Greedy continuations of left-padded prompt batches (KV-cached), each cut before its first stop token."""
     config = greedy_config(pad_token_id=pad_token_id, stop_ids=stop_ids, max_new_tokens=max_new_tokens)
     return [continuation for batch in _batches(len(prompts), batch_size)
-            for continuation in generate_batch(model, PromptBatch.prefill(model, [prompts[i] for i in batch], pad_token_id), config)]  # fmt: skip
+            for continuation in generate_batch(model, PromptBatch.prefill(model, [prompts[i] for i in batch], pad_token_id, whole=False), config)]  # fmt: skip
 
 
 def default_max_new_tokens(task: ContinualTask, encoding: EvalEncoding) -> int:
@@ -186,7 +190,7 @@ def evaluate_protocols(
         config = greedy_config(pad_token_id=pad, stop_ids=encoding.stop_ids, max_new_tokens=budget)
     predictions: dict[str, list[str]] = {method: [] for method in methods}
     for rows in _batches(len(encoding.prompts), batch_size):
-        batch = PromptBatch.prefill(model, [encoding.prompts[i] for i in rows], pad)
+        batch = PromptBatch.prefill(model, [encoding.prompts[i] for i in rows], pad, whole=config is None)
         if "rank" in methods:
             best = rank_batch(model, batch.fork() if config else batch, encoding.options, pad).argmax(-1)
             predictions["rank"] += [task.labels[i] for i in best.tolist()]

@@ -6,7 +6,7 @@ from peft import LoraConfig, get_peft_model
 
 from conftest import synthetic_task, tiny_model, training_args
 from peft_continual import ContinualTrainer, evaluate_task, normalize_answer
-from peft_continual.evaluation import rank_scores
+from peft_continual.evaluation import PromptBatch, rank_batch
 
 
 def naive_scores(model, prompts, options):
@@ -21,15 +21,19 @@ def naive_scores(model, prompts, options):
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
-def test_shared_prompt_ranking_equals_naive(arch, tokenizer):
+@pytest.mark.parametrize("whole", [True, False], ids=["whole-prompt-cached", "last-token-fed-with-options"])
+def test_shared_prompt_ranking_equals_naive(arch, whole, tokenizer):
+    """Both ways a prompt batch is cached (ranking alone, or shared with generation) rank as the naive loop does."""
     model, _ = tiny_model(arch, tokenizer)
     model.eval()
-    prompts = [[3, 4, 5, 6, 7], [8, 9], [10, 11, 12]]  # different lengths: exercises left padding
-    options = [[20, 21, 1], [22, 1], [23, 24, 25, 1]]
-    with torch.no_grad():
-        fast = rank_scores(model, prompts, options, pad_token_id=0)
-        slow = naive_scores(model, prompts, options)
-    torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-4)
+    cases = [([[3, 4, 5, 6, 7], [8, 9], [10, 11, 12]], [[20, 21, 1], [22, 1], [23, 24, 25, 1]]),  # left padding
+             ([[13], [14]], [[20, 21, 1], [22, 1]]),  # one-token prompts: nothing cached before the last token
+             ([[3, 4, 5], [8, 9]], [[20], [22]])]  # one-token options: nothing fed after the prompt  # fmt: skip
+    for prompts, options in cases:
+        with torch.no_grad():
+            fast = rank_batch(model, PromptBatch.prefill(model, prompts, 0, whole=whole), options, pad_token_id=0)
+            slow = naive_scores(model, prompts, options)
+        torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
