@@ -429,9 +429,16 @@ def sweep_table(runs: list[dict], main_runs: list[dict] = ()) -> str:
     return markdown_table(header, rows)
 
 
+def lambda_points(runs: list[dict]) -> list[tuple[float, dict]]:
+    """One (λ, run) per λ, by λ. A sweep point at the main run's own λ (a generation-only replica of it) gives way
+    to the main run, which ``runs`` lists last."""
+    by_value = {r["benchmark"]["config"]["method"]["collision_lambda"]: r for r in runs}
+    return sorted(by_value.items(), key=lambda point: point[0])
+
+
 def lambda_plot(runs: list[dict], path: Path) -> None:
     """N-LoRA's λ sweep (its main run included): accuracy, plasticity and collision rate against λ (log scale)."""
-    points = sorted((r["benchmark"]["config"]["method"]["collision_lambda"], r) for r in runs)
+    points = lambda_points(runs)
     x = [p[0] for p in points]
     reductions = {r["benchmark"]["config"]["method"].get("collision_reduction", "mean") for _, r in points}
     fig, ax = plt.subplots(figsize=(5.5, 3.2))

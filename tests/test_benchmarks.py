@@ -526,6 +526,10 @@ def test_summarize_pairs_each_sweep_point_with_its_default_run():
     assert summarize.default_run(held, [main, held_main]) is held_main
     lone = summarize.sweep_table([other_training], [main]).splitlines()
     assert len(lone) == 3 and [c.strip() for c in lone[2].split("|")[10:12]] == ["—", "—"]  # ΔAA, ΔBWT: no default
+    # the plot: one point per λ; a sweep point at the main run's own λ gives way to the main run (listed last)
+    replica, old_main = run(20, 0.2, ["trainer.evaluation_method=generate"], protocol="generate"), run(30, 0.8)
+    points = summarize.lambda_points([better, replica, old_main, main])
+    assert [(lam, r) for lam, r in points] == [(0.05, better), (0.2, main), (0.8, old_main)]
 
 
 def test_summarize_targets_are_met_only_when_the_paired_intervals_say_so():
