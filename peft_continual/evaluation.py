@@ -142,15 +142,6 @@ def generate_batch(model, batch: PromptBatch, config: GenerationConfig) -> list[
             for row in out[:, batch.ids.shape[1] :].tolist()]  # fmt: skip
 
 
-def generate_greedy(
-    model, prompts: list[list[int]], *, pad_token_id: int, stop_ids: list[int], max_new_tokens: int, batch_size: int
-) -> list[list[int]]:
-    """Greedy continuations of left-padded prompt batches (KV-cached), each cut before its first stop token."""
-    config = greedy_config(pad_token_id=pad_token_id, stop_ids=stop_ids, max_new_tokens=max_new_tokens)
-    return [continuation for batch in _batches(len(prompts), batch_size)
-            for continuation in generate_batch(model, PromptBatch.prefill(model, [prompts[i] for i in batch], pad_token_id, whole=False), config)]  # fmt: skip
-
-
 def default_max_new_tokens(task: ContinualTask, encoding: EvalEncoding) -> int:
     """A classification task: the longest option and a little more. A generation task must carry its own."""
     if task.max_new_tokens is not None:

@@ -14,7 +14,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from conftest import OPPOSITES, generation_task, memorised_task, synthetic_task, tiny_model, training_args
 from peft_continual import ContinualTrainer, ILoraConfig, IncLoraConfig, NLoraConfig, OLoraConfig, ReplayConfig, evaluate_task
-from peft_continual.evaluation import generate_greedy
+from peft_continual.evaluation import PromptBatch, generate_batch, greedy_config
 from peft_continual.tasks import IGNORE_INDEX, PromptEncoder, encode_eval, tokenize_task
 
 SMOLLM2 = Path("/work/cache/smollm2")
@@ -100,19 +100,21 @@ def test_smollm2_tokenizer_and_chat_template():
 def test_batched_cached_greedy_equals_naive_decoding(arch, tokenizer):
     model, _ = tiny_model(arch, tokenizer)
     model.eval()
-    prompts = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14]]  # different lengths: left padding in one batch
     stop = [tokenizer.eos_token_id]
-    with torch.no_grad():
-        fast = generate_greedy(model, prompts, pad_token_id=0, stop_ids=stop, max_new_tokens=6, batch_size=3)
-        for prompt, got in zip(prompts, fast):
-            ids, expected = list(prompt), []
-            for _ in range(6):  # no padding, no cache: the whole sequence every step
-                token = model(input_ids=torch.tensor([ids])).logits[0, -1].argmax().item()
-                if token in stop:
-                    break
-                expected.append(token)
-                ids.append(token)
-            assert got == expected
+    config = greedy_config(pad_token_id=0, stop_ids=stop, max_new_tokens=6)
+    # different lengths (left padding in one batch), and one-token prompts (nothing cached before generate)
+    for prompts in ([[5, 6, 7, 8, 9], [10, 11], [12, 13, 14]], [[5], [10]]):
+        with torch.no_grad():
+            fast = generate_batch(model, PromptBatch.prefill(model, prompts, 0, whole=False), config)
+            for prompt, got in zip(prompts, fast):
+                ids, expected = list(prompt), []
+                for _ in range(6):  # no padding, no cache: the whole sequence every step
+                    token = model(input_ids=torch.tensor([ids])).logits[0, -1].argmax().item()
+                    if token in stop:
+                        break
+                    expected.append(token)
+                    ids.append(token)
+                assert got == expected
 
 
 def make_trainer(tokenizer, tmp_path, config=None, arch="llama", **kwargs):
