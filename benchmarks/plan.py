@@ -61,6 +61,7 @@ UNIT_COSTS = RESULTS / "unit_costs.json"
 STEP_VARIANTS = {"seqlora": "lora", "mtl": "lora", "inclora": "inclora@4", "olora": "olora@4", "nlora": "nlora-delta_w@4",
                  "replay": "er@2", "ilora": "ilora@2", "nlora_replay": "er@2", "osf": "osf@1"}  # fmt: skip
 LOAD_SECONDS = 10.0  # process start, imports, model and data loading per run
+RECENT_EVAL_RUNS = 3  # results that price an evaluated example (the newest, so that they price the current code)
 
 
 @dataclass(frozen=True)
@@ -188,9 +189,11 @@ def costs_from_results() -> dict:
     """Seconds per step by (cost key, method) and per evaluated example by (cost key, protocol), from results.
 
     Evaluation seconds are a run's wall time less its training time, over the examples it evaluated, so they
-    include the per-run loading too (an overestimate of a few percent).
+    include the per-run loading too (an overestimate of a few percent). They come from the newest
+    ``RECENT_EVAL_RUNS`` results of each (cost key, protocol) only, by the date each result records: scoring
+    got faster as the code did (one prefill for both protocols), and older runs would price the old code.
     """
-    steps, evals = defaultdict(lambda: [0.0, 0]), defaultdict(lambda: [0.0, 0])
+    steps, evals = defaultdict(lambda: [0.0, 0]), defaultdict(list)
     roots = sorted({results_root(base, RESULTS) for base in bases()})
     for path in [p for root in roots for folder in ("accuracy", "sweeps") for p in sorted(root.glob(f"{folder}/*.json"))]:
         data = json.loads(path.read_text())
@@ -205,9 +208,11 @@ def costs_from_results() -> dict:
             steps[key, b["method"]][1] += n_steps
         n_eval = sum(sum(d.get("eval_examples", [])) for d in details)
         if n_eval:
-            evals[key, protocol_key(b["config"])][0] += b["wall_seconds"] - train
-            evals[key, protocol_key(b["config"])][1] += n_eval
-    return {"step": {k: s / n for k, (s, n) in steps.items()}, "eval": {k: s / n for k, (s, n) in evals.items()}}
+            date = b.get("environment", {}).get("date", "")
+            evals[key, protocol_key(b["config"])].append((date, b["wall_seconds"] - train, n_eval))
+    recent = {k: sorted(runs, key=lambda run: run[0])[-RECENT_EVAL_RUNS:] for k, runs in evals.items()}
+    return {"step": {k: s / n for k, (s, n) in steps.items()},
+            "eval": {k: sum(r[1] for r in runs) / sum(r[2] for r in runs) for k, runs in recent.items()}}  # fmt: skip
 
 
 def step_ratios() -> dict[str, float]:

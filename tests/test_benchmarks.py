@@ -372,6 +372,23 @@ def test_plan_unit_costs_from_results_and_measurement(tmp_path, monkeypatch):
     assert seconds == pytest.approx(plan.LOAD_SECONDS + 7 * 3.0 * 1.1 + 16 * (0.5 + 1.5))
 
 
+def test_plan_prices_evaluation_from_the_newest_results(tmp_path, monkeypatch):
+    monkeypatch.setattr(plan, "RESULTS", tmp_path)
+    monkeypatch.setattr(plan, "RECENT_EVAL_RUNS", 2)
+    run = plan.Run("nlora", 1, 0)
+    (tmp_path / "accuracy").mkdir()
+    # eval seconds per example 9 (oldest), 1 and 3: the two newest price it; training is pooled over all three
+    for name, date, wall in (("a", "2026-01-03", 12.0), ("b", "2026-01-01", 28.0), ("c", "2026-01-02", 4.0)):
+        payload = {"details": [{"train_seconds": 1.0, "steps": 1, "eval_examples": [3]}],
+                   "benchmark": {"method": "nlora", "config": run.config, "wall_seconds": wall,
+                                 "environment": {"date": date}}}  # fmt: skip
+        (tmp_path / "accuracy" / f"{name}.json").write_text(json.dumps(payload))
+    observed = plan.costs_from_results()
+    key = plan.cost_key(run.config)
+    assert observed["eval"][key, "generate+rank"] == pytest.approx((11.0 + 3.0) / 6)
+    assert observed["step"][key, "nlora"] == pytest.approx(1.0)
+
+
 def test_plan_step_ratios_merge_the_step_time_tables(tmp_path, monkeypatch):
     monkeypatch.setattr(plan, "RESULTS", tmp_path)
     assert plan.step_ratios() == {"seqlora": 1.0, "mtl": 1.0}  # plain LoRA is the unit, measured or not
