@@ -275,8 +275,8 @@ def add_row(result: ContinualResult, evaluated: list[int], evaluations: dict[str
         target.example_scores.append([e and e.example_scores for e in row])
 
 
-def run_continual(config: dict, model, tokenizer, tasks, output_dir: str, seed: int, r0, save_steps: int) -> ContinualResult:
-    """The ContinualTrainer methods: the PEFT config class carries the method; an interrupted run resumes."""
+def continual_trainer(config: dict, model, tokenizer, output_dir: str, seed: int, r0=None, save_steps: int = 0) -> ContinualTrainer:
+    """The ContinualTrainer of a ContinualTrainer method: the PEFT config class carries the method."""
     config_class = config_classes()[config["config_class"]]
     peft_config = config_class(task_type="CAUSAL_LM", **config["lora"], **config["method"])
     options = {k: v for k, v in config["trainer"].items() if k != "evaluate_zero_shot"}
@@ -288,6 +288,12 @@ def run_continual(config: dict, model, tokenizer, tasks, output_dir: str, seed: 
     if r0 is not None:  # the cached base-model scores: what evaluate_zero_shot=True would measure
         for protocol, result in trainer.result.by_protocol().items():
             result.zero_shot, result.zero_shot_example_scores = r0[protocol]["scores"], r0[protocol]["example_scores"]
+    return trainer
+
+
+def run_continual(config: dict, model, tokenizer, tasks, output_dir: str, seed: int, r0, save_steps: int) -> ContinualResult:
+    """The ContinualTrainer methods; an interrupted run resumes."""
+    trainer = continual_trainer(config, model, tokenizer, output_dir, seed, r0, save_steps)
     return trainer.train_continual(tasks, resume_from_checkpoint=True)
 
 

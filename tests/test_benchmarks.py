@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import TASK_WORDS, make_tokenizer, synthetic_rows, tiny_model
 from peft_continual import GENERATION_ORDER, ContinualTrainer
@@ -592,3 +593,46 @@ def test_summarize_pairs_the_joint_bound_with_each_methods_final_row():
     shared, diff = summarize.paired_differences([nlora, mtl], "mtl", "nlora", "generate")
     assert shared == [(1, 0)] and diff["average_accuracy"].estimate == pytest.approx((30 - 20) / 40)
     assert diff["backward_transfer"] is None  # one row: nothing to forget
+
+
+def test_interference_ablates_each_later_adapter_and_measures_its_output_on_earlier_inputs(tmp_path, data_dir):
+    """Checked against independent computations: the score without adapter t is that of a copy whose t has a zero
+    update, and ||dW_t x|| is the dense (scaling * B @ A) product applied to the inputs the layer really received."""
+    import interference
+    from peft_continual.adapters import lora_layers
+
+    config = tiny_config(data_dir, "inclora")
+    config["trainer"].update(evaluation_method="generate", evaluate_unseen=False)
+    tokenizer = make_tokenizer()
+    model = tiny_model("llama", tokenizer)[0]
+    tasks = accuracy.load_tasks(config, 1, 0)
+    trained, result = interference.train(config, model, tokenizer, tasks, tmp_path / "run", 0)
+    report = interference.ablate(trained, tokenizer, tasks, result, config)
+    assert [(e["task"], e["adapter_off"]) for e in report] == [
+        ("dbpedia", "amazon"), ("dbpedia", "yahoo"), ("dbpedia", "agnews"),
+        ("amazon", "yahoo"), ("amazon", "agnews"), ("yahoo", "agnews")]  # fmt: skip
+    assert [e["final"] for e in report[:3]] == [100 * result["accuracy_matrix"][-1][0]] * 3
+    names = list(trained.peft_config)
+    for entry, t in zip(report[:3], (1, 2, 3)):
+        silenced = copy.deepcopy(trained)
+        for _, layer in lora_layers(silenced):
+            torch.nn.init.zeros_(layer.lora_B[names[t]].weight)
+        scores = interference.generate_scores(silenced, tokenizer, tasks[0], config, names)
+        assert entry["without_adapter"] == pytest.approx(100 * scores.mean())
+        g = entry["gain"]
+        assert g["delta"] == pytest.approx(entry["without_adapter"] - entry["final"]) and g["low"] <= g["delta"] <= g["high"]
+    inputs = {}
+    layers = [layer for _, layer in lora_layers(trained)]
+    handles = [layer.register_forward_pre_hook(lambda m, a, k=k: inputs.setdefault(k, []).append(a[0])) for k, layer in enumerate(layers)]
+    norms = interference.output_norms(trained, tokenizer, tasks[0], names, config)
+    for handle in handles:
+        handle.remove()
+    encoded = interference.encode_eval(tokenizer, tasks[0], config["trainer"]["max_source_length"]).prompts
+    batch = config["training"]["per_device_eval_batch_size"]
+    masks = [interference.left_pad(encoded[s:s + batch], tokenizer.pad_token_id)[1].bool() for s in range(0, len(encoded), batch)]
+    for k, layer in enumerate(layers):
+        for a, name in enumerate(names):
+            delta = (layer.scaling[name] * layer.lora_B[name].weight @ layer.lora_A[name].weight).detach()
+            expected = sum(float((x[m] @ delta.T).pow(2).sum()) for x, m in zip(inputs[k], masks))
+            assert norms[k, a] == pytest.approx(expected, rel=1e-4)
+    assert norms.min() > 0
