@@ -30,6 +30,7 @@ HERE = Path(__file__).resolve().parent
 RESULTS_MD = HERE / "RESULTS.md"
 ACCURACY, SWEEPS, GPU = HERE / "results" / "accuracy", HERE / "results" / "sweeps", HERE / "results" / "gpu" / "accuracy"
 GENERATION_SEQUENCE = HERE / "results" / "generation" / "accuracy"  # accuracy.py --base generation.json
+INTERFERENCE = HERE / "results" / "interference"  # interference.py
 PLOTS = ACCURACY / "plots"
 BEGIN, END = "<!-- BEGIN GENERATED (benchmarks/summarize.py) -->", "<!-- END GENERATED -->"
 METHOD_ORDER = ["seqlora", "inclora", "olora", "nlora", "replay", "ilora", "nlora_replay", "osf", "mtl"]
@@ -467,7 +468,7 @@ def generated_section(runs: list[dict], sweeps: list[dict]) -> str:
              overall_table(runs), "### The issue's targets", targets_table(runs),
              "### Per order (mean ± sample std over seeds)", main_table(groups), *statistics_sections(runs),
              "### Collision analysis of the task adapters (N-LoRA's metrics)",
-             collision_table(groups), "### Accuracy matrices"]  # fmt: skip
+             collision_table(groups), *interference_sections(), "### Accuracy matrices"]  # fmt: skip
     for run in sorted(runs, key=lambda r: (r["benchmark"]["order"], r["benchmark"]["seed"],
                                            METHOD_ORDER.index(r["benchmark"]["method"]))):  # fmt: skip
         png = PLOTS / run["_file"].replace(".json", ".png")
@@ -501,6 +502,22 @@ def generated_section(runs: list[dict], sweeps: list[dict]) -> str:
             parts += [f"**{b['method']}**, seed {b['seed']} ([json](results/generation/accuracy/{run['_file']}))",
                       matrix_block(run)]  # fmt: skip
     return "\n\n".join(parts + cost_sections())
+
+
+def interference_sections() -> list[str]:
+    """One table per ``interference.py`` result: which later adapter moved an earlier task's answers."""
+    files = sorted(INTERFERENCE.glob("*.json")) if INTERFERENCE.is_dir() else []
+    if not files:
+        return []
+    import interference
+
+    parts = ["### Which later task adapter moved an earlier task (`python benchmarks/interference.py`; generation, "
+             "each later adapter switched off in turn, gain paired over the earlier task's test examples)"]  # fmt: skip
+    for path in files:
+        data = json.loads(path.read_text())
+        parts += [f"**{data['method']}**, order {data['order']}, seed {data['seed']} "
+                  f"([json](results/interference/{path.name}))", interference.table(data["ablations"])]  # fmt: skip
+    return parts
 
 
 def cost_sections() -> list[str]:

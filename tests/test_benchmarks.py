@@ -595,7 +595,7 @@ def test_summarize_pairs_the_joint_bound_with_each_methods_final_row():
     assert diff["backward_transfer"] is None  # one row: nothing to forget
 
 
-def test_interference_ablates_each_later_adapter_and_measures_its_output_on_earlier_inputs(tmp_path, data_dir):
+def test_interference_ablates_each_later_adapter_and_measures_its_output_on_earlier_inputs(tmp_path, data_dir, monkeypatch):
     """Checked against independent computations: the score without adapter t is that of a copy whose t has a zero
     update, and ||dW_t x|| is the dense (scaling * B @ A) product applied to the inputs the layer really received."""
     import interference
@@ -636,3 +636,11 @@ def test_interference_ablates_each_later_adapter_and_measures_its_output_on_earl
             expected = sum(float((x[m] @ delta.T).pow(2).sum()) for x, m in zip(inputs[k], masks))
             assert norms[k, a] == pytest.approx(expected, rel=1e-4)
     assert norms.min() > 0
+    import summarize  # renders every interference result into RESULTS.md's generated part
+
+    (tmp_path / "interference").mkdir()
+    payload = {"method": "inclora", "order": 1, "seed": 0, "ablations": report}
+    (tmp_path / "interference" / "inclora_order1_seed0.json").write_text(json.dumps(payload))
+    monkeypatch.setattr(summarize, "INTERFERENCE", tmp_path / "interference")
+    section = "\n".join(summarize.interference_sections())
+    assert "**inclora**, order 1, seed 0" in section and section.count("| dbpedia |") == 3
