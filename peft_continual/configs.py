@@ -96,7 +96,11 @@ class IncLoraConfig(_ContinualConfigMixin, LoraConfig):
 
 @dataclass
 class NLoraConfig(IncLoraConfig):
-    """N-LoRA (Yang et al., COLING 2025): IncLoRA plus ``lambda * l1(dW_current)`` to avoid parameter collisions."""
+    """N-LoRA (Yang et al., COLING 2025): IncLoRA plus ``lambda * l1(dW_current)`` to avoid parameter collisions.
+
+    Disjoint entries are not disjoint effects: a sparse later update still acts on an earlier task's inputs, so on
+    the benchmark (benchmarks/RESULTS.md) N-LoRA kept less than O-LoRA; ``NLoraReplayConfig`` adds replay on top.
+    """
 
     collision_lambda: Union[float, list[float]] = field(
         default=0.05,
