@@ -99,7 +99,7 @@ class NLoraConfig(IncLoraConfig):
     """N-LoRA (Yang et al., COLING 2025): IncLoRA plus ``lambda * l1(dW_current)`` to avoid parameter collisions.
 
     Disjoint entries are not disjoint effects: a sparse later update still acts on an earlier task's inputs, so on
-    the benchmark (benchmarks/RESULTS.md) N-LoRA kept less than O-LoRA; ``NLoraReplayConfig`` adds replay on top.
+    the benchmark (benchmarks/RESULTS.md) N-LoRA kept less than O-LoRA and peft's OSF.
     """
 
     collision_lambda: Union[float, list[float]] = field(
@@ -297,6 +297,8 @@ class NLoraReplayConfig(NLoraConfig, ReplayConfig):
     """N-LoRA + ER: N-LoRA's task adapters and collision penalty, each step also trained on a replay batch.
 
     Not a published method: the composition for when the penalty alone keeps the answer format but not every
-    earlier decision. Its fields are N-LoRA's and ER's, with their defaults and meanings.
+    earlier decision. Its fields are N-LoRA's and ER's, with their defaults and meanings. Measured once
+    (benchmarks/RESULTS.md, order 1): replay cut N-LoRA's forgetting, but the pair learned each task less and
+    stayed behind plain ER in average accuracy, so prefer ``ReplayConfig`` or ``ILoraConfig`` when data can be kept.
     """
 
