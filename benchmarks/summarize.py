@@ -145,9 +145,10 @@ def targets_table(runs: list[dict], protocol: str = "generate") -> str:
     rows = []
 
     def add(target, methods, values, met, fmt="{:.1f}", steps=()):
-        n = len(next(iter(shared_runs(runs, methods).values()), []))
+        shared = shared_runs(runs, methods)  # the values and every paired step read the same runs
+        n, common = len(next(iter(shared.values()), [])), [r for rs in shared.values() for r in rs]
         shown = ", ".join(f"{m} " + ("n/a" if v is None else fmt.format(round(v, 1) + 0.0)) for m, v in zip(methods, values))
-        diffs = [(a, b, (paired_differences(runs, a, b, protocol)[1] or {}).get(metric)) for a, b, metric in steps]
+        diffs = [(a, b, (paired_differences(common, a, b, protocol)[1] or {}).get(metric)) for a, b, metric in steps]
         paired = "; ".join(f"{a} − {b} {interval(d)}" for a, b, d in diffs) or "—"
         if met and diffs and not all(d is not None and d.significant and d.estimate > 0 for _, _, d in diffs):
             verdict = "not significant" if all(d is not None for _, _, d in diffs) else "no interval"

@@ -565,6 +565,21 @@ def test_summarize_targets_are_met_only_when_the_paired_intervals_say_so():
     assert row.endswith("| MISSED |") and "nlora − olora -20.0 [" in row
 
 
+def test_summarize_target_pairs_on_the_runs_all_its_methods_share():
+    """A seed that only two of the chain's methods have must not enter that link's paired difference while the
+    values beside it leave it out: the verdict and the numbers it shows must read the same runs."""
+    import summarize
+
+    rights = {"nlora": 30, "olora": 20, "inclora": 12, "seqlora": 4}
+    runs = [scored_result(m, 0, right) for m, right in rights.items()]
+    runs += [scored_result("nlora", 1, 0), scored_result("olora", 1, 40)]  # seed 1 reverses the first link
+
+    row = next(line for line in summarize.targets_table(runs).splitlines() if line.startswith("| AA: N-LoRA"))
+    assert "| 1 |" in row and row.endswith("| met |")
+    assert f"nlora − olora {summarize.interval(summarize.paired_differences(runs[:4], 'nlora', 'olora', 'generate')[1]['average_accuracy'])}" in row
+    assert summarize.paired_differences(runs, "nlora", "olora", "generate")[1]["average_accuracy"].estimate < 0
+
+
 def test_summarize_best_of_ours_counts_only_methods_run_wherever_osf_ran():
     """A method run on fewer seeds (a new composition) must not shrink "our best ahead of OSF" to its seeds."""
     import summarize
