@@ -217,8 +217,13 @@ class DataTrainingArguments:
             "first fills the score matrix. Default: 'rank', or the saved run's with --continue_from.",
         },
     )
-    evaluate_zero_shot: bool = field(
-        default=False, metadata={"help": "Evaluate the base model on every task first (zero-shot row of the matrix)."}
+    evaluate_zero_shot: Optional[bool] = field(
+        default=None,
+        metadata={
+            "nargs": "?", "const": True,  # a bare --evaluate_zero_shot means true, as for Trainer's bool flags
+            "help": "Evaluate the base model on every task first (zero-shot row of the matrix). Default: off, or the "
+            "saved run's with --continue_from (its new tasks then get their zero-shot cells too)."
+        },
     )
     evaluate_unseen: Optional[str] = field(
         default=None,
@@ -690,21 +695,21 @@ def train_method(model_args, data_args, cl_args, training_args, tasks, peft_conf
         "max_source_length": data_args.max_source_length,
         "evaluate_unseen": {None: None, "no": False, "next": "next", "all": True}[data_args.evaluate_unseen],
         "evaluate_seen": data_args.evaluate_seen,
+        # a run reusing another's zero-shot row (--compare_with) does not measure it again
+        "evaluate_zero_shot": data_args.evaluate_zero_shot and zero_shot is None,
     }
     options = {k: v for k, v in options.items() if v is not None}
-    evaluate_zero_shot = data_args.evaluate_zero_shot and zero_shot is None
     if cl_args.continue_from:
         try:
             trainer = ContinualTrainer.from_continual(
                 cl_args.continue_from, model, training_args, processing_class=tokenizer,
-                allow_other_base=cl_args.allow_other_base, evaluate_zero_shot=evaluate_zero_shot, **options,
+                allow_other_base=cl_args.allow_other_base, **options,
             )  # fmt: skip
         except ContinualStateError as exc:
             raise SystemExit(f"error: {exc}") from None
     else:
         trainer = ContinualTrainer(
-            model=get_peft_model(model, peft_config), args=training_args, processing_class=tokenizer,
-            evaluate_zero_shot=evaluate_zero_shot, **options,
+            model=get_peft_model(model, peft_config), args=training_args, processing_class=tokenizer, **options,
         )  # fmt: skip
     if zero_shot is not None and data_args.evaluate_zero_shot:
         for protocol, result in trainer.result.by_protocol().items():

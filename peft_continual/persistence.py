@@ -13,8 +13,10 @@ Layout of a saved folder (JSON and safetensors only, never pickle, so that loadi
 Saved with ``include_data=False`` (what uploads do), the folder carries no rows of data: no evaluation rows, no
 replay buffer; it serves inference and the record of the run, and ``from_continual`` refuses it.
 
-The folder is written to a staging directory and renamed into place, so an interrupted save never leaves a
-folder that looks complete.
+The folder is written to a staging directory and moved into place, so an interrupted save never leaves a folder
+that looks complete (``continual_state.json`` comes last). Saving into a folder that holds other things (a run
+folder with its checkpoints, progress and predictions, a user's own files) replaces only the files the save writes,
+and removes the adapter files of an earlier save there that this one lacks; everything else stays.
 """
 
 from __future__ import annotations
@@ -37,13 +39,14 @@ from safetensors.torch import load_file, save_file
 
 from .adapters import concatenated_lora
 from .configs import as_lora_config
-from .io_utils import atomic_directory
+from .io_utils import staged_entries
 from .methods import config_classes
 from .tasks import ContinualTask
 
 STATE_FILE = "continual_state.json"
 TENSORS_FILE = "continual_state.safetensors"
 FORMAT_VERSION = 1
+ADAPTER_FILES = ("adapter_config.json", SAFETENSORS_WEIGHTS_NAME, "README.md")  # what peft's save_pretrained writes
 UNSAFE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 
@@ -134,6 +137,7 @@ def continual_state(trainer, method_meta: dict, include_data: bool) -> dict:
         "result": trainer.result.to_dict(),
         "trainer": {"evaluation_method": trainer.evaluation_methods, "max_source_length": trainer.max_source_length,
                     "evaluate_unseen": trainer.evaluate_unseen, "evaluate_seen": trainer.evaluate_seen,
+                    "evaluate_zero_shot": trainer.evaluate_zero_shot,
                     "chat_template": trainer.chat_template, "max_new_tokens": trainer.max_new_tokens},
         "training_arguments": {k: getattr(getattr(args, k), "value", getattr(args, k)) for k in TRAINING_ARGUMENTS},
     }  # fmt: skip
@@ -154,7 +158,7 @@ def save_continual(
     if not include_data:
         tensors = {k: v for k, v in tensors.items() if not k.startswith(method.data_tensor_prefixes)}
     state = continual_state(trainer, meta, include_data)
-    with atomic_directory(output_dir) as staging:
+    with staged_entries(output_dir, marker=STATE_FILE, stale=_earlier_adapter_files(output_dir, state["adapters"])) as staging:
         for adapter in model.peft_config:
             _save_adapter(model, adapter, staging / adapter)
         save_root_adapter(model, method.export_adapters(), staging)
@@ -164,6 +168,17 @@ def save_continual(
         if extra_files is not None:
             extra_files(staging, state)
     return output_dir
+
+
+def _earlier_adapter_files(folder: Path, adapters: list[str]) -> list[str]:
+    """The adapter files an earlier save wrote into ``folder`` for adapters that a save of ``adapters`` lacks (its
+    adapter folders may hold more: Trainer's checkpoints of that task, which stay)."""
+    try:
+        earlier = json.loads((folder / STATE_FILE).read_text(encoding="utf-8")).get("adapters", [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    gone = [name for name in earlier if name not in adapters and name not in ("default", ".", "..") and Path(name).name == name]
+    return [f"{name}/{file}" for name in gone for file in ADAPTER_FILES if (folder / name / file).is_file()]
 
 
 # ---------------------------------------------------------------------------------------------- base fingerprint

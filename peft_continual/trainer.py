@@ -382,6 +382,7 @@ class ContinualTrainer(Trainer):
             output = self.train(resume_from_checkpoint=checkpoint)
         finally:
             self._cl_task_in_training = None
+            self.args = self.continual_args  # Trainer APIs called later (save_model, log, ...) see the user's folder
         train_seconds = time.perf_counter() - started
         self.method.end_task(model, index, features)
         evaluated = tasks_to_evaluate(index, T, self.evaluate_unseen, self.evaluate_seen)
@@ -495,8 +496,12 @@ class ContinualTrainer(Trainer):
 
     @torch.no_grad()
     def _cl_evaluate_zero_shot(self, tasks: Sequence[ContinualTask]) -> None:
-        if getattr(self.method, "merged", None):
-            raise ValueError("zero-shot accuracy of new tasks cannot be measured once adapters are merged into the base")
+        if getattr(self.method, "merged", None):  # the base is gone: what disable_adapter() leaves is trained
+            logger.warning(
+                f"zero-shot scores of {[t.name for t in tasks]} are not measured: this run merged adapters into the "
+                "base model, so the base model's own scores cannot be read any more (their zero-shot cells stay empty)"
+            )
+            return
         model = self.peft_model
         was_training = model.training
         model.eval()

@@ -252,10 +252,11 @@ def test_end_to_end_with_a_tiny_model_then_continue(script, tmp_path, tokenizer,
     out = tmp_path / "out"
     result = script.main([*common, "--continual_tasks", *task_files[:2], "--output_dir", str(out),
                           "--cl_method", "nlora", "--target_modules", "q_proj", "v_proj", "--evaluate_unseen", "next",
-                          "--evaluate_seen", "all"])  # fmt: skip
+                          "--evaluate_seen", "all", "--evaluate_zero_shot"])  # fmt: skip
     assert result.num_trained == 2 and result.accuracy_matrix[0][1] is not None  # the next task, before training it
     saved_options = json.loads((out / "final" / "continual_state.json").read_text())["trainer"]
     assert saved_options["evaluate_seen"] == "all" and saved_options["evaluate_unseen"] == "next"
+    assert saved_options["evaluate_zero_shot"] is True and None not in result.zero_shot
     assert capsys.readouterr().out.count("AA ") == 1  # the trainer prints the matrix; the script does not repeat it
     assert json.loads((out / "accuracy_matrix.json").read_text())["task_names"] == ["colors", "animals"]
     assert (out / "accuracy_matrix.png").read_bytes()[:4] == b"\x89PNG"
@@ -268,6 +269,7 @@ def test_end_to_end_with_a_tiny_model_then_continue(script, tmp_path, tokenizer,
                           "--continue_from", str(out / "final"), "--target_modules", "v_proj", "q_proj"])  # fmt: skip
     assert result.task_names == ["colors", "animals", "fruits"] and result.method == "nlora"
     assert result.num_trained == 3 and (more / "final" / "task_3_fruits").is_dir()
+    assert None not in result.zero_shot  # the saved run measured zero-shot: so does its continuation's new task
 
     other, _ = tiny_model("llama", tokenizer, seed=1)  # same shapes, other weights
     other.save_pretrained(tmp_path / "other")

@@ -5,7 +5,7 @@ import stat
 
 import pytest
 
-from peft_continual.io_utils import atomic_directory, atomic_write_bytes, atomic_write_text
+from peft_continual.io_utils import atomic_directory, atomic_write_bytes, atomic_write_text, staged_entries
 
 
 @pytest.fixture
@@ -53,3 +53,41 @@ def test_a_folder_is_replaced_whole(tmp_path):
         (staging / "b").write_text("2")
     assert sorted(p.name for p in (tmp_path / "folder").iterdir()) == ["b"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["folder"]
+
+
+def test_staged_entries_replace_their_own_entries_only(tmp_path):
+    folder = tmp_path / "run"
+    with staged_entries(folder, marker="done.json") as staging:  # a new folder appears whole
+        (staging / "done.json").write_text("1")
+        (staging / "weights").write_text("1")
+        (staging / "old_adapter").mkdir()
+        (staging / "old_adapter" / "config").write_text("1")
+        (staging / "task").mkdir()
+        (staging / "task" / "config").write_text("1")
+    (folder / "user.txt").write_text("mine")
+    (folder / "task" / "checkpoint").mkdir()
+    with staged_entries(folder, marker="done.json", stale=["old_adapter/config"]) as staging:
+        (staging / "done.json").write_text("2")
+        (staging / "weights").write_text("2")
+        (staging / "task").mkdir()
+        (staging / "task" / "config").write_text("2")
+    assert sorted(p.name for p in folder.iterdir()) == ["done.json", "task", "user.txt", "weights"]
+    assert sorted(p.name for p in (folder / "task").iterdir()) == ["checkpoint", "config"]
+    assert (folder / "task" / "config").read_text() == "2"
+    assert (folder / "weights").read_text() == "2" and (folder / "user.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_staged_entries_that_fail_change_nothing(tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "done.json").write_text("old")
+
+    class Boom(Exception):
+        pass
+
+    with pytest.raises(Boom):
+        with staged_entries(folder, marker="done.json") as staging:
+            (staging / "done.json").write_text("new")
+            raise Boom
+    assert (folder / "done.json").read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["run"]

@@ -375,6 +375,44 @@ def test_save_model_writes_the_continual_layout(method, tokenizer, tmp_path):
     assert (tmp_path / "saved" / "continual_state.json").is_file()
 
 
+def test_save_model_into_the_run_folder_keeps_what_it_did_not_write(tokenizer, tmp_path):
+    """``save_model()`` with no argument saves into output_dir: the progress, checkpoints, predictions and a user's
+    files there must survive it (it used to replace the folder whole)."""
+    trainer = train(tokenizer, tmp_path, NLoraConfig(r=4, lora_alpha=8), epochs=1)
+    run = Path(trainer.args.output_dir)
+    assert run == Path(trainer.continual_args.output_dir)  # not the last task's folder
+    (run / "my_notes.txt").write_text("keep me")
+    (run / "task_1_colors" / "checkpoint-2").mkdir(parents=True)  # Trainer's per-task folder has the adapter's name
+    (run / "task_1_colors" / "checkpoint-2" / "trainer_state.json").write_text("{}")
+    before = {p.relative_to(run) for p in run.rglob("*")}
+    assert {Path("continual_progress"), Path("predictions"), Path("task_1_colors")} <= before
+    expected = continual_logits(trainer)
+    trainer.save_model()
+    after = {p.relative_to(run) for p in run.rglob("*")}
+    assert before <= after and (run / "my_notes.txt").read_text() == "keep me"
+    assert not [p for p in run.iterdir() if p.name.startswith(".")]  # no staging or backup folder left
+    base, _ = tiny_model("llama", tokenizer)
+    with torch.no_grad():
+        plain = PeftModel.from_pretrained(base, str(run)).eval()(input_ids=IDS).logits
+    torch.testing.assert_close(plain, expected, rtol=1e-5, atol=1e-5)
+    trainer.save_model()  # saving again replaces its own entries only
+    assert {p.relative_to(run) for p in run.rglob("*")} == after
+
+
+def test_saving_a_shorter_run_over_a_longer_one_removes_only_its_old_adapters(tokenizer, tmp_path):
+    longer = train(tokenizer, tmp_path / "a", NLoraConfig(r=4, lora_alpha=8), epochs=1)
+    shorter = train(tokenizer, tmp_path / "b", NLoraConfig(r=4, lora_alpha=8), names=("fruits",), epochs=1)
+    folder = longer.save_continual(tmp_path / "final")
+    (folder / "notes").mkdir()
+    shorter.save_continual(folder)
+    adapters = json.loads((folder / "continual_state.json").read_text())["adapters"]
+    assert adapters == ["task_1_fruits"] and (folder / "notes").is_dir()
+    assert not (folder / "task_1_colors").exists() and not (folder / "task_2_animals").exists()
+    (folder / "task_1_fruits" / "checkpoint-1").mkdir()
+    longer.save_continual(folder)  # a stale adapter folder loses the adapter files, and keeps the rest
+    assert sorted(p.name for p in (folder / "task_1_fruits").iterdir()) == ["checkpoint-1"]
+
+
 def test_non_blocking_push_keeps_the_folder_until_the_upload_ends(tokenizer, tmp_path, monkeypatch):
     from concurrent.futures import Future
 
