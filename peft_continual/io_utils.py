@@ -36,6 +36,17 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
+def _plain_permissions(folder: Path) -> None:
+    """Give everything under ``folder`` the permissions a plain write gives: some writers (safetensors' ``save_file``,
+    ``tempfile``) create private 0600 files, which other users of a shared run folder then cannot read."""
+    mask = _umask()
+    for root, folders, files in os.walk(folder):
+        for name in folders:
+            os.chmod(os.path.join(root, name), 0o777 & ~mask)
+        for name in files:
+            os.chmod(os.path.join(root, name), 0o666 & ~mask)
+
+
 def _staging_beside(path: Path) -> Path:
     """An empty hidden folder next to ``path`` (same file system, so it can be renamed into place)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -51,6 +62,7 @@ def atomic_directory(path: str | os.PathLike):
     staging = _staging_beside(path)
     try:
         yield staging
+        _plain_permissions(staging)
         if path.exists():
             backup = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.old-"))
             os.replace(path, backup / "old")
@@ -79,6 +91,7 @@ def staged_entries(path: str | os.PathLike, *, marker: str, stale: Sequence[str]
     staging = _staging_beside(path)
     try:
         yield staging
+        _plain_permissions(staging)
         if not path.exists():
             os.replace(staging, path)
             return

@@ -29,6 +29,25 @@ def test_files_and_folders_get_the_permissions_of_a_plain_write(tmp_path, umask_
     assert mode(tmp_path / "adapter") == mode(tmp_path / "plain") == 0o755
 
 
+@pytest.mark.parametrize("writer", ["atomic_directory", "staged_entries"])
+def test_private_files_written_into_a_staging_folder_become_plain(writer, tmp_path, umask_022):
+    """safetensors' save_file creates 0600 files: a saved run folder was unreadable by the other users of a server."""
+    import safetensors.torch
+    import torch
+
+    def save(staging):
+        safetensors.torch.save_file({"w": torch.zeros(2)}, str(staging / "adapter_model.safetensors"))
+        (staging / "sub").mkdir(mode=0o700)
+        (staging / "done.json").write_text("{}")
+
+    for _ in range(2):  # a new folder, then the same folder again
+        with (atomic_directory(tmp_path / "run") if writer == "atomic_directory"
+              else staged_entries(tmp_path / "run", marker="done.json")) as staging:  # fmt: skip
+            save(staging)
+        assert mode(tmp_path / "run" / "adapter_model.safetensors") == 0o644
+        assert mode(tmp_path / "run" / "sub") == 0o755
+
+
 def test_a_failed_write_leaves_the_old_content_and_no_temporary_file(tmp_path):
     atomic_write_text(tmp_path / "result.json", "old\n")
 
