@@ -726,7 +726,7 @@ def train_method(model_args, data_args, cl_args, training_args, tasks, peft_conf
         print(
             f"\nOutputs in {output_dir}/:\n"
             f"  accuracy_matrix.json, accuracy_matrix.png  the score matrix (per-task metrics), as data and heatmap\n"
-            f"  predictions/<after>/<task>.<protocol>.jsonl  every evaluation's answers (prompt, target, prediction, score)\n"
+            f"  predictions/after_<i>_<trained task>/<task>.<protocol>.jsonl  every evaluation's answers (prompt, target, prediction, score)\n"
             f"  final/  per-task adapters, root adapter, continual state, model card\n"
             f"Inference with plain peft: PeftModel.from_pretrained(base_model, {str(final)!r})\n"
             f"Further tasks: python {sys.argv[0]} --continue_from {final} --continual_tasks ..."

@@ -123,7 +123,8 @@ class ContinualTrainer(Trainer):
         max_new_tokens: cap on generated tokens; a generation task without its own ``max_new_tokens`` gets its
             longest training target (in tokens), capped by this.
         save_predictions: write every evaluation's predictions to
-            ``<output_dir>/predictions/<after>/<task>.<protocol>.jsonl`` (prompt, target, prediction, score).
+            ``<output_dir>/predictions/after_<i>_<trained task>/<task>.<protocol>.jsonl`` (``zero_shot/`` for the base
+            model): prompt, target, prediction, score.
         max_source_length: prompt length in tokens; longer texts are shortened, never the options or question.
         evaluate_zero_shot: evaluate the base model on every task first (needed for forward transfer).
         evaluate_seen: ``"needed"`` (default) evaluates, after each task, the task just trained, and after the last
