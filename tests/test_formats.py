@@ -1,12 +1,13 @@
 """Every data format loads into one shape; bad rows and the data-hygiene traps fail clearly, naming file and line."""
 
 import json
+import logging
 
 import datasets
 import pytest
 
 from conftest import SHARED_DATA
-from peft_continual import GENERATION_ORDER, TaskSpecError, load_continual_tasks
+from peft_continual import GENERATION_ORDER, ContinualTask, TaskSpecError, load_continual_tasks
 
 
 def jsonl(path, rows):
@@ -68,6 +69,109 @@ def test_hub_conversational_dataset(monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", lambda repo, config=None: datasets.DatasetDict({"train": split, "test": split}))
     (task,) = load_continual_tasks(["someone/chats"])
     assert task.kind == "generation" and task.train["prompt"] == ["q0", "q1", "q2", "q3"]
+
+
+def conversational_rows(n=5):
+    """TRL's conversational prompt/completion rows; odd rows carry a system message and an earlier exchange."""
+    rows = []
+    for i in range(n):
+        earlier = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"},
+                   {"role": "assistant", "content": "hello"}] if i % 2 else []  # fmt: skip
+        rows.append({"prompt": earlier + [{"role": "user", "content": f"capital {i}?"}],
+                     "completion": [{"role": "assistant", "content": f"city {i}"}]})  # fmt: skip
+    return rows
+
+
+def test_conversational_prompt_completion_rows(tmp_path):
+    rows = conversational_rows()
+    (task,) = load_continual_tasks([jsonl(tmp_path / "chat.jsonl", rows)], eval_fraction=0.4)
+    for row in list(task.train) + list(task.eval):
+        i = int(row["prompt"].removeprefix("capital ").rstrip("?"))
+        assert row["completion"] == f"city {i}"
+        assert (json.loads(row["context"]) if row["context"] else []) == rows[i]["prompt"][:-1]
+
+
+@pytest.mark.parametrize(
+    "row,message",
+    [
+        ({"prompt": ["capital?"], "completion": [{"role": "assistant", "content": "Paris"}]},
+         r"line 1: 'prompt' \+ 'completion' \(a list-valued prompt: TRL's conversational prompt/completion format\): 'prompt' must be a list of \{'role', 'content'\} messages; got \['capital\?'\]"),
+        ({"prompt": [{"role": "user", "content": "capital?"}], "completion": [{"role": "user", "content": "Paris"}]},
+         r"line 1: .*conversational prompt/completion format\): 'completion' must be a list holding the one assistant message"),
+        ({"prompt": [{"role": "system", "content": "Be brief."}], "completion": [{"role": "assistant", "content": "Paris"}]},
+         r"line 1: .*conversational prompt/completion format\): the target assistant turn must follow a user turn"),
+    ],
+    ids=["prompt-of-strings", "completion-not-assistant", "no-user-turn"],
+)  # fmt: skip
+def test_unreadable_conversational_rows_name_the_format(tmp_path, row, message):
+    with pytest.raises(TaskSpecError, match=message):
+        load_continual_tasks([jsonl(tmp_path / "chat.jsonl", [row])])
+
+
+# ------------------------------------------------------------------------------------------------ in-memory datasets
+
+
+CHATS = datasets.Dataset.from_dict(
+    {"messages": [[{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}] for i in range(10)]}
+)
+
+
+def test_in_memory_messages_dataset_is_a_task(caplog):
+    with caplog.at_level(logging.INFO, logger="peft_continual"):
+        task = ContinualTask.from_dataset("chats", CHATS)
+    assert task.kind == "generation" and len(task.train) == 8 and len(task.eval) == 2
+    assert all(r["completion"] == "a" + r["prompt"].removeprefix("q") for r in list(task.train) + list(task.eval))
+    assert any("2 of its 10 rows are held out for evaluation" in r.getMessage() for r in caplog.records)
+    (listed,) = load_continual_tasks([CHATS])
+    assert listed.name == "task1" and listed.train["prompt"] == task.train["prompt"]
+
+
+def test_in_memory_conversational_prompt_completion_and_dataset_dict():
+    rows = conversational_rows(6)
+    dsd = datasets.DatasetDict({"train": datasets.Dataset.from_list(rows[:4]), "validation": datasets.Dataset.from_list(rows[4:])})
+    task = ContinualTask.from_dataset("capitals", dsd)
+    assert task.train["completion"] == ["city 0", "city 1", "city 2", "city 3"] and task.eval["prompt"] == ["capital 4?", "capital 5?"]
+    assert json.loads(task.train[1]["context"]) == rows[1]["prompt"][:-1] and task.eval[0]["context"] == ""
+
+
+def test_in_memory_classification_dataset_dict_with_class_labels():
+    features = datasets.Features({"sentence": datasets.Value("string"), "label": datasets.ClassLabel(names=["neg", "pos"])})
+    train = datasets.Dataset.from_dict({"sentence": [f"s{i}" for i in range(6)], "label": [0, 1] * 3}, features=features)
+    test = datasets.Dataset.from_dict({"sentence": ["t0", "t1"], "label": [1, 0]}, features=features)
+    task = ContinualTask.from_dataset("sst", datasets.DatasetDict(train=train, test=test), instruction="Sentiment? ")
+    assert task.labels == ["neg", "pos"] and task.eval["label"] == ["pos", "neg"] and task.instruction == "Sentiment? "
+
+
+def test_datasets_are_named_by_pair_dict_hub_name_or_position():
+    hub = datasets.Dataset.from_dict(CHATS.to_dict(), info=datasets.DatasetInfo(dataset_name="ultrachat", builder_name="parquet"))
+    local = datasets.Dataset.from_dict(CHATS.to_dict(), info=datasets.DatasetInfo(dataset_name="json", builder_name="json"))
+    tasks = load_continual_tasks([hub, ("mine", CHATS), local, "arithmetic"], max_train_samples=2)
+    assert [t.name for t in tasks] == ["ultrachat", "mine", "task3", "arithmetic"]
+    assert [t.name for t in load_continual_tasks({"a": CHATS, "b": CHATS})] == ["a", "b"]
+    assert [t.name for t in load_continual_tasks(datasets.DatasetDict(train=CHATS))] == ["task1"]
+
+
+@pytest.mark.parametrize(
+    "specs,message",
+    [
+        ({"train": CHATS, "test": CHATS}, r"split names \['train', 'test'\] as task names: for the splits of one task pass datasets.DatasetDict"),
+        ([CHATS.to_iterable_dataset()], r"task spec 1 is a IterableDataset \(streamed.*without streaming=True"),
+        (["arithmetic", 3], r"task spec 2 is a int: expected a string spec, a datasets.Dataset or DatasetDict"),
+        ([datasets.DatasetDict(validation=CHATS)], r"no 'train' split \(found \['validation'\]\)"),
+    ],
+    ids=["dict-of-splits", "streamed", "not-a-spec", "no-train-split"],
+)  # fmt: skip
+def test_bad_in_memory_specs(specs, message):
+    with pytest.raises(TaskSpecError, match=message):
+        load_continual_tasks(specs)
+
+
+def test_building_a_task_from_other_formats_points_to_from_dataset():
+    with pytest.raises(TaskSpecError, match=r"missing column\(s\) \['completion', 'context', 'prompt'\]; found \['messages'\]; these rows are in the messages format; ContinualTask.from_dataset"):
+        ContinualTask("chats", CHATS, CHATS, kind="generation")
+    convo = datasets.Dataset.from_list(conversational_rows(2))
+    with pytest.raises(TaskSpecError, match=r"row 0 has an empty or non-string prompt .*TRL's conversational format\), read by ContinualTask.from_dataset"):
+        ContinualTask("capitals", convo, convo, kind="generation")
 
 
 # ------------------------------------------------------------------------------------------------ bad rows

@@ -1,6 +1,7 @@
 """Task loading (every spec kind), validation, subsampling, prompts, tokenisation and collation."""
 
 import json
+import logging
 from collections import Counter
 
 import datasets
@@ -121,6 +122,45 @@ def test_hub_spec_uses_datasets_and_class_label_names(monkeypatch):
     assert task.name == "reviews" and task.labels == ["neg", "pos"] and task.train["label"] == ["neg", "pos", "neg", "pos"]
 
 
+def glue_like(test_labels, validation=True, train_labels=(0, 1) * 5):
+    """A GLUE-shaped DatasetDict: ClassLabel names, and a test split whose labels may be hidden (-1)."""
+    features = datasets.Features({"sentence": datasets.Value("string"), "label": datasets.ClassLabel(names=["negative", "positive"])})
+
+    def split(prefix, labels):
+        return datasets.Dataset.from_dict({"sentence": [f"{prefix} {i}" for i in range(len(labels))], "label": list(labels)}, features=features)
+
+    splits = {"train": split("train", train_labels), "test": split("test", test_labels)}
+    if validation:
+        splits["validation"] = split("validation", [1, 0, 1, 0])
+    return datasets.DatasetDict(splits)
+
+
+def test_hidden_test_labels_evaluate_on_validation_and_say_so(monkeypatch, caplog):
+    monkeypatch.setattr(datasets, "load_dataset", lambda repo, config=None: glue_like([-1] * 10))
+    with caplog.at_level(logging.WARNING, logger="peft_continual"):
+        (task,) = load_continual_tasks(["nyu-mll/glue:sst2"])
+    assert task.eval["text"] == ["validation 0", "validation 1", "validation 2", "validation 3"]
+    assert task.eval["label"] == ["positive", "negative", "positive", "negative"]
+    assert any("'test' split has no labels (all 10 'label' values are negative" in r.getMessage() and "'validation'" in r.getMessage()
+               for r in caplog.records)  # fmt: skip
+
+
+def test_no_labelled_evaluation_split_is_an_error(monkeypatch):
+    monkeypatch.setattr(datasets, "load_dataset", lambda repo, config=None: glue_like([-1] * 10, validation=False))
+    with pytest.raises(TaskSpecError, match=r"'glue:sst2'\): no evaluation split has labels \('test': all 10 .*hold out part of 'train'"):
+        load_continual_tasks(["hub:glue:sst2"])
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_negative_integer_labels_are_refused_naming_split_and_count(monkeypatch, split):
+    partly_hidden = [0, 1, -1, -1]
+    dsd = glue_like(partly_hidden, train_labels=partly_hidden) if split == "train" else glue_like(partly_hidden)
+    monkeypatch.setattr(datasets, "load_dataset", lambda repo, config=None: dsd)
+    message = rf"'someone/reviews', '{split}' split\): 2 of 4 rows have an integer label outside the 2 classes 0..1 .*first row 2: -1\).*hidden label"
+    with pytest.raises(TaskSpecError, match=message):
+        load_continual_tasks(["someone/reviews"])
+
+
 def test_label_balanced_deterministic_subsampling(tmp_path):
     folder = write_benchmark_folder(tmp_path, labels=("a", "b", "c"), n=30)
     (t1,) = load_continual_tasks([str(folder)], max_train_per_label=4, max_eval_samples=3, seed=1)
@@ -198,6 +238,30 @@ def test_bad_rows(rows, message):
 def test_non_positive_sizes_are_refused(tmp_path):
     with pytest.raises(TaskSpecError, match="max_train_per_label must be a positive number"):
         load_continual_tasks([str(write_benchmark_folder(tmp_path))], max_train_per_label=0)
+
+
+@pytest.mark.parametrize("stem", ["train", "Dev"])
+def test_a_split_file_read_alone_is_named_after_its_folder_and_its_split_is_said(tmp_path, caplog, stem):
+    folder = tmp_path / "sst2"
+    folder.mkdir()
+    rows = [{"text": f"review {i}", "label": "good" if i % 2 else "bad"} for i in range(12)]
+    (folder / f"{stem}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:4]))
+    with caplog.at_level(logging.WARNING, logger="peft_continual"):
+        (task,) = load_continual_tasks([str(folder / f"{stem}.jsonl")])
+    assert task.name == "sst2" and len(task.train) == 10 and len(task.eval) == 2
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "2 of its 12 rows are held out for evaluation" in warning and "10 train" in warning
+    assert f"give the folder {str(folder)!r}" in warning and "(it has test.jsonl)" in warning
+    (renamed,) = load_continual_tasks([f"mine={folder / f'{stem}.jsonl'}"])
+    assert renamed.name == "mine"
+
+
+def test_an_error_in_a_folder_names_the_file(tmp_path):
+    (tmp_path / "train.jsonl").write_text(json.dumps({"prompt": "a", "completion": "b"}))
+    (tmp_path / "test.jsonl").write_text(json.dumps({"prompt": "c", "completion": " "}))
+    with pytest.raises(TaskSpecError, match=r"test.jsonl\) line 1: empty completion"):
+        load_continual_tasks([str(tmp_path)])
 
 
 def test_malformed_json_file_names_the_spec(tmp_path):

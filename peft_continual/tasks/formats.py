@@ -4,8 +4,9 @@
 * generation: ``prompt``, ``completion`` and ``context`` (earlier chat turns as a JSON list, ``""`` when none).
 
 Generation formats follow TRL's dataset conventions: standard ``prompt``/``completion``; conversational
-``messages`` (the last assistant turn is the target, earlier turns are context); Alpaca
-``instruction``/``input``/``output``; TRACE-style ``prompt``/``answer``.
+``messages`` (the last assistant turn is the target, earlier turns are context); conversational
+``prompt``/``completion`` (``prompt`` a list of messages ending with the user turn, ``completion`` a list holding the
+assistant message); Alpaca ``instruction``/``input``/``output``; TRACE-style ``prompt``/``answer``.
 """
 
 from __future__ import annotations
@@ -163,7 +164,9 @@ def generation_rows(
             prompt, completion, context = instruction + (f"\n{extra}" if str(extra).strip() else ""), row.get("output"), ""
         else:
             prompt, completion, context = row.get(prompt_column), row.get(completion_column), ""
-            if _text(prompt) is None:
+            if isinstance(prompt, list):
+                prompt, completion, context = _from_conversation(prompt, completion, at, prompt_column, completion_column)
+            elif _text(prompt) is None:
                 raise TaskSpecError(f"{at}: empty or missing {prompt_column!r}")
         if completion is None:
             raise TaskSpecError(f"{at}: no completion (column {completion_column!r} missing): every row needs a target")
@@ -173,19 +176,39 @@ def generation_rows(
     return rows
 
 
-def _from_messages(messages: Any, at: str) -> tuple[str, str, str]:
+def _from_conversation(prompt: list, completion: Any, at: str, prompt_column: str, completion_column: str):
+    """TRL's conversational prompt/completion row, read as the messages ``prompt + completion`` so that earlier turns
+    become context exactly as for ``messages`` rows; errors name the format, since the columns look standard."""
+    fmt = f"{prompt_column!r} + {completion_column!r} (a list-valued prompt: TRL's conversational prompt/completion format)"
+    if completion is None:
+        raise TaskSpecError(f"{at}: no completion (column {completion_column!r} missing): every row needs a target")
+    target = [{"role": "assistant", "content": completion}] if isinstance(completion, str) else completion
+    one_reply = isinstance(target, list) and len(target) == 1 and isinstance(target[0], dict)
+    if not (one_reply and target[0].get("role") == "assistant"):
+        raise TaskSpecError(
+            f"{at}: {fmt}: {completion_column!r} must be a list holding the one assistant message, e.g. "
+            f"[{{'role': 'assistant', 'content': 'Paris'}}]; got {completion!r:.120}"
+        )
+    if not all(isinstance(m, dict) for m in prompt):
+        raise TaskSpecError(
+            f"{at}: {fmt}: {prompt_column!r} must be a list of {{'role', 'content'}} messages; got {prompt!r:.120}"
+        )
+    return _from_messages(prompt + target, at, fmt)
+
+
+def _from_messages(messages: Any, at: str, what: str = "'messages'") -> tuple[str, str, str]:
     if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
-        raise TaskSpecError(f"{at}: 'messages' must be a non-empty list of {{'role', 'content'}} objects")
+        raise TaskSpecError(f"{at}: {what} must be a non-empty list of {{'role', 'content'}} objects")
     roles = [m.get("role") for m in messages]
     if "assistant" not in roles:
-        raise TaskSpecError(f"{at}: 'messages' has no assistant turn: the last assistant turn is the target")
+        raise TaskSpecError(f"{at}: {what} has no assistant turn: the last assistant turn is the target")
     if roles[-1] != "assistant":
         raise TaskSpecError(f"{at}: the assistant turn is not last (roles {roles}): the last turn must be the target")
     if len(messages) < 2 or roles[-2] != "user":
-        raise TaskSpecError(f"{at}: the target assistant turn must follow a user turn (roles {roles})")
+        raise TaskSpecError(f"{at}: {what}: the target assistant turn must follow a user turn (roles {roles})")
     for m in messages:
         if not isinstance(m.get("content"), str):
-            raise TaskSpecError(f"{at}: every message needs a text 'content' (roles {roles})")
+            raise TaskSpecError(f"{at}: {what}: every message needs a text 'content' (roles {roles})")
     context = [{"role": m["role"], "content": m["content"]} for m in messages[:-2]]
     if _text(messages[-2]["content"]) is None:
         raise TaskSpecError(f"{at}: the last user turn is empty")
@@ -206,7 +229,11 @@ def pick_text_column(columns: Sequence[str], text_column: Optional[str], where: 
 def classification_rows(
     records: Records, text_column: Optional[str], label_column: Optional[str], where: str, label_names=None
 ) -> list[dict[str, str]]:
-    """Rows as ``text``/``label``: labels are stripped of surrounding spaces; non-string labels are an error."""
+    """Rows as ``text``/``label``: labels are stripped of surrounding spaces; non-string labels are an error.
+
+    Integer labels are read through ``label_names`` (a ``ClassLabel``'s names) only within range: a negative index
+    would silently name the last class, and -1 is how GLUE-style test splits hide their labels.
+    """
     if not records:
         return []
     columns = list(dict.fromkeys(k for r in records for k in r))
@@ -217,10 +244,13 @@ def classification_rows(
             f"{where}: label column {label_column!r} not found; columns are {columns}. Name the columns with "
             f"{COLUMN_OPTIONS}"
         )
-    rows = []
+    rows, out_of_range = [], []
     for row, location in zip(records, records.locations):
         text, label = row.get(text_column), row.get(label_column)
         if label_names is not None and isinstance(label, int):
+            if not 0 <= label < len(label_names):
+                out_of_range.append(f"{location}: {label}")
+                continue
             label = label_names[label]
         if not isinstance(label, str):
             raise TaskSpecError(
@@ -228,6 +258,13 @@ def classification_rows(
                 "words first (e.g. 0 -> 'negative')"
             )
         rows.append({"text": text, "label": label.strip()})
+    if out_of_range:
+        raise TaskSpecError(
+            f"{where}: {len(out_of_range)} of {len(records)} rows have an integer label outside the {len(label_names)} "
+            f"classes 0..{len(label_names) - 1} {list(label_names)} (first {out_of_range[0]}); -1 marks a hidden label "
+            "(GLUE-style test splits do not publish theirs): evaluate on a labelled split (e.g. 'validation'), or drop "
+            f"those rows first (dataset.filter(lambda row: 0 <= row[{label_column!r}] < {len(label_names)}))"
+        )
     return rows
 
 

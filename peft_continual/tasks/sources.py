@@ -8,10 +8,13 @@ Specs (see :func:`load_continual_tasks`), each optionally prefixed with ``NAME=`
 * a task of the offline generation sequence (``amazon-title``, ``arithmetic``, ``spelling``; see ``derived``);
 * a folder in the CL_Benchmark layout (``train.json``, ``test.json``/``dev.json``, ``labels.json``), or a folder
   with ``train`` and ``test``/``eval``/``dev``/``validation`` files (``.json``/``.jsonl``/``.csv``);
-* a ``.json`` / ``.jsonl`` / ``.csv`` file (eval = a held-out split);
-* a Hub dataset, ``owner/name[:config]`` or ``hub:name[:config]``.
+* a ``.json`` / ``.jsonl`` / ``.csv`` file (eval = a held-out split); a file named after a split
+  (``train.jsonl``, ``test.csv``, ...) names its task after its folder;
+* a Hub dataset, ``owner/name[:config]`` or ``hub:name[:config]``;
+* an in-memory ``datasets.Dataset`` or ``DatasetDict`` (see ``ContinualTask.from_dataset``), alone or as a
+  ``(name, dataset)`` pair; or a dict mapping task names to specs.
 
-Files, folders and Hub datasets may hold classification rows (a text and a label column) or any generation
+Files, folders and datasets may hold classification rows (a text and a label column) or any generation
 format of :mod:`.formats`; ``kind="auto"`` tells them apart by their columns.
 """
 
@@ -24,8 +27,9 @@ import os
 import random
 import re
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Union
 
 import datasets
 
@@ -81,10 +85,13 @@ DATA_DIR_ENV = "PEFT_CONTINUAL_DATA_DIR"
 DEFAULT_INSTRUCTION = "Choose one from the option.\n"
 DATA_SUFFIXES = (".json", ".jsonl", ".csv")
 EVAL_SPLIT_NAMES = ("test", "eval", "dev", "validation")
+SPLIT_NAMES = ("train", *EVAL_SPLIT_NAMES)
+InMemory = Union[datasets.Dataset, datasets.DatasetDict]
+Spec = Union[str, InMemory, tuple[str, Union[str, InMemory]]]
 
 
 def load_continual_tasks(
-    specs: Sequence[str] | str,
+    specs: Sequence[Spec] | Mapping[str, str | InMemory] | str | InMemory,
     data_dir: Optional[str | os.PathLike] = None,
     *,
     kind: str = "auto",
@@ -103,32 +110,32 @@ def load_continual_tasks(
 ) -> list[ContinualTask]:
     """Resolve task specs (see the module docstring) into validated, deterministically subsampled tasks.
 
+    ``specs``: a list of string specs (or one string of them, comma or space separated), in-memory ``Dataset`` /
+    ``DatasetDict`` objects and ``(name, spec)`` pairs; or a dict mapping task names to specs. A string spec is
+    renamed with ``NAME=SPEC``; a dataset without a name is named after the Hub dataset it was loaded from
+    (``info.dataset_name``), else ``task<N>`` by its 1-based position among the specs.
     Every spec is checked before anything is returned, so a bad one fails before any training starts.
     ``kind``: ``auto`` (by the columns), ``classification`` or ``generation``. ``instruction`` precedes every
-    prompt of file/Hub tasks (default: "Choose one from the option." for classification, none for generation).
+    prompt of file, Hub and dataset tasks (default: "Choose one from the option." for classification, none for generation).
     ``metrics`` maps task names to metric names (see :mod:`peft_continual.scoring`). Subsampling is label-balanced
     for classification (``max_train_per_label`` first, then ``max_train_samples``/``max_eval_samples`` take labels
     in turn) and a seeded random sample for generation (``max_train_per_label`` does not apply).
     """
-    if isinstance(specs, str):
-        specs = [s for s in re.split(r"[,\s]+", specs) if s]
+    specs = _spec_list(specs)
     if not specs:
         raise TaskSpecError("no task specs given: pass e.g. ['dbpedia', 'amazon'] or paths to data files")
     for name, value in (("max_train_samples", max_train_samples), ("max_train_per_label", max_train_per_label),
                         ("max_eval_samples", max_eval_samples)):  # fmt: skip
         if value is not None and value <= 0:
             raise TaskSpecError(f"{name} must be a positive number, got {value}")
-    if not 0 < eval_fraction < 1:
-        raise TaskSpecError(f"eval_fraction must be in (0, 1), got {eval_fraction}")
-    if kind not in KINDS:
-        raise TaskSpecError(f"kind must be one of {KINDS}, got {kind!r}")
+    _check_options(kind, eval_fraction)
     data_dir = data_dir if data_dir is not None else os.environ.get(DATA_DIR_ENV)
     options = dict(kind=kind, text_column=text_column, label_column=label_column, prompt_column=prompt_column,
                    completion_column=completion_column, instruction=instruction, eval_split=eval_split,
                    eval_fraction=eval_fraction, seed=seed)  # fmt: skip
     tasks = []
-    for spec in specs:
-        task = _load_one(spec, data_dir, **options)
+    for position, spec in enumerate(specs, 1):
+        task = _load_spec(spec, position, data_dir, options)
         task.train = _subset(task, task.train, max_train_per_label, max_train_samples, seed)
         task.eval = _subset(task, task.eval, None, max_eval_samples, seed)
         tasks.append(task)
@@ -141,6 +148,79 @@ def load_continual_tasks(
     return tasks
 
 
+def _check_options(kind: str, eval_fraction: float) -> None:
+    if not 0 < eval_fraction < 1:
+        raise TaskSpecError(f"eval_fraction must be in (0, 1), got {eval_fraction}")
+    if kind not in KINDS:
+        raise TaskSpecError(f"kind must be one of {KINDS}, got {kind!r}")
+
+
+def _spec_list(specs) -> list:
+    """Specs as a list: a string splits at commas and spaces, a dataset is one spec, a dict maps names to specs."""
+    if isinstance(specs, str):
+        return [s for s in re.split(r"[,\s]+", specs) if s]
+    if isinstance(specs, (datasets.Dataset, datasets.DatasetDict)):
+        return [specs]
+    if isinstance(specs, Mapping):
+        split_keys = [k for k in specs if str(k).lower() in SPLIT_NAMES]
+        if split_keys:
+            raise TaskSpecError(
+                f"the dict of task specs has split names {split_keys} as task names: for the splits of one task pass "
+                "datasets.DatasetDict(train=..., test=...); to name a task like a split anyway, pass [(name, dataset)]"
+            )
+        return list(specs.items())
+    return list(specs)
+
+
+def _load_spec(spec: Any, position: int, data_dir, options: dict) -> ContinualTask:
+    """One spec of any accepted kind: a string, a dataset, or a ``(name, spec)`` pair."""
+    name = None
+    if isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[0], str):
+        name, spec = spec
+        if isinstance(spec, str):
+            return _load_one(f"{name}={spec}", data_dir, **options)
+    if isinstance(spec, str):
+        return _load_one(spec, data_dir, **options)
+    if isinstance(spec, (datasets.Dataset, datasets.DatasetDict)):
+        return task_from_dataset(name or _dataset_name(spec, position), spec, **options)
+    streaming = ""
+    if isinstance(spec, (datasets.IterableDataset, datasets.IterableDatasetDict)):
+        streaming = " (streamed, read lazily: load it without streaming=True, or build a Dataset with Dataset.from_list)"
+    raise TaskSpecError(
+        f"task spec {position} is a {type(spec).__name__}{streaming}: expected a string spec, a datasets.Dataset or "
+        "DatasetDict, or a (name, spec) pair"
+    )
+
+
+def _dataset_name(dataset: InMemory, position: int) -> str:
+    """The Hub dataset's name (``info.dataset_name``, which ``load_dataset`` sets), else ``task<position>``.
+
+    A dataset read from local files by a packaged builder (``json``, ``csv``, ...) carries that builder's name instead.
+    """
+    splits = list(dataset.values()) if isinstance(dataset, datasets.DatasetDict) else [dataset]
+    info = splits[0].info if splits else None
+    named = info is not None and info.dataset_name and info.dataset_name != info.builder_name
+    return info.dataset_name if named else f"task{position}"
+
+
+def task_from_dataset(
+    name: str, dataset: InMemory, *, kind: str = "auto", text_column: Optional[str] = None,
+    label_column: Optional[str] = None, prompt_column: Optional[str] = None, completion_column: Optional[str] = None,
+    instruction: Optional[str] = None, eval_split: str = "test", eval_fraction: float = 0.2, seed: int = 42,
+) -> ContinualTask:  # fmt: skip
+    """``ContinualTask.from_dataset``; its options are named here so that a mistyped one is an error, not ignored."""
+    _check_options(kind, eval_fraction)
+    options = dict(kind=kind, text_column=text_column, label_column=label_column, prompt_column=prompt_column,
+                   completion_column=completion_column, instruction=instruction, eval_split=eval_split,
+                   eval_fraction=eval_fraction, seed=seed)  # fmt: skip
+    if isinstance(dataset, datasets.DatasetDict):
+        return _from_dataset_dict(dataset, name, "in-memory DatasetDict", "in-memory DatasetDict", **options)
+    if not isinstance(dataset, datasets.Dataset):
+        raise TaskSpecError(f"task {name!r}: expected a datasets.Dataset or DatasetDict, got {type(dataset).__name__}")
+    return _from_records(_dataset_records(dataset), None, name, f"task {name!r} (in-memory Dataset)", "in-memory Dataset",
+                         label_names=_class_names(dataset, label_column), **options)  # fmt: skip
+
+
 def _load_one(spec: str, data_dir, **options) -> ContinualTask:
     name, _, source = spec.partition("=") if "=" in spec else (None, "", spec)
     source = source.strip()
@@ -150,8 +230,7 @@ def _load_one(spec: str, data_dir, **options) -> ContinualTask:
         if path.suffix.lower() in DATA_SUFFIXES:
             if not path.is_file():
                 raise TaskSpecError(f"task spec {spec!r}: file {str(path)!r} does not exist")
-            records = read_records(path)
-            return _from_records(records, None, name or path.stem, f"task {name or path.stem!r} ({path})", str(path), **options)
+            return _load_file(path, name, **options)
         if path.is_dir():
             if (path / "labels.json").is_file():
                 return _load_benchmark_folder(path, name or path.name, spec)
@@ -238,6 +317,25 @@ def _load_benchmark_folder(folder: Path, name: str, spec: str) -> ContinualTask:
     )
 
 
+def _load_file(path: Path, name: Optional[str], **options) -> ContinualTask:
+    """One file: all its rows, a part held out for evaluation. A split's file (``dir/train.jsonl``) read alone names
+    its task after the folder, and the split it makes is a warning, since a test file may lie beside it."""
+    note = ""
+    if path.stem.lower() in SPLIT_NAMES:
+        folder = path.resolve().parent
+        named = f"named {name!r}" if name else f"named {folder.name!r} after its folder"
+        name = name or folder.name or path.stem
+        beside = [f"{s}{x}" for s in EVAL_SPLIT_NAMES for x in DATA_SUFFIXES
+                  if (folder / f"{s}{x}").is_file() and f"{s}{x}" != path.name]  # fmt: skip
+        note = (
+            f". {path.name} is a split's file read alone (as the whole task, {named}); to train on "
+            f"train{path.suffix} and evaluate on a file of your own, give the folder {str(folder)!r} with train and "
+            "test/eval/dev/validation files" + (f" (it has {', '.join(beside)})" if beside else "")
+        )
+    name = name or path.stem
+    return _from_records(read_records(path), None, name, f"task {name!r} ({path})", str(path), hold_out_note=note, **options)
+
+
 def _load_split_folder(folder: Path, name: str, spec: str, **options) -> ContinualTask:
     """A folder with a ``train`` file and an evaluation file (``test``/``eval``/``dev``/``validation``)."""
 
@@ -251,16 +349,20 @@ def _load_split_folder(folder: Path, name: str, spec: str, **options) -> Continu
             "layout)"
         )
     eval_records = read_records(eval_file) if eval_file else None
-    return _from_records(read_records(train_file), eval_records, name, f"task {name!r} ({folder})", str(folder), **options)
+    return _from_records(read_records(train_file), eval_records, name, f"task {name!r} ({train_file})", str(folder),
+                         eval_where=f"task {name!r} ({eval_file})", **options)  # fmt: skip
 
 
 def _from_records(
     train: Records, evaluation: Optional[Records], name: str, where: str, source: str, *, kind, text_column,
-    label_column, prompt_column, completion_column, instruction, eval_fraction, seed, label_names=None, **_,
+    label_column, prompt_column, completion_column, instruction, eval_fraction, seed, label_names=None,
+    eval_where: Optional[str] = None, hold_out_note: str = "", **_,
 ) -> ContinualTask:  # fmt: skip
-    """A task from rows read from files or the Hub; without evaluation rows, a held-out split of the training rows."""
+    """A task from rows read from files, datasets or the Hub; without evaluation rows, a held-out part of the training
+    rows (logged; a warning with ``hold_out_note``). ``where``/``eval_where`` name the rows' origin in errors."""
+    eval_where = eval_where or where
     if not train:
-        raise TaskSpecError(f"{where}: no examples (empty file)")
+        raise TaskSpecError(f"{where}: no examples (empty data)")
     columns = list(dict.fromkeys(k for r in train for k in r))
     fmt = detect_format(columns, prompt_column, completion_column)
     if kind == GENERATION and fmt == CLASSIFICATION:
@@ -273,50 +375,107 @@ def _from_records(
     if kind == CLASSIFICATION and fmt != CLASSIFICATION and not (text_column or label_column):
         raise TaskSpecError(f"{where}: columns {columns} hold a generation format ({fmt}); use kind='generation' or 'auto'")
     if fmt != CLASSIFICATION and kind != CLASSIFICATION:
-        def rows_of(records):
-            return datasets.Dataset.from_list(generation_rows(records, fmt, where, prompt_column, completion_column))
+        def rows_of(records, at):
+            return datasets.Dataset.from_list(generation_rows(records, fmt, at, prompt_column, completion_column))
 
-        train_rows = rows_of(train)
-        eval_rows = rows_of(evaluation) if evaluation is not None else None
+        train_rows = rows_of(train, where)
+        eval_rows = rows_of(evaluation, eval_where) if evaluation is not None else None
         if eval_rows is None:
             train_rows, eval_rows = _random_split(train_rows, eval_fraction, seed)
+            _say_held_out(train_rows, eval_rows, where, eval_fraction, hold_out_note)
         return ContinualTask(name, train_rows, eval_rows, instruction=instruction or "", source=source, kind=GENERATION)
 
     train_rows = classification_rows(train, text_column, label_column, where, label_names)
-    eval_rows = classification_rows(evaluation, text_column, label_column, where, label_names) if evaluation is not None else None
+    eval_rows = classification_rows(evaluation, text_column, label_column, eval_where, label_names) if evaluation is not None else None
     check_not_free_form([r["label"] for r in train_rows], where)
     labels = list(label_names) if label_names else sorted({r["label"] for r in train_rows})
     train_set = datasets.Dataset.from_list(train_rows)
     if eval_rows is None:
         warn_single_example_labels(Counter(train_set["label"]), where)
         train_set, eval_set = _stratified_split(train_set, eval_fraction, seed)
+        _say_held_out(train_set, eval_set, where, eval_fraction, hold_out_note)
     else:
         eval_set = datasets.Dataset.from_list(eval_rows) if eval_rows else datasets.Dataset.from_dict({"text": [], "label": []})
     instruction = DEFAULT_INSTRUCTION if instruction is None else instruction
     return ContinualTask(name, train_set, eval_set, labels, instruction=instruction, source=source)
 
 
-def _hub_records(ds: datasets.Dataset) -> Records:
+def _say_held_out(train: datasets.Dataset, evaluation: datasets.Dataset, where: str, eval_fraction: float, note: str):
+    logger.log(
+        logging.WARNING if note else logging.INFO,
+        f"{where}: no evaluation split given, so {len(evaluation)} of its {len(train) + len(evaluation)} rows are held "
+        f"out for evaluation (eval_fraction={eval_fraction}) and {len(train)} train{note}",
+    )
+
+
+def _dataset_records(ds: datasets.Dataset) -> Records:
     return Records(ds.to_list(), [f"row {i}" for i in range(len(ds))])
 
 
-def _load_hub(hub_id: str, name: str, spec: str, *, eval_split, label_column, **options) -> ContinualTask:
+def _class_names(ds: datasets.Dataset, label_column: Optional[str]) -> Optional[list[str]]:
+    feature = ds.features.get(label_column or "label")
+    return list(feature.names) if isinstance(feature, datasets.ClassLabel) else None
+
+
+def _from_dataset_dict(dsd: datasets.DatasetDict, name: str, origin: str, source: str, **options) -> ContinualTask:
+    """A task from a ``train`` split and the evaluation split :func:`_eval_split_name` picks (none: a held-out part)."""
+    if "train" not in dsd:
+        raise TaskSpecError(f"task {name!r} ({origin}): no 'train' split (found {list(dsd)}); name the training split 'train'")
+    eval_name = _eval_split_name(dsd, f"task {name!r} ({origin})", **options)
+    return _from_records(
+        _dataset_records(dsd["train"]), _dataset_records(dsd[eval_name]) if eval_name else None, name,
+        f"task {name!r} ({origin}, 'train' split)", source, eval_where=f"task {name!r} ({origin}, {eval_name!r} split)",
+        label_names=_class_names(dsd["train"], options["label_column"]), **options,
+    )  # fmt: skip
+
+
+def _eval_split_name(dsd: datasets.DatasetDict, where: str, *, eval_split, kind, label_column, prompt_column,
+                     completion_column, **_) -> Optional[str]:  # fmt: skip
+    """``eval_split``, else the first of ``test``/``eval``/``dev``/``validation`` there, skipping splits without labels.
+
+    GLUE-style test splits hide their labels as -1; read through the ``ClassLabel`` names, -1 would be the last class
+    and every row would score against it.
+    """
+    candidates = [s for s in dict.fromkeys((eval_split, *EVAL_SPLIT_NAMES)) if s in dsd]
+    fmt = detect_format(dsd["train"].column_names, prompt_column, completion_column)
+    if not (kind == CLASSIFICATION or (kind != GENERATION and fmt == CLASSIFICATION)):  # generation: no labels to check
+        return candidates[0] if candidates else None
+    column = label_column or "label"
+    unlabelled = {s: why for s in candidates if (why := _no_labels(dsd[s], column))}
+    labelled = [s for s in candidates if s not in unlabelled]
+    if unlabelled and not labelled:
+        raise TaskSpecError(
+            f"{where}: no evaluation split has labels ({'; '.join(f'{s!r}: {why}' for s, why in unlabelled.items())}). "
+            "Give a labelled evaluation split, or hold out part of 'train': load the dataset with datasets.load_dataset "
+            "and pass DatasetDict(train=dataset['train']) as the task spec"
+        )
+    if candidates and candidates[0] in unlabelled:
+        logger.warning(
+            f"{where}: the {candidates[0]!r} split has no labels ({unlabelled[candidates[0]]}): evaluating on the "
+            f"{labelled[0]!r} split instead"
+        )
+    return labelled[0] if labelled else None
+
+
+def _no_labels(split: datasets.Dataset, column: str) -> Optional[str]:
+    """Why ``split`` cannot be scored (no label column, or only negative integer labels), or None."""
+    if column not in split.column_names:
+        return f"no {column!r} column"
+    integer = str(getattr(split.features[column], "dtype", "")).startswith("int")  # a ClassLabel's too
+    if integer and len(split) and all(label is None or label < 0 for label in split[column]):
+        return f"all {len(split)} {column!r} values are negative: -1 marks a hidden label, as in GLUE's test splits"
+    return None
+
+
+def _load_hub(hub_id: str, name: str, spec: str, **options) -> ContinualTask:
     repo, _, config = hub_id.partition(":")
-    where = f"task {name!r} (Hub dataset {hub_id!r})"
     try:
         dsd = datasets.load_dataset(repo, config or None)
     except Exception as exc:
         first = Path(spec.partition("=")[2] or spec).parts[0]
         local = " (a local folder of that name exists: is the file name or its extension mistyped?)" if Path(first).is_dir() else ""
         raise TaskSpecError(f"task spec {spec!r}: no such file or folder, and not a Hub dataset{local}: {exc}") from exc
-    if "train" not in dsd:
-        raise TaskSpecError(f"{where}: no 'train' split (found {list(dsd)})")
-    feature = dsd["train"].features.get(label_column or "label")
-    names = list(feature.names) if isinstance(feature, datasets.ClassLabel) else None
-    eval_name = next((s for s in (eval_split, "validation", "test") if s in dsd), None)
-    evaluation = _hub_records(dsd[eval_name]) if eval_name else None
-    return _from_records(_hub_records(dsd["train"]), evaluation, name, where, f"hub:{hub_id}",
-                         label_column=label_column, label_names=names, **options)  # fmt: skip
+    return _from_dataset_dict(dsd, name, f"Hub dataset {hub_id!r}", f"hub:{hub_id}", **options)
 
 
 # ----------------------------------------------------------------------------------------------- subsampling

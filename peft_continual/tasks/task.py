@@ -8,7 +8,7 @@ from typing import Optional, Sequence
 import datasets
 
 from ..scoring import CLASSIFICATION_DEFAULT, GENERATION_DEFAULT, check_metric
-from .formats import CLASSIFICATION, GENERATION, GENERATION_COLUMNS, TaskSpecError, check_label_options
+from .formats import CLASSIFICATION, GENERATION, GENERATION_COLUMNS, TaskSpecError, check_label_options, detect_format
 from .prompts import prompt_parts
 
 
@@ -21,6 +21,7 @@ class ContinualTask:
 
     ``metric`` names how it is scored (see :mod:`peft_continual.scoring`; default accuracy for classification,
     exact match for generation). ``max_new_tokens`` bounds generated answers (default: the longest training target).
+    Rows in another format (TRL's ``messages``, Alpaca, other column names): build the task with :meth:`from_dataset`.
     """
 
     name: str
@@ -59,6 +60,24 @@ class ContinualTask:
             setattr(self, split_name, split)
             self._validate(split, f"{where}, {split_name} split")
 
+    @classmethod
+    def from_dataset(cls, name: str, dataset: datasets.Dataset | datasets.DatasetDict, **options) -> "ContinualTask":
+        """A task from an in-memory dataset, in any row format that :func:`load_continual_tasks` reads from files.
+
+        * a ``datasets.Dataset``: like a single file, a part of its rows (``eval_fraction``) is held out for
+          evaluation (logged);
+        * a ``datasets.DatasetDict``: a ``train`` split and an evaluation split, ``eval_split`` (default ``test``) or
+          else ``eval``/``dev``/``validation``; a split whose labels are hidden (all -1, as GLUE's test splits) is
+          skipped for a labelled one, with a warning. With only ``train``, a part of it is held out.
+
+        ``options``: ``kind``, ``text_column``, ``label_column``, ``prompt_column``, ``completion_column``,
+        ``instruction``, ``eval_split``, ``eval_fraction``, ``seed``, as for :func:`load_continual_tasks`.
+        Integer labels of a ``ClassLabel`` column become its names.
+        """
+        from .sources import task_from_dataset  # sources builds tasks with this class: imported on use
+
+        return task_from_dataset(name, dataset, **options)
+
     @property
     def where(self) -> str:
         return f"task {self.name!r}" + (f" ({self.source})" if self.source and self.source != self.name else "")
@@ -70,14 +89,22 @@ class ContinualTask:
     def _validate(self, split: datasets.Dataset, where: str) -> None:
         missing = set(self.columns) - set(split.column_names)
         if missing:
-            hint = " (a generation task: pass kind='generation'?)" if {"prompt", "completion"} <= set(split.column_names) else ""
+            if {"prompt", "completion"} <= set(split.column_names) and self.kind == CLASSIFICATION:
+                hint = " (a generation task: pass kind='generation'?)"
+            else:
+                fmt = detect_format(split.column_names)
+                seen = f" these rows are in the {fmt} format;" if fmt != CLASSIFICATION else ""
+                hint = (f";{seen} ContinualTask.from_dataset(name, dataset) reads every supported format (text_column=/"
+                        "label_column=/prompt_column=/completion_column= name other columns)")  # fmt: skip
             raise TaskSpecError(f"{where}: missing column(s) {sorted(missing)}; found {split.column_names}{hint}")
         if len(split) == 0:
             raise TaskSpecError(f"{where}: no examples (empty dataset)")
         if self.kind == GENERATION:
             for i, (prompt, completion) in enumerate(zip(split["prompt"], split["completion"])):
                 if not isinstance(prompt, str) or not prompt.strip():
-                    raise TaskSpecError(f"{where}: row {i} has an empty or non-string prompt ({prompt!r})")
+                    conversational = ": a list of messages (TRL's conversational format), read by ContinualTask.from_dataset"
+                    hint = conversational if isinstance(prompt, list) else ""
+                    raise TaskSpecError(f"{where}: row {i} has an empty or non-string prompt ({prompt!r:.120}){hint}")
                 if not isinstance(completion, str) or not completion.strip():
                     raise TaskSpecError(f"{where}: row {i} has an empty completion ({completion!r}): every row needs a target")
             return
