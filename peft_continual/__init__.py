@@ -13,7 +13,10 @@ from .tasks import (
     TaskSpecError,
     load_continual_tasks,
 )
+from .guard import install as _install_guard
 from .trainer import ContinualTrainer
+
+_install_guard()  # a continual config trained by another trainer stops instead of training plain LoRA
 
 __version__ = "0.1.0"
 

@@ -1,8 +1,12 @@
-"""``ContinualTrainer``: a ``transformers.Trainer`` that trains a PEFT model on a sequence of tasks.
+"""The continual core, and ``ContinualTrainer``: a ``transformers.Trainer`` that trains a PEFT model on a sequence of
+tasks.
 
 Glue only: the task loop, a fresh optimizer and schedule per task, evaluation of every seen task after each
 one, logging of each loss term, saving. What differs between methods lives in :mod:`peft_continual.methods`,
-chosen by the PEFT config on the model.
+chosen by the PEFT config on the model. The core is a mixin, :class:`ContinualTrainerMixin`, so that the same task
+loop runs on ``transformers.Trainer`` (:class:`ContinualTrainer`) and on TRL's ``SFTTrainer``
+(:class:`~peft_continual.sft_trainer.ContinualSFTTrainer`); a trainer class only says how a task becomes training
+features (:meth:`ContinualTrainerMixin._cl_features`) and which collator it uses by default.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Literal, Optional, Sequence, Union
 
+import datasets
 import torch
 from accelerate.utils import gather_object
 from peft import PeftModel
@@ -26,6 +31,7 @@ from transformers.utils import logging
 
 from .adapters import adapters_active
 from .collision import collision_report
+from .guard import ContinualConfigGuard
 from .evaluation import EVALUATION_METHODS, EvaluationMethod, TaskEvaluation, check_protocol, evaluate_protocols, write_predictions
 from .methods import ContinualMethod, build_method, task_adapter_name
 from .io_utils import atomic_write_text
@@ -69,7 +75,7 @@ PREDICTIONS_DIR = "predictions"
 class _MethodCallback(TrainerCallback):
     """Forwards the optimizer-step event to the method (e.g. I-LoRA's EMA)."""
 
-    def __init__(self, trainer: "ContinualTrainer"):
+    def __init__(self, trainer: "ContinualTrainerMixin"):
         self.trainer = trainer
 
     def on_optimizer_step(self, args, state, control, **kwargs):
@@ -105,8 +111,11 @@ def merge_evaluations(parts: Sequence[Optional[TaskEvaluation]]) -> TaskEvaluati
     )  # fmt: skip
 
 
-class ContinualTrainer(Trainer):
-    """Train a ``PeftModel`` on tasks one after the other with standard ``TrainingArguments``.
+MIN_STEPS_PER_TASK = 10  # fewer optimizer steps than this rarely learn a task: say so before training
+
+
+class ContinualTrainerMixin:
+    """The continual core of a ``transformers.Trainer`` subclass: train a ``PeftModel`` on tasks one after the other.
 
     The continual method and its hyper-parameters come from the PEFT config of the model (see
     :mod:`peft_continual.configs`). Each task trains in ``<output_dir>/task_<i>_<name>`` with a fresh optimizer and
@@ -114,8 +123,9 @@ class ContinualTrainer(Trainer):
     (each task scored by its own metric, see :mod:`peft_continual.scoring`).
 
     Args:
-        evaluation_method: ``"rank"`` (label ranking by log-likelihood, default; classification tasks only) or
-            ``"generate"`` (greedy generation scored by each task's metric, the papers' protocol), or a list of both:
+        evaluation_method: ``"generate"`` (greedy generation scored by each task's metric, the papers' protocol,
+            which also counts an answer in an earlier task's format as wrong; default) or ``"rank"`` (label ranking
+            by log-likelihood: faster, classification tasks only, blind to format forgetting), or a list of both:
             the first fills the score matrix, the others fill ``result.secondary[<protocol>]`` from the same run
             (tasks a secondary protocol cannot score are skipped; both protocols share one run of each prompt).
         chat_template: ``"auto"`` (render prompts with the tokenizer's chat template when it has one), ``"on"``
@@ -148,7 +158,7 @@ class ContinualTrainer(Trainer):
         args: TrainingArguments = None,
         *,
         processing_class=None,
-        evaluation_method: Union[EvaluationMethod, Sequence[EvaluationMethod]] = "rank",
+        evaluation_method: Union[EvaluationMethod, Sequence[EvaluationMethod]] = "generate",
         chat_template: ChatTemplateMode = "auto",
         max_new_tokens: int = 128,
         save_predictions: bool = True,
@@ -162,11 +172,11 @@ class ContinualTrainer(Trainer):
     ):
         if not isinstance(model, PeftModel):
             raise TypeError(
-                "ContinualTrainer needs a PeftModel: wrap the model first, e.g. "
+                f"{type(self).__name__} needs a PeftModel: wrap the model first, e.g. "
                 "get_peft_model(model, NLoraConfig(r=8, target_modules=[...]))"
             )
         if processing_class is None:
-            raise ValueError("ContinualTrainer needs the tokenizer: pass processing_class=tokenizer")
+            raise ValueError(f"{type(self).__name__} needs the tokenizer: pass processing_class=tokenizer")
         methods = [evaluation_method] if isinstance(evaluation_method, str) else list(evaluation_method)
         if not methods or any(m not in EVALUATION_METHODS for m in methods) or len(set(methods)) != len(methods):
             raise ValueError(f"evaluation_method must be 'rank' or 'generate', or a list of both, got {evaluation_method!r}")
@@ -188,23 +198,26 @@ class ContinualTrainer(Trainer):
         if processing_class.pad_token_id is None:
             processing_class.pad_token = processing_class.eos_token
         self.chat = use_chat_template(processing_class, chat_template)  # 'on' without a template fails here
-        kwargs.setdefault("data_collator", ContinualCollator(processing_class.pad_token_id))
+        collator = self._cl_default_collator(processing_class)
+        if collator is not None:
+            kwargs.setdefault("data_collator", collator)
         # Trainer would create the repo now and push every task's checkpoints; the run is pushed once, at the end.
         self.push_at_end = args is not None and args.push_to_hub
         if self.push_at_end:
             args = copy.copy(args)
             args.push_to_hub = False
         super().__init__(model=model, args=args, processing_class=processing_class, **kwargs)
+        self.remove_callback(ContinualConfigGuard)  # the guard stops continual configs in other trainers, not here
         if self.args.n_gpu > 1:
             raise ValueError(
                 f"this process sees {self.args.n_gpu} GPUs, so Trainer would wrap the model in nn.DataParallel, which "
-                "ContinualTrainer does not support (its extra loss terms and replay forwards run on one device). "
+                f"{type(self).__name__} does not support (its extra loss terms and replay forwards run on one device). "
                 f"Launch one process per GPU: `accelerate launch --num_processes {self.args.n_gpu} script.py ...` or "
                 f"`torchrun --nproc_per_node {self.args.n_gpu} script.py ...`; or use one GPU (CUDA_VISIBLE_DEVICES=0)"
             )
         if self.is_fsdp_enabled:
             raise ValueError(
-                "FSDP is not supported: ContinualTrainer reads adapter weights outside the forward pass (evaluation, "
+                f"FSDP is not supported: {type(self).__name__} reads adapter weights outside the forward pass (evaluation, "
                 "the N-LoRA/O-LoRA penalties, I-LoRA's EMA, saving), which FSDP leaves sharded. Use DDP (the LoRA "
                 "adapters are small; load the base in bf16) or DeepSpeed ZeRO-3, whose parameters are gathered there"
             )
@@ -212,7 +225,7 @@ class ContinualTrainer(Trainer):
             self.args.dataloader_pin_memory = False  # nothing to pin for: torch would warn at every epoch
         self.logits_on_targets_only = (
             logits_on_targets_only and self.label_smoother is None and self.compute_loss_func is None
-            and supports_target_logits(self.peft_model)
+            and self._cl_target_logits and supports_target_logits(self.peft_model)
         )  # fmt: skip
         self.method: ContinualMethod = build_method(self.peft_model)
         self.method.setup(
@@ -239,6 +252,18 @@ class ContinualTrainer(Trainer):
         self._cl_task_in_training: Optional[int] = None
         self._eval_encodings: dict[str, EvalEncoding] = {}  # each task's prompts, encoded once
 
+    # ------------------------------------------------------------------------------------------ what a trainer class sets
+
+    _cl_target_logits = True  # the trainer's loss is transformers' causal-LM loss, which logits_to_keep can shorten
+
+    def _cl_default_collator(self, tokenizer):
+        """The collator used when none is given (None: the base trainer's own)."""
+        return ContinualCollator(tokenizer.pad_token_id)
+
+    def _cl_features(self, task: ContinualTask) -> datasets.Dataset:
+        """A task's training features (``input_ids`` and ``labels``, -100 where no loss is taken), for the collator."""
+        return tokenize_task(self.processing_class, task, self.max_source_length, self.chat)
+
     def _new_result(self) -> ContinualResult:
         result = ContinualResult(method=self.method.name, evaluation_method=self.evaluation_method)
         result.secondary = {m: ContinualResult(method=self.method.name, evaluation_method=m) for m in self.evaluation_methods[1:]}
@@ -264,7 +289,7 @@ class ContinualTrainer(Trainer):
         for task in tasks:
             check_protocol(self.evaluation_method, task)
         self.method.check_before_training(self.peft_model, len(self.tasks) + len(tasks))
-        features = [tokenize_task(self.processing_class, t, self.max_source_length, self.chat) for t in tasks]  # fail early
+        features = [self._cl_features(t) for t in tasks]  # fail early
         for task, encoded in zip(tasks, features):
             fit_max_new_tokens(task, encoded, self.max_new_tokens)
         first_new = len(self.tasks)
@@ -377,6 +402,7 @@ class ContinualTrainer(Trainer):
         self.train_dataset = features
         self.optimizer, self.lr_scheduler = None, None  # a fresh optimizer and schedule per task
         self.model_wrapped = self.model  # and a fresh DDP wrapper: the old one only syncs the old adapter's grads
+        self._cl_warn_if_few_steps(task, len(features))
         started = time.perf_counter()
         self._cl_task_in_training = index
         try:
@@ -408,11 +434,26 @@ class ContinualTrainer(Trainer):
             seen = ", ".join(f"{self.tasks[j].name} {100 * a:.1f}%" for j, a in zip(evaluated, accuracies))
             print(f"    after {task.name}: {seen}", flush=True)
 
+    def _cl_warn_if_few_steps(self, task: ContinualTask, num_examples: int) -> None:
+        """A task of a few optimizer steps barely moves its adapter and scores near zero-shot: say it before training."""
+        args = self.args
+        batches = math.ceil(num_examples / (args.per_device_train_batch_size * max(args.world_size, 1)))
+        steps_per_epoch = max(batches // args.gradient_accumulation_steps, 1)
+        steps = args.max_steps if args.max_steps > 0 else math.ceil(steps_per_epoch * args.num_train_epochs)
+        if steps < MIN_STEPS_PER_TASK and self.is_world_process_zero():
+            logger.warning(
+                f"task {task.name!r} trains for only {steps} optimizer step(s) ({num_examples} examples, batch "
+                f"{args.per_device_train_batch_size} x {args.gradient_accumulation_steps} accumulation x "
+                f"{max(args.world_size, 1)} process(es), {args.num_train_epochs:g} epoch(s)): an adapter this short "
+                f"rarely learns its task. Give it at least {MIN_STEPS_PER_TASK}: more examples or epochs "
+                "(num_train_epochs), a smaller per_device_train_batch_size, or max_steps"
+            )
+
     def train(self, *args, **kwargs):
         """Trains the current task of :meth:`train_continual`; called alone there is no task to train."""
         if self._cl_task_in_training is None:
             raise RuntimeError(
-                "ContinualTrainer trains a sequence of tasks: call trainer.train_continual([ContinualTask(...), ...]) "
+                f"{type(self).__name__} trains a sequence of tasks: call trainer.train_continual([ContinualTask(...), ...]) "
                 "or trainer.train_task(task) instead of trainer.train() (see peft_continual.load_continual_tasks)"
             )
         return super().train(*args, **kwargs)
@@ -529,7 +570,8 @@ class ContinualTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if model.training and self.logits_on_targets_only and "labels" in inputs:
             inputs = with_target_logits(inputs)
-        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        result = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        loss, outputs = result if return_outputs else (result, None)
         if model.training:
             scaled = self.loss_is_scaled_for_ga
             if scaled is None:
@@ -629,7 +671,7 @@ class ContinualTrainer(Trainer):
     @classmethod
     def from_continual(
         cls, folder: str, model, args: TrainingArguments, *, processing_class, allow_other_base: bool = False, **kwargs
-    ) -> "ContinualTrainer":
+    ) -> "ContinualTrainerMixin":
         """Continue a run saved by :meth:`save_continual`: ``model`` is a fresh copy of the same base model.
 
         Adapters, the method's state (replay buffer, merged adapters, ...), the task definitions and the accuracy
@@ -653,3 +695,13 @@ class ContinualTrainer(Trainer):
         super()._load_from_checkpoint(resume_from_checkpoint, model=model)
         load_method_state(self.method, resume_from_checkpoint, self.peft_model)
         self.restore_adapter_state()
+
+
+class ContinualTrainer(ContinualTrainerMixin, Trainer):
+    """Train a ``PeftModel`` on tasks one after the other with standard ``TrainingArguments``.
+
+    Tasks are encoded by this package (:func:`~peft_continual.tasks.tokenize_task`): the reference prompt or the
+    tokenizer's chat template, the loss on the target and end-of-turn only. See :class:`ContinualTrainerMixin` for
+    the arguments; with TRL, :class:`~peft_continual.sft_trainer.ContinualSFTTrainer` is the same trainer on
+    ``SFTTrainer``.
+    """

@@ -6,16 +6,17 @@ import json
 import string
 from pathlib import Path
 
+import datasets
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 from tokenizers import Tokenizer, decoders, models, normalizers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from conftest import OPPOSITES, generation_task, memorised_task, synthetic_task, tiny_model, training_args
+from conftest import OPPOSITES, generation_task, make_chat_tokenizer, memorised_task, synthetic_task, tiny_model, training_args
 from peft_continual import ContinualTrainer, ILoraConfig, IncLoraConfig, NLoraConfig, OLoraConfig, ReplayConfig, evaluate_task
 from peft_continual.evaluation import PromptBatch, generate_batch, greedy_config
-from peft_continual.tasks import IGNORE_INDEX, PromptEncoder, encode_eval, tokenize_task
+from peft_continual.tasks import IGNORE_INDEX, PromptEncoder, TaskSpecError, encode_eval, tokenize_task
 
 SMOLLM2 = Path("/work/cache/smollm2")
 
@@ -78,6 +79,88 @@ def test_sentencepiece_boundary_has_no_stray_piece():
         assert target[-1] == tok.eos_token_id and "▁" not in tok.convert_ids_to_tokens(target)
         assert features[i]["input_ids"][:-1] == whole  # the training sequence is the whole string's tokenisation
         assert tok.decode(target[:-1]).strip() == row["completion"]
+
+
+# Llama-2-chat's template as published: a space between [/INST] and the answer; roles must alternate.
+LLAMA2_TEMPLATE = (
+    "{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}"
+    "{% set system_message = messages[0]['content'] %}{% else %}{% set loop_messages = messages %}"
+    "{% set system_message = false %}{% endif %}{% for message in loop_messages %}"
+    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{% if loop.index0 == 0 and system_message != false %}"
+    "{% set content = '<<SYS>>\\n' + system_message + '\\n<</SYS>>\\n\\n' + message['content'] %}"
+    "{% else %}{% set content = message['content'] %}{% endif %}"
+    "{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}"
+    "{% elif message['role'] == 'assistant' %}{{ ' '  + content.strip() + ' ' + eos_token }}{% endif %}{% endfor %}"
+)
+# Qwen3's rule for the final assistant turn: a think block (empty without reasoning) before the answer; a
+# reasoning written into the answer as <think>...</think> is moved into that block.
+QWEN3_TEMPLATE = (
+    "{%- for m in messages %}{%- if m.role == 'assistant' %}{%- set content = m.content %}{%- set reasoning = '' %}"
+    "{%- if '</think>' in content %}{%- set reasoning = content.split('</think>')[0].split('<think>')[-1].strip('\\n') %}"
+    "{%- set content = content.split('</think>')[-1].lstrip('\\n') %}{%- endif %}"
+    "{%- if loop.last %}{{- '<|im_start|>assistant\\n<think>\\n' + reasoning + '\\n</think>\\n\\n' + content }}"
+    "{%- else %}{{- '<|im_start|>assistant\\n' + content }}{%- endif %}{{- '<|im_end|>\\n' }}"
+    "{%- else %}{{- '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>\\n' }}{%- endif %}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+
+def llama2_tokenizer():
+    tok = sentencepiece_tokenizer()
+    tok.add_special_tokens({"bos_token": "<s>"})
+    tok.chat_template = LLAMA2_TEMPLATE
+    return tok
+
+
+def qwen3_tokenizer():
+    tok = make_chat_tokenizer()
+    tok.chat_template = QWEN3_TEMPLATE
+    return tok
+
+
+@pytest.mark.parametrize(
+    "make, before_answer, end_of_turn",
+    [(llama2_tokenizer, "[/INST]", " </s>"), (qwen3_tokenizer, "<|im_start|>assistant\n<think>\n\n</think>\n\n", "<|im_end|>")],
+    ids=["llama2", "qwen3"],
+)
+def test_training_sequence_is_the_templates_rendering_of_the_conversation(make, before_answer, end_of_turn):
+    """Text the template writes between its generation prompt and the answer is trained, and prompts evaluation."""
+    tok = make()
+    task = generation_task("opposites", n_train=4)
+    context = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    task.train = task.train.map(lambda r, i: {"context": json.dumps(context) if i % 2 else ""}, with_indices=True)
+    task.eval = task.train
+    features = tokenize_task(tok, task, 128, chat=True)
+    prompts = encode_eval(tok, task, 128, chat=True).prompts
+    for i, row in enumerate(task.train):
+        turns = (context if i % 2 else []) + [{"role": "user", "content": row["prompt"]}]
+        rendered = tok.apply_chat_template(turns + [{"role": "assistant", "content": row["completion"]}], tokenize=False)
+        ids, labels = features[i]["input_ids"], features[i]["labels"]
+        assert ids == tok(rendered.rstrip(), add_special_tokens=False)["input_ids"]  # up to the end-of-turn
+        n_prompt = labels.count(IGNORE_INDEX)
+        assert labels == [IGNORE_INDEX] * n_prompt + ids[n_prompt:]
+        assert tok.decode(ids[:n_prompt]).endswith(before_answer)
+        assert tok.decode(ids[n_prompt:]).lstrip() == row["completion"] + end_of_turn
+        assert prompts[i] == ids[:n_prompt]  # generation is prompted with the prefix that training saw
+
+
+@pytest.mark.parametrize("make, answer", [(qwen3_tokenizer, "<think>\nhot is warm\n</think>\n\ncold"), (llama2_tokenizer, "cold ")])
+def test_answer_rewritten_by_the_template_is_refused(make, answer):
+    task = generation_task("opposites", n_train=2)
+    task.train = datasets.Dataset.from_list([{"prompt": "opposite of hot", "completion": answer, "context": ""}])
+    with pytest.raises(TaskSpecError, match="the chat template rewrites the answer"):
+        tokenize_task(make(), task, 128, chat=True)
+
+
+def test_long_conversation_never_opens_with_an_assistant_turn():
+    """Llama-2's template refuses a conversation that opens with an assistant turn: a shortened one never does."""
+    tok = llama2_tokenizer()
+    context = [{"role": "user", "content": "hot " * 60 + "big"}, {"role": "assistant", "content": "cold " * 60 + "small"}]
+    row = {"prompt": "opposite of old", "completion": "new", "context": json.dumps(context)}
+    text, ids = PromptEncoder(tok, 40, chat=True).prompt(generation_task("opposites"), row)
+    assert len(ids) <= 40 and text == "<s>[INST] opposite of old [/INST]"
 
 
 @pytest.mark.skipif(not SMOLLM2.is_dir(), reason="SmolLM2 checkpoint (/work/cache/smollm2) not present")
@@ -238,7 +321,8 @@ def test_saved_mixed_run_carries_task_definitions(chat_tokenizer, tmp_path):
 
 def test_runs_saved_before_generation_tasks_still_load(tokenizer, tmp_path):
     """A state without task kinds, metrics, example scores or the new trainer options (as saved before) loads."""
-    trainer = make_trainer(tokenizer, tmp_path, NLoraConfig(r=4, lora_alpha=8), args={"num_train_epochs": 1})
+    trainer = make_trainer(tokenizer, tmp_path, NLoraConfig(r=4, lora_alpha=8), args={"num_train_epochs": 1},
+                           evaluation_method="rank")  # the default then  # fmt: skip
     trainer.train_continual([synthetic_task("colors", n_train=4)])
     folder = tmp_path / "final"
     trainer.save_continual(str(folder))

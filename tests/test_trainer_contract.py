@@ -15,9 +15,10 @@ from peft_continual import ContinualTrainer, IncLoraConfig, ILoraConfig, NLoraCo
 from peft_continual.adapters import adapter_parameters
 from peft_continual.persistence import ContinualStateError
 from peft_continual.tasks import tokenize_task
+from peft_continual.trainer import MIN_STEPS_PER_TASK, ContinualTrainerMixin
 
 # Trainer names ContinualTrainer overrides on purpose, keeping their signature and meaning.
-OVERRIDES = {"__init__", "__doc__", "__module__", "compute_loss", "log", "train", "push_to_hub", "create_model_card", "save_model",
+OVERRIDES = {"__init__", "__doc__", "__module__", "__dict__", "__weakref__", "compute_loss", "log", "train", "push_to_hub", "create_model_card", "save_model",
              "_load_from_checkpoint"}  # fmt: skip
 
 METHODS = {
@@ -39,7 +40,7 @@ def make_trainer(tokenizer, tmp_path, config, **args):
 
 def test_no_trainer_name_is_shadowed(tokenizer, tmp_path):
     """Only deliberate overrides share a name with Trainer; our own attributes never reuse one Trainer reads."""
-    shadowed = {name for name in vars(ContinualTrainer) if hasattr(Trainer, name)}
+    shadowed = {name for klass in (ContinualTrainerMixin, ContinualTrainer) for name in vars(klass) if hasattr(Trainer, name)}
     assert shadowed <= OVERRIDES, shadowed - OVERRIDES
     trainer = make_trainer(tokenizer, tmp_path, IncLoraConfig(r=4))
     model, _ = tiny_model("llama", tokenizer)
@@ -205,3 +206,18 @@ def test_replay_and_consistency_forwards_go_through_the_wrapped_model(method, fo
     trainer.training_step = wrapped_step
     trainer.train_continual([memorised_task("colors", 4), memorised_task("animals", 4)])
     assert calls == [1, forwards]  # one step per task; task 2 replays
+
+
+def test_a_task_of_few_optimizer_steps_is_said_before_training(tokenizer, tmp_path, caplog):
+    """12 examples at batch 8 for 1 epoch are 2 steps: such a task scored 0 % with no word said."""
+    trainer = make_trainer(tokenizer, tmp_path, NLoraConfig(r=4, lora_alpha=8), per_device_train_batch_size=8)
+    with caplog.at_level("WARNING"):
+        trainer.train_continual([memorised_task("colors", 12)])
+    warning = [r.getMessage() for r in caplog.records if "optimizer step" in r.getMessage()]
+    assert warning and "only 2 optimizer step(s)" in warning[0] and f"at least {MIN_STEPS_PER_TASK}" in warning[0]
+    caplog.clear()
+    trainer = make_trainer(tokenizer, tmp_path / "b", NLoraConfig(r=4, lora_alpha=8), per_device_train_batch_size=2,
+                           num_train_epochs=2)  # fmt: skip
+    with caplog.at_level("WARNING"):
+        trainer.train_continual([memorised_task("colors", 12)])
+    assert not [r for r in caplog.records if "optimizer step" in r.getMessage()]

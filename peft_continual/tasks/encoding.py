@@ -15,9 +15,10 @@ import datasets
 import torch
 
 from .formats import GENERATION, TaskSpecError
-from .prompts import end_of_turn, prompt_parts, render_prompt, target_text
+from .prompts import answer_text, chat_frame, chat_messages, conversation, prompt_parts, with_turns
 
 IGNORE_INDEX = -100
+_HI = [{"role": "user", "content": "hi"}]  # a minimal conversation, to read how the template frames an answer
 
 
 def _ids(tokenizer, text: str) -> list[int]:
@@ -45,36 +46,95 @@ class PromptEncoder:
             raise ValueError(f"max_source_length must be positive, got {self.max_source_length}")
         # The chat template renders its own BOS as text; the reference prompt gets the tokenizer's prefix.
         self.prefix = [] if self.chat else special_prefix(self.tokenizer)
-        self.eot = end_of_turn(self.tokenizer) if self.chat else ""
+        self.frame = chat_frame(self.tokenizer, _HI) if self.chat else ("", "", "")
+        self.eot = self.frame[2].rstrip()  # what the template writes after an answer (e.g. ``<|im_end|>``)
 
     def _encode(self, text: str) -> list[int]:
         return self.prefix + _ids(self.tokenizer, text)
 
+    def _render(self, task, row: dict[str, Any]) -> tuple[str, list[int]]:
+        """(text, ids) of the row's whole prompt. With a chat template, one target text (lead, answer, end-of-turn)
+        serves every conversation, so each must frame the answer alike."""
+        if not self.chat:
+            text = "".join(prompt_parts(task, row, chat=False))
+        else:
+            text, lead, after = chat_frame(self.tokenizer, chat_messages(task, row))
+            if (lead, after) != self.frame[1:]:
+                raise TaskSpecError(
+                    f"task {task.name!r}: the chat template writes different text around the answer in different "
+                    f"conversations ({(lead, after)!r} vs {self.frame[1:]!r}), so no one target fits them all: use "
+                    "chat_template='off'"
+                )
+        return text, self._encode(text)
+
     def prompt(self, task, row: dict[str, Any]) -> tuple[str, list[int]]:
-        """(prompt text, ids) within ``max_source_length``: an over-long body is cut, never the head or tail."""
-        text = render_prompt(self.tokenizer, task, row, self.chat)
-        ids = self._encode(text)
+        """(prompt text, ids) within ``max_source_length``; only the body is shortened, never the head or tail.
+
+        A classification text loses its end (options and question frame it). A generation prompt loses its start,
+        the part farthest from the answer: the oldest turns of a conversation go first, the question last.
+        """
+        text, ids = self._render(task, row)
         if len(ids) <= self.max_source_length:
             return text, ids
-        fixed = len(self._encode(render_prompt(self.tokenizer, task, row, self.chat, body="")))
-        if fixed >= self.max_source_length:
-            what = "instruction and chat template" if task.kind == GENERATION else "instruction, options and question"
-            raise TaskSpecError(
-                f"task {task.name!r}: max_source_length={self.max_source_length} leaves no room for the text: "
-                f"{what} alone take {fixed} tokens; raise max_source_length"
-            )
-        body = _ids(self.tokenizer, prompt_parts(task, row, self.chat)[1])
-        keep = len(body) - (len(ids) - self.max_source_length)
-        while True:  # re-tokenising the shortened text may merge differently: shorten until it fits
-            text = render_prompt(self.tokenizer, task, row, self.chat, body=self.tokenizer.decode(body[: max(keep, 0)]))
-            ids = self._encode(text)
-            if len(ids) <= self.max_source_length or keep <= 0:
+        if task.kind == GENERATION:
+            return self._shorten_conversation(task, row)
+        cut = self._cut(lambda text: self._render(task, {**row, "text": text}), row["text"], keep_end=False)
+        return cut or self._no_room(task, {**row, "text": ""})
+
+    def _cut(self, render, content: str, keep_end: bool) -> Optional[tuple[str, list[int]]]:
+        """``render(content)`` with ``content`` cut to the most tokens that fit, keeping its end (from a word on, not
+        the space before it) or its start; None when none of it fits."""
+        room = self.max_source_length - len(render("")[1])
+        piece = _ids(self.tokenizer, content)
+        keep = min(room, len(piece))
+        while keep > 0:  # re-tokenising the cut text may merge differently: cut further until it fits
+            kept = self.tokenizer.decode(piece[len(piece) - keep :] if keep_end else piece[:keep])
+            text, ids = render(kept.lstrip() if keep_end else kept)
+            if len(ids) <= self.max_source_length:
                 return text, ids
             keep -= len(ids) - self.max_source_length
+        return None
+
+    def _shorten_conversation(self, task, row: dict[str, Any]) -> tuple[str, list[int]]:
+        """The question and the most recent turns that fit, the oldest of them possibly without its start.
+
+        The kept turns never open with an assistant turn: templates such as Llama-2's refuse such a conversation.
+        """
+        turns = conversation(row)
+
+        def render(kept):
+            return self._render(task, with_turns(row, kept))
+
+        kept_from = len(turns)  # the oldest turn kept whole
+        for start in range(len(turns) - 1, 0, -1):
+            if turns[start]["role"] == "assistant":
+                continue
+            if len(render(turns[start:])[1]) > self.max_source_length:
+                break
+            kept_from = start
+        older = next((i for i in range(kept_from - 1, -1, -1) if turns[i]["role"] != "assistant"), None)
+        if older is not None:  # the turn that did not fit whole (the question, when it alone is too long)
+            turn, rest = turns[older], turns[older + 1 :]
+            cut = self._cut(lambda text: render([{**turn, "content": text}] + rest), turn["content"], keep_end=True)
+            if cut:
+                return cut
+        if kept_from < len(turns):
+            return render(turns[kept_from:])
+        return self._no_room(task, with_turns(row, [{"role": "user", "content": ""}]))
+
+    def _no_room(self, task, empty_row: dict[str, Any]):
+        what = "instruction and chat template" if task.kind == GENERATION else "instruction, options and question"
+        raise TaskSpecError(
+            f"task {task.name!r}: max_source_length={self.max_source_length} leaves no room for the text: "
+            f"{what} alone take {len(self._render(task, empty_row)[1])} tokens; raise max_source_length"
+        )
 
     def target(self, task, row: dict[str, Any], prompt_text: str, prompt_ids: list[int]) -> list[int]:
         """Target ids (with end-of-turn or EOS), exactly as they follow the prompt in the whole string."""
-        target = target_text(task, row, self.chat, self.eot)
+        answer = answer_text(task, row)
+        if self.chat:
+            self._check_answer_kept(task, answer)
+        target = self.frame[1] + answer + self.eot if self.chat else " " + answer
         full = self._encode(prompt_text + target)
         if full[: len(prompt_ids)] == prompt_ids and len(full) > len(prompt_ids):
             ids = full[len(prompt_ids) :]
@@ -83,6 +143,18 @@ class PromptEncoder:
         if not (self.chat and self.eot):
             ids = ids + [self.tokenizer.eos_token_id]
         return ids
+
+    def _check_answer_kept(self, task, answer: str) -> None:
+        """The template must write the answer as given (Qwen3's moves a ``<think>`` block out of it, Llama-2's strips
+        spaces): otherwise what is trained is not what the template renders."""
+        prompt, lead, after = self.frame
+        rendered = self.tokenizer.apply_chat_template(_HI + [{"role": "assistant", "content": answer}], tokenize=False)
+        if rendered != prompt + lead + answer + after:
+            raise TaskSpecError(
+                f"task {task.name!r}: the chat template rewrites the answer {answer!r:.80} (it renders "
+                f"{rendered[len(prompt):]!r:.120}), so training on it would not match the template's rendering: "
+                "clean the answers (e.g. surrounding spaces, <think> blocks) or use chat_template='off'"
+            )
 
     def stop_ids(self) -> list[int]:
         """Token ids that end a generated answer: EOS, and the chat template's end-of-turn when it is one token."""

@@ -1,15 +1,17 @@
 """Prompt text of a row: the reference prompt, or the tokenizer's chat template around it.
 
 Reference form (O-LoRA/N-LoRA): ``Task:<type>\\nDataset:<name>\\n<instruction>Option: <labels> \\n<text>\\nAnswer:``
-then `` <target>`` and EOS. With a chat template the user turn holds the same head and text (no ``Answer:``), the
-generation prompt opens the assistant turn, and the target is followed by the template's end-of-turn.
-Only the *body* (the text, or the last user turn) may be shortened to fit a length, never the head or the tail.
+then `` <target>`` and EOS. With a chat template the user turn holds the same head and text (no ``Answer:``) and the
+prompt is the template's own rendering of the whole conversation, answer included, cut where the answer starts: it
+keeps whatever the template writes between its generation prompt and the answer (Qwen3's empty ``<think>`` block), so
+training sees token for token what the template renders. The target is the answer and the template's end-of-turn.
+Only the *body* (the text, or the conversation) may be shortened to fit a length, never the head or the tail.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 from .formats import GENERATION, TaskSpecError
 
@@ -34,6 +36,20 @@ def use_chat_template(tokenizer, mode: ChatTemplateMode) -> bool:
     return mode == "on" or (mode == "auto" and has_chat_template(tokenizer))
 
 
+def _context(row: dict[str, Any]) -> list[dict[str, str]]:
+    return json.loads(row["context"]) if row.get("context") else []
+
+
+def conversation(row: dict[str, Any]) -> list[dict[str, str]]:
+    """A generation row's turns: the earlier ones (``context``), then the user's question (``prompt``)."""
+    return _context(row) + [{"role": "user", "content": row["prompt"]}]
+
+
+def with_turns(row: dict[str, Any], turns: list[dict[str, str]]) -> dict[str, Any]:
+    """``row`` holding ``turns`` (the question last) instead of its own conversation: how a conversation is shortened."""
+    return {**row, "context": json.dumps(turns[:-1]) if len(turns) > 1 else "", "prompt": turns[-1]["content"]}
+
+
 def prompt_parts(task, row: dict[str, Any], chat: bool) -> tuple[str, str, str]:
     """(head, body, tail) of the prompt text (the user turn when ``chat``); only ``body`` may be shortened."""
     head = f"Task:{task.task_type}\n" if task.task_type and not chat else ""
@@ -41,8 +57,7 @@ def prompt_parts(task, row: dict[str, Any], chat: bool) -> tuple[str, str, str]:
     if task.kind == GENERATION:
         body = row["prompt"]
         if not chat and row.get("context"):
-            turns = json.loads(row["context"]) + [{"role": "user", "content": body}]
-            body = "\n".join(f"{t['role'].capitalize()}: {t['content']}" for t in turns)
+            body = "\n".join(f"{t['role'].capitalize()}: {t['content']}" for t in conversation(row))
     else:
         if task.show_options:
             head += "Option: " + ", ".join(task.labels) + " \n"
@@ -50,31 +65,31 @@ def prompt_parts(task, row: dict[str, Any], chat: bool) -> tuple[str, str, str]:
     return head, body, "" if chat else "\nAnswer:"
 
 
-def render_prompt(tokenizer, task, row: dict[str, Any], chat: bool, body: Optional[str] = None) -> str:
-    """The whole prompt string (``body`` replaces the row's body, to shorten it)."""
-    head, full_body, tail = prompt_parts(task, row, chat)
-    text = head + (full_body if body is None else body) + tail
-    if not chat:
-        return text
-    context = json.loads(row["context"]) if row.get("context") else []
-    messages = context + [{"role": "user", "content": text}]
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+def chat_messages(task, row: dict[str, Any]) -> list[dict[str, str]]:
+    """The conversation before the answer: earlier turns, then the user turn holding the prompt text."""
+    return _context(row) + [{"role": "user", "content": "".join(prompt_parts(task, row, chat=True))}]
 
 
-def end_of_turn(tokenizer) -> str:
-    """What the chat template writes after an assistant message (e.g. ``<|im_end|>``), trailing spaces removed."""
-    user = [{"role": "user", "content": "hi"}]
-    opened = tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
-    closed = tokenizer.apply_chat_template(user + [{"role": "assistant", "content": _PROBE}], tokenize=False)
-    if not closed.startswith(opened) or _PROBE not in closed:
+def chat_frame(tokenizer, messages: list[dict[str, str]]) -> tuple[str, str, str]:
+    """(prompt, lead, after): the template renders ``messages`` + an assistant ``answer`` as
+    ``prompt + lead + answer + after``.
+
+    ``lead`` holds the spaces right before the answer (Llama-2's after ``[/INST]``). They go with the target, as the
+    space of the reference `` <target>`` does: tokenizers attach a space to the word after it, so a prompt ending in
+    a space would teach the model a first token that plain text never has there.
+    """
+    rendered = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": _PROBE}], tokenize=False)
+    if rendered.count(_PROBE) != 1:
         raise TaskSpecError(
-            "the tokenizer's chat template renders an assistant reply differently from its generation prompt, so "
-            "the target cannot be appended exactly: use chat_template='off'"
+            "the tokenizer's chat template does not write an assistant message as given, so where the answer starts "
+            "in its rendering is unknown: use chat_template='off'"
         )
-    return closed[closed.index(_PROBE) + len(_PROBE) :].rstrip()
+    before, after = rendered.split(_PROBE)
+    prompt = before.rstrip(" ")
+    return prompt, before[len(prompt) :], after
 
 
-def target_text(task, row: dict[str, Any], chat: bool, eot: str = "") -> str:
-    """The target as text: `` label`` / `` completion`` after ``Answer:``; with a chat template, + end-of-turn."""
-    target = row["completion"] if task.kind == GENERATION else row["label"]
-    return target + eot if chat else " " + target
+def answer_text(task, row: dict[str, Any]) -> str:
+    """The answer alone: the completion, or the label. The target is `` answer`` after ``Answer:``; with a chat
+    template, what the template writes from the end of the prompt on: the lead, the answer and the end-of-turn."""
+    return row["completion"] if task.kind == GENERATION else row["label"]
