@@ -18,6 +18,9 @@ is left out of the means.
 
 Per-example scores are kept beside each cell (``example_scores``, same shape as R, ``None`` where not evaluated)
 for bootstrap intervals and paired comparisons; ``secondary`` holds the same result for every further protocol.
+``example_ids[j]`` names task j's test examples (one id each, in the order of its cells' scores; ``None`` for a task
+without ids, and for the whole field in results saved before it), so that the bootstrap resamples an example that
+several runs score (a fixed test set) once for all of them; secondary results share the primary one's ids.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ class ContinualResult:
     task_metrics: list[Optional[str]] = field(default_factory=list)  # None: this protocol cannot score the task
     example_scores: list[list[Optional[list[float]]]] = field(default_factory=list)
     zero_shot_example_scores: Optional[list[Optional[list[float]]]] = None
+    example_ids: Optional[list[Optional[list[str]]]] = None  # per task, one id per test example
     secondary: dict[str, "ContinualResult"] = field(default_factory=dict)
 
     @property
@@ -160,6 +164,15 @@ class ContinualResult:
             raise ValueError(f"task_metrics must name one metric per task ({T}), got {self.task_metrics!r}")
         if len(self.example_scores) != len(self.accuracy_matrix) or any(len(r) != T for r in self.example_scores):
             raise ValueError("example_scores must have the shape of accuracy_matrix")
+        if self.example_ids is not None:
+            if len(self.example_ids) != T:
+                raise ValueError(f"example_ids must hold one entry per task ({T}), got {len(self.example_ids)}")
+            for j, ids in enumerate(self.example_ids):
+                cells = [row[j] for row in self.example_scores] + (self.zero_shot_example_scores or [])[j : j + 1]
+                lengths = {len(c) for c in cells if c is not None}
+                if ids is not None and lengths - {len(ids)}:
+                    raise ValueError(f"example_ids[{j}] names {len(ids)} examples, but task {j}'s example_scores "
+                                     f"score {sorted(lengths)}")  # fmt: skip
         for i, row in enumerate(self.accuracy_matrix):
             for j, value in enumerate(row):
                 needed = j == i and self._scored(j)

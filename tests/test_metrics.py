@@ -79,3 +79,17 @@ def test_corrupted_matrix_is_refused():
 def test_table_shows_matrix_and_summary():
     table = result().format_table()
     assert "zero-shot" in table and "95.0" in table and "AA 71.7%" in table and "BWT -25.0" in table
+
+
+def test_example_ids_round_trip_and_are_checked():
+    scores = [[[1.0, 0.0], None], [[1.0, 1.0], [0.0, 1.0, 1.0]]]
+    r = ContinualResult(task_names=["a", "b"], accuracy_matrix=[[0.5, None], [1.0, 2 / 3]], example_scores=scores,
+                        example_ids=[["x", "y"], ["u", "v", "w"]])  # fmt: skip
+    assert ContinualResult.from_json(r.to_json()).example_ids == [["x", "y"], ["u", "v", "w"]]
+    old = {k: v for k, v in r.to_dict().items() if k != "example_ids"}  # saved before ids were recorded
+    assert ContinualResult.from_dict(old).example_ids is None
+    with pytest.raises(ValueError, match=r"example_ids\[1\] names 2 examples"):
+        ContinualResult.from_dict({**r.to_dict(), "example_ids": [["x", "y"], ["u", "v"]]})
+    with pytest.raises(ValueError, match="one entry per task"):
+        ContinualResult.from_dict({**r.to_dict(), "example_ids": [["x", "y"]]})
+    assert ContinualResult.from_dict({**r.to_dict(), "example_ids": [["x", "y"], None]}).example_ids[1] is None

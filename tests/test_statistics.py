@@ -93,14 +93,16 @@ def test_every_row_reuses_the_same_example_draw_of_a_task():
     assert np.ptp(replicates["average_accuracy"]) > 0
 
 
-def test_seeds_then_examples_matches_exact_enumeration():
-    """Two seeds of a one-task run: seeds drawn with replacement, then each drawn seed's examples, enumerated."""
+@pytest.mark.parametrize("ids", [None, (["a0", "a1"], ["b0", "b1"])], ids=["positions", "disjoint ids"])
+def test_seeds_then_examples_matches_exact_enumeration(ids):
+    """Two seeds of a one-task run: seeds drawn with replacement, every seed's examples drawn once per replicate,
+    enumerated. Without ids the two equal-sized test sets are taken to be one: a single draw serves both seeds."""
     seeds = [[0.0, 1.0], [1.0, 1.0]]
-    runs = [RunScores.from_lists([[scores]]) for scores in seeds]
+    runs = [RunScores.from_lists([[scores]], example_ids=ids and [ids[s]]) for s, scores in enumerate(seeds)]
     exact = Counter()
     for picked in itertools.product(range(2), repeat=2):
-        for draws in itertools.product(itertools.product(range(2), repeat=2), repeat=2):
-            means = [np.mean([seeds[s][k] for k in idx]) for s, idx in zip(picked, draws)]
+        for draws in itertools.product(itertools.product(range(2), repeat=2), repeat=2):  # draws[s]: seed s's examples
+            means = [np.mean([seeds[s][k] for k in draws[s if ids else 0]]) for s in picked]
             exact[round(float(np.mean(means)), 9)] += 1 / (4 * 16)
     replicates = bootstrap_replicates([[(r,) for r in runs]], num_resamples=40000, seed=5)
     assert_distribution(replicates["average_accuracy"][0], exact, tol=0.01)
@@ -260,3 +262,193 @@ def test_forgetting_takes_the_maximum_over_evaluated_cells_only():
     intervals = bootstrap_metrics([RunScores.from_lists(rows)], num_resamples=50)
     assert intervals["forgetting"].estimate == pytest.approx(((1.0 - 0.5) + (0.5 - 0.0)) / 2)
     assert intervals["backward_transfer"].estimate == pytest.approx(-0.5)
+
+
+# ------------------------------------------------------------------------ examples shared by runs (example_ids)
+
+
+def named(run: RunScores, prefix: str = "") -> RunScores:
+    """The run with ids naming its examples by task and position (``prefix`` tells test sets apart)."""
+    ids = [[f"{prefix}{j}:{i}" for i in range(run.num_examples(j))] if run.scored[j] else None
+           for j in range(run.num_tasks)]  # fmt: skip
+    return RunScores(run.example_scores, run.zero_shot_example_scores, run.scored, tuple(ids))
+
+
+def permuted(run: RunScores, seed: int) -> RunScores:
+    """The same examples, scores and ids of a named run, listed in another order in every task."""
+    rng = np.random.default_rng(seed)
+    orders = [rng.permutation(run.num_examples(j)) for j in range(run.num_tasks)]
+
+    def cell(values, j):
+        return None if values is None else values[orders[j]]
+
+    zero = run.zero_shot_example_scores
+    return RunScores(tuple(tuple(cell(c, j) for j, c in enumerate(row)) for row in run.example_scores),
+                     None if zero is None else tuple(cell(c, j) for j, c in enumerate(zero)), run.scored,
+                     tuple(tuple(np.array(ids)[orders[j]]) for j, ids in enumerate(run.example_ids)))  # fmt: skip
+
+
+def assert_same_intervals(a: dict, b: dict):
+    for m in METRICS:
+        assert (a[m].estimate, a[m].low, a[m].high) == pytest.approx((b[m].estimate, b[m].low, b[m].high), rel=1e-9), m
+
+
+def test_seeds_sharing_one_test_set_have_the_interval_of_one_seed():
+    """Three identical seeds on one test set carry no more information than one: same draws, same interval.
+
+    Drawing each seed's examples independently made this interval about 1.7 times narrower."""
+    run = random_run(random.Random(10), n=40)
+    one = bootstrap_metrics([run], seed=3)
+    assert_same_intervals(bootstrap_metrics([run] * 3, seed=3), one)  # no ids: equal-sized test sets share positions
+    # with ids, matched by identity whatever the order the runs list their examples in
+    assert_same_intervals(bootstrap_metrics([named(run), permuted(named(run), 1), permuted(named(run), 2)], seed=3), one)
+    assert_same_intervals(bootstrap_metrics([[named(run)], [permuted(named(run), 3)]], seed=3), one)  # strata too
+
+
+def width(interval) -> float:
+    return interval.high - interval.low
+
+
+def test_disjoint_test_sets_are_resampled_independently():
+    """One score vector on 3 test sets: disjoint ids average out the example noise, shared ids do not."""
+    scores = (np.random.default_rng(2).random(300) < 0.5).astype(float)
+
+    def run(ids):
+        return RunScores.from_lists([[scores]], example_ids=None if ids is None else [[f"{ids}:{i}" for i in range(300)]])
+
+    def aa(runs):
+        return bootstrap_metrics(runs, num_resamples=4000, seed=4)["average_accuracy"]
+
+    single = width(aa([run("a")]))
+    # strata are never resampled: 3 independent test sets of n examples are one of 3n, the interval sqrt(3) narrower
+    assert single / width(aa([[run("a")], [run("b")], [run("c")]])) == pytest.approx(np.sqrt(3), rel=0.08)
+    assert single / width(aa([[run(None)], [run(None)], [run(None)]])) == pytest.approx(np.sqrt(3), rel=0.08)  # no ids
+    assert width(aa([[run("a")], [run("a")], [run("a")]])) == pytest.approx(single, rel=1e-9)
+    # seeds are: a replicate draws seed s c_s times (multinomial), each with its one draw of examples, so the
+    # variance is E[sum c_s^2] / 9 = 5/9 of one test set's, the width sqrt(9/5) narrower
+    assert single / width(aa([run("a"), run("b"), run("c")])) == pytest.approx(np.sqrt(9 / 5), rel=0.08)
+    assert width(aa([run("a"), run("a"), run("a")])) == pytest.approx(single, rel=1e-9)
+
+
+def test_partial_overlap_matches_exact_enumeration():
+    """Seed 0 scores examples x, y; seed 1 scores y, z (listed z, y). A replicate draws 3 times from {x, y, z},
+    again when a seed drew none of its own, then 2 seeds with replacement; each seed averages its drawn examples."""
+    runs = [RunScores.from_lists([[[1.0, 0.0]]], example_ids=[["x", "y"]]),
+            RunScores.from_lists([[[0.0, 1.0]]], example_ids=[["z", "y"]])]  # fmt: skip
+    scores = [{"x": 1.0, "y": 0.0}, {"z": 0.0, "y": 1.0}]
+    kept = [Counter(d) for d in itertools.product("xyz", repeat=3)]
+    kept = [c for c in kept if all(sum(c[e] for e in s) for s in scores)]  # all x or all z: drawn again
+    exact = Counter()
+    for counts in kept:
+        means = [sum(counts[e] * v for e, v in s.items()) / sum(counts[e] for e in s) for s in scores]
+        for picked in itertools.product(range(2), repeat=2):
+            exact[round(float(np.mean([means[s] for s in picked])), 9)] += 1 / (len(kept) * 4)
+    replicates = bootstrap_replicates([[(r,) for r in runs]], num_resamples=40000, seed=6)
+    assert_distribution(replicates["average_accuracy"][0], exact, tol=0.01)
+
+
+def naive_bootstrap(strata: list[list[dict]], B: int, rng: random.Random) -> dict[str, np.ndarray]:
+    """A loop over replicates: every task's union of ids drawn with replacement once per replicate (again while a
+    run draws none of its own examples), then seeds per stratum; metrics by ContinualResult. Runs are dicts of
+    ``rows`` (cells: {id: score}) and ``zero`` (as ``rows``' cells), T tasks complete, every cell evaluated."""
+    runs = [run for stratum in strata for run in stratum]
+    T = len(runs[0]["rows"])
+    unions = [sorted({e for run in runs for e in run["rows"][-1][j]}) for j in range(T)]
+    out = {m: [] for m in METRICS}
+    for _ in range(B):
+        counts = []
+        for j, union in enumerate(unions):
+            while True:
+                c = Counter(rng.choice(union) for _ in union)
+                if all(sum(c[e] for e in run["rows"][-1][j]) for run in runs):
+                    break
+            counts.append(c)
+
+        def mean(cell, j):
+            return None if cell is None else sum(counts[j][e] * v for e, v in cell.items()) / sum(counts[j][e] for e in cell)
+
+        def summary(run):
+            matrix = [[mean(cell, j) for j, cell in enumerate(row)] for row in run["rows"]]
+            zero = [mean(cell, j) for j, cell in enumerate(run["zero"])]
+            return ContinualResult(task_names=[str(j) for j in range(T)], accuracy_matrix=matrix, zero_shot=zero).summary()
+
+        per_stratum = []
+        for stratum in strata:
+            drawn = [summary(rng.choice(stratum)) for _ in stratum]
+            per_stratum.append({m: np.mean([d[m] for d in drawn]) for m in METRICS})
+        for m in METRICS:
+            out[m].append(np.mean([s[m] for s in per_stratum]))
+    return {m: np.array(v) for m, v in out.items()}
+
+
+def test_partial_overlap_matches_a_naive_bootstrap():
+    """Two orders (3 and 2 seeds), every seed with its own 14 of a task's 20 examples, easy or hard for all of them:
+    the vectorised bootstrap and a loop over replicates agree in distribution."""
+    rng, T = random.Random(11), 2
+    pools = [[f"t{j}-{i}" for i in range(20)] for j in range(T)]
+    easy = {e: rng.random() < 0.5 for pool in pools for e in pool}
+
+    def make():
+        ids = [rng.sample(pool, 14) for pool in pools]
+        cells = [[{e: float(rng.random() < (0.8 if easy[e] else 0.1) + 0.1 * (i - j)) for e in ids[j]} for j in range(T)]
+                 for i in range(T)]  # fmt: skip
+        zero = [{e: float(rng.random() < 0.3 * easy[e]) for e in ids[j]} for j in range(T)]
+        return {"rows": cells, "zero": zero, "ids": ids}
+
+    strata = [[make() for _ in range(3)], [make() for _ in range(2)]]
+
+    def as_run(run):
+        return RunScores.from_lists([[list(cell.values()) for cell in row] for row in run["rows"]],
+                                    [list(cell.values()) for cell in run["zero"]], example_ids=run["ids"])  # fmt: skip
+
+    fast = bootstrap_replicates([[(as_run(r),) for r in stratum] for stratum in strata], num_resamples=4000, seed=12)
+    slow = naive_bootstrap(strata, 2000, random.Random(13))
+    for m in METRICS:
+        f, s = fast[m][0], slow[m]
+        assert np.mean(f) == pytest.approx(np.mean(s), abs=0.1 * np.std(s)), m
+        assert np.std(f) == pytest.approx(np.std(s), rel=0.06), m
+        assert np.quantile(f, [0.025, 0.975]) == pytest.approx(np.quantile(s, [0.025, 0.975]), abs=0.3 * np.std(s)), m
+
+
+def shifted_named(run: RunScores, c: float) -> RunScores:
+    """``shifted`` keeping the run's ids."""
+    moved = shifted(run, c)
+    return RunScores(moved.example_scores, moved.zero_shot_example_scores, run.scored, run.example_ids)
+
+
+def test_paired_comparison_matches_examples_by_id():
+    """A run against its own shift, listed in another order: paired by identity, the difference is exact."""
+    b = named(random_run(random.Random(14), n=30))
+    a = permuted(shifted_named(b, 0.05), 5)
+    d = paired_comparison([a, a], [b, b], num_resamples=500)["average_accuracy"]
+    assert (d.estimate, d.low, d.high) == pytest.approx((0.05, 0.05, 0.05))
+    with pytest.raises(ValueError, match="test examples"):
+        paired_comparison([named(b, "other")], [b])
+
+
+def test_bad_example_ids_are_refused():
+    rows = [[[1.0, 0.0, 1.0], None], [[1.0, 1.0, 0.0], [1.0, 0.0]]]
+    with pytest.raises(ValueError, match="task 0: 2 example ids for 3 examples"):
+        RunScores.from_lists(rows, example_ids=[["a", "b"], ["c", "d"]])
+    with pytest.raises(ValueError, match="task 1: 0 example ids for 2 examples"):
+        RunScores.from_lists(rows, example_ids=[["a", "b", "c"], None])
+    with pytest.raises(ValueError, match="example_ids has 1 entries for 2 tasks"):
+        RunScores.from_lists(rows, example_ids=[["a", "b", "c"]])
+    unscored = RunScores.from_lists([[[1.0], None]], scored=[True, False], example_ids=[["a"], ["b", "c"]])
+    assert unscored.example_ids == (("a",), None)  # a task the protocol cannot score keeps no ids
+    with pytest.raises(ValueError, match="some runs carry example_ids and some do not"):
+        bootstrap_metrics([RunScores.from_lists(rows, example_ids=[["a", "b", "c"], ["d", "e"]]),
+                           RunScores.from_lists(rows)])  # fmt: skip
+
+
+def test_from_result_reads_example_ids_shared_by_protocols():
+    rows = [[[1, 0], None], [[1, 1], [0, 0, 1]]]
+    ids = [["a", "b"], ["c", "d", "e"]]
+    secondary = {"rank": {"example_scores": rows, "example_ids": None}}
+    data = {"example_scores": rows, "example_ids": ids, "secondary": secondary}
+    assert RunScores.from_result(data).example_ids == (("a", "b"), ("c", "d", "e"))
+    assert RunScores.from_result({"result": data}, protocol="rank").example_ids == (("a", "b"), ("c", "d", "e"))
+    assert RunScores.from_result({"example_scores": rows}).example_ids is None  # saved before ids were recorded
+    result = ContinualResult(task_names=["a", "b"], accuracy_matrix=[[0.5, None], [1.0, 1 / 3]],
+                             example_scores=rows, example_ids=ids)  # fmt: skip
+    assert RunScores.from_result(ContinualResult.from_json(result.to_json()).to_dict()).example_ids[1] == ("c", "d", "e")
