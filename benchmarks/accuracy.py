@@ -262,6 +262,7 @@ def new_result(method: str, tasks, config: dict, r0: dict | None) -> ContinualRe
 
     primary, *others = protocols(config)
     result = empty(primary)
+    result.example_ids = [t.example_ids() for t in tasks]  # which test examples runs share, for joint resampling
     result.secondary = {protocol: empty(protocol) for protocol in others}
     return result
 

@@ -9,6 +9,10 @@ so FWT is not re-scored).
 
     python benchmarks/rescore.py                     # every run with kept answers; a markdown report on stdout
     python benchmarks/rescore.py --changed-only      # only the runs where a cell moved
+    python benchmarks/rescore.py --write             # and store the re-scored cells (and metrics) in the results
+
+``--write`` replaces the moved cells' per-example scores and means in the result JSON (both protocols) and
+recomputes its AA / BWT / FWT / forgetting; the run's other fields stay as they were.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from collections import defaultdict
 from pathlib import Path
 
 from common import RESULTS, markdown_table
+from peft_continual.io_utils import atomic_write_text
+from peft_continual.metrics import ContinualResult
 from peft_continual.scoring import METRICS
 from peft_continual.statistics import metrics_from_matrix
 
@@ -29,18 +35,19 @@ def read_answers(path: Path) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def result_of(predictions: Path) -> dict:
+def result_path(predictions: Path) -> Path:
     """The run's result JSON, beside the ``predictions`` folder (``<stem>.json`` in ``accuracy/``, or in ``sweeps/``
     for a run with overrides)."""
     name = predictions.name.removesuffix(".jsonl.gz") + ".json"
-    folder = "sweeps" if "__" in name else "accuracy"
-    data = json.loads((predictions.parent.parent / folder / name).read_text(encoding="utf-8"))
-    return data.get("result", data)
+    return predictions.parent.parent / ("sweeps" if "__" in name else "accuracy") / name
 
 
-def rescore_run(predictions: Path) -> list[dict]:
-    """One record per protocol: AA and BWT as published and as re-scored, and how many cells / answers moved."""
-    result = result_of(predictions)
+def rescore_run(predictions: Path, write: bool = False) -> list[dict]:
+    """One record per protocol: AA and BWT as published and as re-scored, and how many cells / answers moved; with
+    ``write``, the re-scored cells replace the published ones in the result JSON."""
+    path = result_path(predictions)
+    data = json.loads(path.read_text(encoding="utf-8"))
+    result = data.get("result", data)
     names, metrics = result["task_names"], result["task_metrics"]
     by_protocol = {result["evaluation_method"]: result, **result.get("secondary", {})}
     cells: dict[tuple[str, int, int], dict[str, list[float]]] = defaultdict(lambda: {"old": [], "new": []})
@@ -59,22 +66,29 @@ def rescore_run(predictions: Path) -> list[dict]:
                 continue
             matrix[i][j] = sum(scores["new"]) / len(scores["new"])
             moved_answers += sum(a != b for a, b in zip(scores["old"], scores["new"]))
-            moved_cells += abs(matrix[i][j] - published["accuracy_matrix"][i][j]) > 1e-12
+            if abs(matrix[i][j] - published["accuracy_matrix"][i][j]) > 1e-12:
+                moved_cells += 1
+                published["example_scores"][i][j] = scores["new"]
         before = metrics_from_matrix(published["accuracy_matrix"], scored=scored)
         after = metrics_from_matrix(matrix, scored=scored)
+        published["accuracy_matrix"] = matrix
         records.append({
             "run": predictions.name.removesuffix(".jsonl.gz"), "protocol": protocol, "moved_cells": moved_cells,
             "moved_answers": moved_answers, **{f"{k}_{when}": v for when, m in (("published", before), ("rescored", after))
                                                 for k, v in m.items() if k in ("average_accuracy", "backward_transfer")},
         })  # fmt: skip
+    if write and any(r["moved_cells"] for r in records):
+        result.update(ContinualResult.from_dict(result).to_dict())  # the summary metrics of the new cells
+        atomic_write_text(path, json.dumps(data, indent=2) + "\n")
     return records
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--changed-only", action="store_true", help="list only the runs where a cell moved")
+    parser.add_argument("--write", action="store_true", help="store the re-scored cells in the result JSONs")
     args = parser.parse_args()
-    records = [r for path in sorted(RESULTS.glob("**/predictions/*.jsonl.gz")) for r in rescore_run(path)]
+    records = [r for path in sorted(RESULTS.glob("**/predictions/*.jsonl.gz")) for r in rescore_run(path, args.write)]
     total_answers = sum(r["moved_answers"] for r in records)
     shown = [r for r in records if r["moved_cells"] or not args.changed_only]
 

@@ -35,7 +35,14 @@ from .guard import ContinualConfigGuard
 from .evaluation import EVALUATION_METHODS, EvaluationMethod, TaskEvaluation, check_protocol, evaluate_protocols, write_predictions
 from .methods import ContinualMethod, build_method, task_adapter_name
 from .io_utils import atomic_write_text
-from .hub import check_card_keywords, push_continual_to_hub, render_model_card, save_continual_with_card
+from .hub import (
+    check_card_keywords,
+    check_push_access,
+    push_continual_to_hub,
+    push_saved_run,
+    render_model_card,
+    save_continual_with_card,
+)
 from .metrics import ContinualResult
 from .target_logits import supports_target_logits, with_target_logits
 from .persistence import (
@@ -204,6 +211,7 @@ class ContinualTrainerMixin:
         # Trainer would create the repo now and push every task's checkpoints; the run is pushed once, at the end.
         self.push_at_end = args is not None and args.push_to_hub
         if self.push_at_end:
+            check_push_access(args)  # network, token and repo, before any training: an upload must not cost a run
             args = copy.copy(args)
             args.push_to_hub = False
         super().__init__(model=model, args=args, processing_class=processing_class, **kwargs)
@@ -311,8 +319,10 @@ class ContinualTrainerMixin:
             if self.collision_eps and len(adapters) > 1:
                 self.result.collision = collision_report(self.peft_model, adapters, self.collision_eps)
             print(f"\nScore matrix ({self.method.name}):\n{self.result.format_table()}", flush=True)
-        if self.push_at_end:
-            self.push_to_hub()
+        if self.push_at_end:  # saved first: a failed upload names the folder that holds the run
+            final = os.path.join(self.continual_args.output_dir, "final")
+            self.save_continual(final)
+            push_saved_run(self, final)
         return self.result
 
     def train_task(self, task: ContinualTask) -> ContinualResult:
@@ -332,6 +342,8 @@ class ContinualTrainerMixin:
                 result.zero_shot += [None] * (T - len(result.zero_shot))
                 examples = result.zero_shot_example_scores or []  # none where zero_shot was set from outside
                 result.zero_shot_example_scores = examples + [None] * (T - len(examples))
+        earlier = len(self.result.task_names) - len(tasks)  # a run saved before ids were recorded has none
+        self.result.example_ids = (self.result.example_ids or [None] * earlier) + [t.example_ids() for t in tasks]
 
     def _adopt_result(self, result: ContinualResult) -> None:
         """A restored result, with an empty (unscored) matrix for any secondary protocol it did not have."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
@@ -120,12 +122,22 @@ class ContinualTask:
             if label not in allowed:
                 raise TaskSpecError(f"{where}: row {i} has label {label!r}, which is not one of the options {list(self.labels)}")
 
+    def example_ids(self) -> list[str]:
+        """A stable id per evaluation row (a hash of its columns): runs that score the same example share its id,
+        which the bootstrap needs to resample shared test examples jointly (:mod:`peft_continual.statistics`)."""
+        return [example_id(*(str(row[c]) for c in self.columns)) for row in self.eval]
+
     def prompt_parts(self, text: str) -> tuple[str, str, str]:
         """(head, text, tail) of the reference prompt around ``text``: only the text may be shortened."""
         return prompt_parts(self, {"text": text, "prompt": text, "context": ""}, chat=False)
 
     def prompt(self, text: str) -> str:
         return "".join(self.prompt_parts(text))
+
+
+def example_id(*fields: str) -> str:
+    """64 bits of SHA-1 over the fields: ample to tell a task's test examples apart, short to store per example."""
+    return hashlib.sha1("\0".join(fields).encode("utf-8")).hexdigest()[:16]
 
 
 def check_unique_names(tasks: Sequence[ContinualTask]) -> None:
