@@ -13,7 +13,11 @@ the other at every barrier, so wall times swing 4x); wall-time ratios are report
 penalties (N-LoRA, O-LoRA) cost milliseconds, below the remaining noise of a whole step, so each round also times
 them alone (value and backward, repeated) as a share of the reference step.
 
+The ``sft-`` variants run on TRL's ``SFTTrainer`` (its fused LM head and loss): ContinualSFTTrainer's N-LoRA
+against SFTTrainer's own plain LoRA step.
+
     python benchmarks/step_time.py --rounds 15
+    python benchmarks/step_time.py --rounds 15 --only sft-nlora-delta_w@1 sft-nlora-delta_w@4 --output step_time_trl.json
     python benchmarks/step_time.py --profile --only inclora@4 ilora@2
 """
 
@@ -47,6 +51,7 @@ class Variant:
     options: dict = field(default_factory=dict)
     reference: str = "lora"
     target: Optional[str] = None  # "nlora": <= 1.03 x reference; "ilora": <= 1.15 x floor; "task15": <= 1.05 x task 1
+    trl: bool = False  # on TRL's SFTTrainer (ContinualSFTTrainer for the continual methods)
 
 
 VARIANTS = [
@@ -75,6 +80,9 @@ VARIANTS = [
     Variant("nlora-delta_w[q,o]@1", NLoraConfig, 0, QO, reference="lora[q,o]", target="nlora"),
     Variant("nlora-rank_product[q,o]@1", NLoraConfig, 0, QO, {"collision_form": "rank_product"}, "lora[q,o]", "nlora"),
     Variant("nlora-rank_product[q,o]@4", NLoraConfig, 3, QO, {"collision_form": "rank_product"}, "lora[q,o]", "nlora"),
+    Variant("sft-lora", LoraConfig, 0, reference="sft-lora", trl=True),
+    Variant("sft-nlora-delta_w@1", NLoraConfig, 0, reference="sft-lora", target="nlora", trl=True),
+    Variant("sft-nlora-delta_w@4", NLoraConfig, 3, reference="sft-lora", target="nlora", trl=True),
 ]
 REFUSED = Variant("nlora-rank_product[q,v]@1", NLoraConfig, 0, QV, {"collision_form": "rank_product"})
 
@@ -108,7 +116,20 @@ class Runner:
         model = copy.deepcopy(base, memo=None if merging else {id(p): p for p in base.parameters()})
         args = TrainingArguments(output_dir=output_dir, use_cpu=True, report_to="none", save_strategy="no",
                                  per_device_train_batch_size=len(batch["input_ids"]))  # fmt: skip
-        if variant.config_class is OSFConfig:  # peft's own method: no continual hooks, a plain Trainer
+        if variant.trl:
+            from trl import SFTConfig
+
+            args = SFTConfig(**{k: getattr(args, k) for k in ("output_dir", "use_cpu", "report_to", "save_strategy",
+                                                              "per_device_train_batch_size")})  # fmt: skip
+        if variant.trl and variant.config_class is LoraConfig:  # TRL's own LoRA step: the reference
+            from trl import SFTTrainer
+
+            config = LoraConfig(r=8, lora_alpha=32, target_modules=variant.modules, task_type="CAUSAL_LM")
+            probe = datasets.Dataset.from_list([{"prompt": "probe", "completion": " probe"}])
+            self.trainer = SFTTrainer(model=get_peft_model(model, config), args=args, processing_class=tokenizer,
+                                      train_dataset=probe)  # fmt: skip
+            peft_model, self.method = self.trainer.model, None
+        elif variant.config_class is OSFConfig:  # peft's own method: no continual hooks, a plain Trainer
             config = OSFConfig(target_modules=variant.modules, task_type="CAUSAL_LM", **variant.options)
             peft_model = get_peft_model(model, config)
             self.trainer, self.method = Trainer(model=peft_model, args=args), None
@@ -116,7 +137,10 @@ class Runner:
             config = variant.config_class(r=8, lora_alpha=32, target_modules=variant.modules, task_type="CAUSAL_LM",
                                           **variant.options)  # fmt: skip
             peft_model = get_peft_model(model, config)
-            self.trainer = ContinualTrainer(model=peft_model, args=args, processing_class=tokenizer, chat_template="off")
+            trainer_class = ContinualTrainer
+            if variant.trl:
+                from peft_continual import ContinualSFTTrainer as trainer_class
+            self.trainer = trainer_class(model=peft_model, args=args, processing_class=tokenizer, chat_template="off")
             self.method = self.trainer.method
             for task in range(variant.task):
                 self.method.begin_task(peft_model, task, f"task{task}")

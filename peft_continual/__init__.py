@@ -20,9 +20,20 @@ _install_guard()  # a continual config trained by another trainer stops instead 
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    """``ContinualSFTTrainer`` is imported on first use: TRL is an optional extra (``peft_continual[trl]``)."""
+    if name == "ContinualSFTTrainer":
+        from .sft_trainer import ContinualSFTTrainer
+
+        return ContinualSFTTrainer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "ContinualCollator",
     "ContinualResult",
+    "ContinualSFTTrainer",
     "ContinualTask",
     "ContinualTrainer",
     "GENERATION_ORDER",

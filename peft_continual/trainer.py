@@ -245,7 +245,7 @@ class ContinualTrainerMixin:
         self.base_fingerprint = base_fingerprint(self.peft_model)  # before any merge: the base the run refers to
         self.evaluation_methods = methods
         self.evaluation_method = methods[0]
-        self.chat_template = chat_template
+        self.chat_template_mode = chat_template  # not chat_template: TRL's SFTTrainer keeps its template string there
         self.max_new_tokens = max_new_tokens
         self.save_predictions = save_predictions
         self.max_source_length = max_source_length

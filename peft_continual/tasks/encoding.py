@@ -68,58 +68,62 @@ class PromptEncoder:
         return text, self._encode(text)
 
     def prompt(self, task, row: dict[str, Any]) -> tuple[str, list[int]]:
-        """(prompt text, ids) within ``max_source_length``; only the body is shortened, never the head or tail.
+        """(prompt text, ids) within ``max_source_length``: the prompt of :meth:`fit`'s row."""
+        return self._render(task, self.fit(task, row))
+
+    def fit(self, task, row: dict[str, Any]) -> dict[str, Any]:
+        """``row`` with its body shortened so that its prompt fits ``max_source_length``; never the head or tail.
 
         A classification text loses its end (options and question frame it). A generation prompt loses its start,
         the part farthest from the answer: the oldest turns of a conversation go first, the question last.
         """
-        text, ids = self._render(task, row)
-        if len(ids) <= self.max_source_length:
-            return text, ids
+        if self._fits(task, row):
+            return row
         if task.kind == GENERATION:
             return self._shorten_conversation(task, row)
-        cut = self._cut(lambda text: self._render(task, {**row, "text": text}), row["text"], keep_end=False)
+        cut = self._cut(task, lambda text: {**row, "text": text}, row["text"], keep_end=False)
         return cut or self._no_room(task, {**row, "text": ""})
 
-    def _cut(self, render, content: str, keep_end: bool) -> Optional[tuple[str, list[int]]]:
-        """``render(content)`` with ``content`` cut to the most tokens that fit, keeping its end (from a word on, not
-        the space before it) or its start; None when none of it fits."""
-        room = self.max_source_length - len(render("")[1])
+    def _fits(self, task, row: dict[str, Any]) -> bool:
+        return len(self._render(task, row)[1]) <= self.max_source_length
+
+    def _cut(self, task, with_content, content: str, keep_end: bool) -> Optional[dict[str, Any]]:
+        """The row ``with_content(content)`` with ``content`` cut to the most tokens that fit, keeping its end (from a
+        word on, not the space before it) or its start; None when none of it fits."""
+        room = self.max_source_length - len(self._render(task, with_content(""))[1])
         piece = _ids(self.tokenizer, content)
         keep = min(room, len(piece))
         while keep > 0:  # re-tokenising the cut text may merge differently: cut further until it fits
             kept = self.tokenizer.decode(piece[len(piece) - keep :] if keep_end else piece[:keep])
-            text, ids = render(kept.lstrip() if keep_end else kept)
-            if len(ids) <= self.max_source_length:
-                return text, ids
-            keep -= len(ids) - self.max_source_length
+            row = with_content(kept.lstrip() if keep_end else kept)
+            length = len(self._render(task, row)[1])
+            if length <= self.max_source_length:
+                return row
+            keep -= length - self.max_source_length
         return None
 
-    def _shorten_conversation(self, task, row: dict[str, Any]) -> tuple[str, list[int]]:
+    def _shorten_conversation(self, task, row: dict[str, Any]) -> dict[str, Any]:
         """The question and the most recent turns that fit, the oldest of them possibly without its start.
 
         The kept turns never open with an assistant turn: templates such as Llama-2's refuse such a conversation.
         """
         turns = conversation(row)
-
-        def render(kept):
-            return self._render(task, with_turns(row, kept))
-
         kept_from = len(turns)  # the oldest turn kept whole
         for start in range(len(turns) - 1, 0, -1):
             if turns[start]["role"] == "assistant":
                 continue
-            if len(render(turns[start:])[1]) > self.max_source_length:
+            if not self._fits(task, with_turns(row, turns[start:])):
                 break
             kept_from = start
         older = next((i for i in range(kept_from - 1, -1, -1) if turns[i]["role"] != "assistant"), None)
         if older is not None:  # the turn that did not fit whole (the question, when it alone is too long)
             turn, rest = turns[older], turns[older + 1 :]
-            cut = self._cut(lambda text: render([{**turn, "content": text}] + rest), turn["content"], keep_end=True)
+            cut = self._cut(task, lambda text: with_turns(row, [{**turn, "content": text}] + rest), turn["content"],
+                            keep_end=True)  # fmt: skip
             if cut:
                 return cut
         if kept_from < len(turns):
-            return render(turns[kept_from:])
+            return with_turns(row, turns[kept_from:])
         return self._no_room(task, with_turns(row, [{"role": "user", "content": ""}]))
 
     def _no_room(self, task, empty_row: dict[str, Any]):

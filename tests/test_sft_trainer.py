@@ -1,0 +1,128 @@
+"""ContinualSFTTrainer: the continual core on TRL's SFTTrainer trains what ContinualTrainer trains, with SFTConfig."""
+
+import copy
+import inspect
+
+import datasets
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+
+from conftest import memorised_task, synthetic_task, tiny_model, training_args
+from peft_continual import ContinualTask, ContinualTrainer, ILoraConfig, NLoraConfig, load_continual_tasks
+from peft_continual.adapters import adapter_parameters
+from peft_continual.trainer import ContinualTrainerMixin
+
+trl = pytest.importorskip("trl")
+from trl import SFTConfig, SFTTrainer  # noqa: E402
+
+from peft_continual import ContinualSFTTrainer  # noqa: E402
+
+METHODS = {
+    "nlora": NLoraConfig(r=4, lora_alpha=8, collision_lambda=0.5),
+    "ilora": ILoraConfig(r=4, lora_alpha=8, replay_buffer_size=8, replay_batch_size=2, ema_decay=0.8),
+}
+
+
+def sft_config(tmp_path, **overrides) -> SFTConfig:
+    """training_args' values as an SFTConfig (the same optimisation, TRL's own fields at their defaults)."""
+    values = {k: v for k, v in training_args(tmp_path).to_dict().items() if k in inspect.signature(SFTConfig).parameters}
+    values.update(overrides)
+    return SFTConfig(**{k: v for k, v in values.items() if not k.startswith("_")})
+
+
+def build(trainer_class, tokenizer, args, config, **kwargs):
+    model, targets = tiny_model("llama", tokenizer)
+    config = copy.deepcopy(config)
+    config.target_modules = set(targets)
+    kwargs.setdefault("evaluation_method", "rank")
+    return trainer_class(model=get_peft_model(model, config), args=args, processing_class=tokenizer,
+                         max_source_length=64, **kwargs)  # fmt: skip
+
+
+def weights(trainer) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in trainer.peft_model.named_parameters() if ".lora_" in name}
+
+
+@pytest.mark.parametrize("accumulation", [1, 2])
+@pytest.mark.parametrize("method", list(METHODS))
+def test_same_data_and_seed_train_the_same_adapters_as_continual_trainer(method, accumulation, tokenizer, tmp_path):
+    """One core, two trainers: the adapters after two tasks agree to 1e-5 (no chat template: TRL and this package
+    tokenise the reference prompt and its answer alike), with gradient accumulation too."""
+    tasks = [synthetic_task("colors", n_train=8), synthetic_task("animals", n_train=8)]
+    steps = {"num_train_epochs": 2, "per_device_train_batch_size": 4 // accumulation, "gradient_accumulation_steps": accumulation}
+    ours = build(ContinualTrainer, tokenizer, training_args(tmp_path / "a", **steps), METHODS[method])
+    ours.train_continual(copy.deepcopy(tasks))
+    sft = build(ContinualSFTTrainer, tokenizer, sft_config(tmp_path / "b", **steps), METHODS[method])
+    sft.train_continual(copy.deepcopy(tasks))
+    expected, got = weights(ours), weights(sft)
+    assert expected.keys() == got.keys() and len(expected) > 8
+    assert all(expected[n].abs().max() > 1e-3 for n in expected if "lora_B" in n)  # every B moved from its zero init
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=1e-5, msg=name)
+    assert sft.result.accuracy_matrix == ours.result.accuracy_matrix
+
+
+def test_trl_prepares_each_task_by_its_sft_config(tokenizer, tmp_path):
+    """completion_only_loss=False trains the prompt too; max_length truncates as TRL does."""
+    task = synthetic_task("colors", n_train=4)
+    only = build(ContinualSFTTrainer, tokenizer, sft_config(tmp_path / "a"), METHODS["nlora"])
+    everything = build(ContinualSFTTrainer, tokenizer, sft_config(tmp_path / "b", completion_only_loss=False),
+                       METHODS["nlora"])  # fmt: skip
+    short = build(ContinualSFTTrainer, tokenizer, sft_config(tmp_path / "c", max_length=12), METHODS["nlora"])
+    masked, full, cut = (t._cl_features(task) for t in (only, everything, short))
+    assert all(-100 in labels for labels in masked["labels"])
+    assert all(labels == ids for labels, ids in zip(full["labels"], full["input_ids"]))
+    assert all(len(ids) <= 12 for ids in cut["input_ids"]) and len(cut) <= len(masked)
+
+
+def test_chat_messages_in_memory_train_with_trl_and_log_its_metrics(chat_tokenizer, tmp_path):
+    """A TRL user's path: an in-memory `messages` dataset, SFTConfig, N-LoRA; TRL's metrics and ours are logged."""
+    chats = datasets.Dataset.from_list([
+        {"messages": [{"role": "user", "content": f"opposite of {a}"}, {"role": "assistant", "content": b}]}
+        for a, b in [("hot", "cold"), ("big", "small"), ("old", "new"), ("up", "down")] * 3
+    ])  # fmt: skip
+    tasks = load_continual_tasks([("opposites", chats)], eval_fraction=0.25)
+    trainer = build(ContinualSFTTrainer, chat_tokenizer, sft_config(tmp_path, logging_steps=1), METHODS["nlora"],
+                    evaluation_method="generate")  # fmt: skip
+    result = trainer.train_continual(tasks)
+    assert result.num_trained == 1 and result.task_metrics == ["exact_match"]
+    logged = {key for entry in trainer.state.log_history for key in entry}
+    assert {"loss_task", "loss_collision", "entropy", "mean_token_accuracy"} <= logged
+    prompt = trainer._cl_features(tasks[0])  # the chat template's assistant turn is what is trained
+    ids, labels = prompt["input_ids"][0], prompt["labels"][0]
+    trained = chat_tokenizer.decode([i for i, l in zip(ids, labels) if l != -100])
+    assert trained.startswith(tasks[0].train[0]["completion"]) and "<|im_end|>" in trained
+
+
+def test_sft_trainer_with_a_continual_peft_config_stops(tokenizer, tmp_path):
+    """SFTTrainer(peft_config=NLoraConfig) used to train plain LoRA without a word."""
+    model, targets = tiny_model("llama", tokenizer)
+    rows = datasets.Dataset.from_list([{"prompt": "opposite of hot", "completion": " cold"}] * 4)
+    trainer = SFTTrainer(model=model, args=sft_config(tmp_path), train_dataset=rows, processing_class=tokenizer,
+                         peft_config=NLoraConfig(r=4, lora_alpha=8, target_modules=targets))  # fmt: skip
+    with pytest.raises(RuntimeError, match="NLoraConfig.*plain LoRA.*ContinualSFTTrainer"):
+        trainer.train()
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"args": "packing"}, "does not pack"),
+    ({"train_dataset": datasets.Dataset.from_list([{"text": "x"}])}, "no train_dataset: pass the tasks"),
+    ({"peft_config": LoraConfig()}, "no peft_config: wrap the model first"),
+])  # fmt: skip
+def test_what_it_cannot_do_is_refused_at_once(bad, message, tokenizer, tmp_path):
+    args = sft_config(tmp_path, packing=bad.pop("args", None) == "packing")
+    with pytest.raises(ValueError, match=message):
+        build(ContinualSFTTrainer, tokenizer, args, METHODS["nlora"], **bad)
+
+
+def test_no_name_of_sfttrainer_is_shadowed(tokenizer, tmp_path):
+    """The core's attributes never reuse a name SFTTrainer sets or reads (TRL keeps its template in chat_template)."""
+    sft = build(ContinualSFTTrainer, tokenizer, sft_config(tmp_path), METHODS["nlora"])
+    source = inspect.getsource(trl.trainer.sft_trainer)
+    core = build(ContinualTrainer, tokenizer, training_args(tmp_path / "b"), METHODS["nlora"])
+    ours = set(vars(core)) - set(vars(SFTTrainer.__new__(SFTTrainer)))
+    plain_trainer_names = {n for n in ours if f"self.{n}" in inspect.getsource(__import__("transformers").trainer)}
+    clashes = [n for n in ours - plain_trainer_names if f"self.{n} " in source or f"self.{n}=" in source or f"self.{n}." in source]
+    assert not clashes, clashes
+    assert isinstance(sft, ContinualTrainerMixin) and isinstance(sft, SFTTrainer)
