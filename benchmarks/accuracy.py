@@ -151,13 +151,13 @@ def load_tasks(config: dict, order: int, seed: int):
 
 def fit_generation_budgets(config: dict, tokenizer, tasks) -> None:
     """Each generation task's decoding budget, as ContinualTrainer sets it, for the runners outside it (zero-shot,
-    MTL, OSF): the longest training target, at most ``trainer.max_new_tokens``."""
+    MTL, OSF): the longest reference (at least 32 tokens), at most ``trainer.max_new_tokens``."""
     options = config["trainer"]
     chat = use_chat_template(tokenizer, options.get("chat_template", "off"))
     for task in tasks:
         if task.kind == GENERATION:
             features = tokenize_task(tokenizer, task, options["max_source_length"], chat)
-            fit_max_new_tokens(task, features, options.get("max_new_tokens", MAX_NEW_TOKENS))
+            fit_max_new_tokens(tokenizer, task, features, options.get("max_new_tokens", MAX_NEW_TOKENS))
 
 
 def training_args(config: dict, output_dir: str, seed: int, save_steps: int = 0) -> TrainingArguments:

@@ -149,7 +149,7 @@ def default_max_new_tokens(task: ContinualTask, encoding: EvalEncoding) -> int:
     if encoding.options is not None:
         return max(len(o) for o in encoding.options) + CLASSIFICATION_EXTRA_TOKENS
     raise ValueError(
-        f"task {task.name!r}: pass max_new_tokens (ContinualTrainer sets it from the longest training target)"
+        f"task {task.name!r}: pass max_new_tokens (ContinualTrainer sets it from the longest reference)"
     )
 
 

@@ -138,7 +138,7 @@ class ContinualTrainerMixin:
         chat_template: ``"auto"`` (render prompts with the tokenizer's chat template when it has one), ``"on"``
             or ``"off"`` (the reference prompt).
         max_new_tokens: cap on generated tokens; a generation task without its own ``max_new_tokens`` gets its
-            longest training target (in tokens), capped by this.
+            longest reference (training targets and evaluation answers, in tokens; at least 32), capped by this.
         save_predictions: write every evaluation's predictions to
             ``<output_dir>/predictions/after_<i>_<trained task>/<task>.<protocol>.jsonl`` (``zero_shot/`` for the base
             model): prompt, target, prediction, score.
@@ -289,6 +289,9 @@ class ContinualTrainerMixin:
         After each task the run's state is saved to ``<output_dir>/continual_progress``. With
         ``resume_from_checkpoint=True`` an interrupted run of the same tasks continues from there: finished
         tasks are not retrained, and the interrupted task resumes from its last Trainer checkpoint.
+
+        With ``args.push_to_hub`` the run is saved into ``<output_dir>/final``, then uploaded; a failed upload raises
+        :class:`~peft_continual.hub.HubUploadError`, which names that folder.
         """
         tasks = list(tasks)
         if not tasks:
@@ -299,7 +302,7 @@ class ContinualTrainerMixin:
         self.method.check_before_training(self.peft_model, len(self.tasks) + len(tasks))
         features = [self._cl_features(t) for t in tasks]  # fail early
         for task, encoded in zip(tasks, features):
-            fit_max_new_tokens(task, encoded, self.max_new_tokens)
+            fit_max_new_tokens(self.processing_class, task, encoded, self.max_new_tokens)
         first_new = len(self.tasks)
         if not resume_from_checkpoint and not self.tasks:
             self._cl_refuse_to_overwrite_progress()

@@ -18,7 +18,7 @@ import torch
 from conftest import TASK_WORDS, make_tokenizer, synthetic_rows, tiny_model
 from peft_continual import GENERATION_ORDER, ContinualTrainer
 from peft_continual.statistics import RunScores
-from peft_continual.tasks import IGNORE_INDEX, tokenize_task
+from peft_continual.tasks import fit_max_new_tokens, tokenize_task
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
@@ -218,13 +218,15 @@ def test_generation_sequence_runs_with_its_own_metrics_and_zero_shot_row(tmp_pat
     if method != "mtl":
         assert len(result["zero_shot"]) == 3 and all(0 <= v <= 1 for v in result["zero_shot"])
         assert scores.zero_shot_example_scores is not None
-    # the decoding budget the runners outside the trainer use: the longest training target, capped
+    # the decoding budget the runners outside the trainer use: the trainer's (the longest reference, a floor), capped
     tokenizer, tasks = make_tokenizer(), accuracy.load_tasks(config, 1, 0)
     accuracy.fit_generation_budgets(config, tokenizer, tasks)
     for task in tasks:
-        labels = tokenize_task(tokenizer, task, config["trainer"]["max_source_length"])["labels"]
-        longest = max(sum(t != IGNORE_INDEX for t in row) for row in labels)
-        assert task.max_new_tokens == min(6, longest)
+        expected = copy.deepcopy(task)
+        expected.max_new_tokens = None
+        features = tokenize_task(tokenizer, task, config["trainer"]["max_source_length"])
+        fit_max_new_tokens(tokenizer, expected, features, 6)
+        assert task.max_new_tokens == expected.max_new_tokens == 6
 
     import diagnose  # the kept answers are diagnosed against this sequence's tasks, which have no label options
 

@@ -16,7 +16,8 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 from conftest import OPPOSITES, generation_task, make_chat_tokenizer, memorised_task, synthetic_task, tiny_model, training_args
 from peft_continual import ContinualTrainer, ILoraConfig, IncLoraConfig, NLoraConfig, OLoraConfig, ReplayConfig, evaluate_task
 from peft_continual.evaluation import PromptBatch, generate_batch, greedy_config
-from peft_continual.tasks import IGNORE_INDEX, PromptEncoder, TaskSpecError, encode_eval, tokenize_task
+from peft_continual.tasks import IGNORE_INDEX, PromptEncoder, TaskSpecError, encode_eval, fit_max_new_tokens, tokenize_task
+from peft_continual.tasks.encoding import GENERATION_BUDGET_FLOOR
 
 SMOLLM2 = Path("/work/cache/smollm2")
 
@@ -214,14 +215,30 @@ def test_trained_generation_task_predictions_file_and_example_scores(tokenizer, 
     task.eval = task.train
     trainer = make_trainer(tokenizer, tmp_path, evaluation_method="generate", max_new_tokens=40, args={"num_train_epochs": 40})
     result = trainer.train_continual([task])
-    longest = max(len(tokenizer(" " + c, add_special_tokens=False)["input_ids"]) + 1 for c in task.train["completion"])
-    assert task.max_new_tokens == longest  # the longest training target, EOS included (under the cap)
+    assert task.max_new_tokens == GENERATION_BUDGET_FLOOR  # one-word answers: the floor (under the cap)
     path = tmp_path / "out" / "predictions" / "after_1_opposites" / "opposites.generate.jsonl"
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     assert [l["target"] for l in lines] == list(task.eval["completion"])
     assert [l["score"] for l in lines] == result.example_scores[0][0] and result.task_metrics == ["exact_match"]
     assert result.accuracy_matrix[0][0] == sum(l["score"] for l in lines) / len(lines) == 1.0, lines
     assert all(l["prompt"].endswith("\nAnswer:") and l["prediction"] == l["target"] for l in lines)
+
+
+def test_decoding_budget_covers_every_reference_and_has_a_floor(tokenizer):
+    """It used to be the longest *training* target: a longer test answer was cut, and so was a run-on answer after a
+    right one-word start ("cold. The opposite..." kept as "cold"), scoring as an exact match."""
+    task = generation_task("opposites", n_train=4)
+    features = tokenize_task(tokenizer, task, 64)
+    fit_max_new_tokens(tokenizer, task, features, cap=128)
+    assert task.max_new_tokens == GENERATION_BUDGET_FLOOR
+    long_answer = " ".join(["mango banana grape"] * 20)
+    task = generation_task("opposites", n_train=4)
+    task.eval = task.eval.map(lambda row, i: {"completion": long_answer if i == 0 else row["completion"]}, with_indices=True)
+    fit_max_new_tokens(tokenizer, task, features, cap=128)
+    assert task.max_new_tokens == len(tokenizer(long_answer, add_special_tokens=False)["input_ids"]) + 1 > GENERATION_BUDGET_FLOOR
+    task.max_new_tokens = None
+    fit_max_new_tokens(tokenizer, task, features, cap=16)
+    assert task.max_new_tokens == 16
 
 
 def test_max_new_tokens_is_capped(tokenizer, tmp_path, monkeypatch):

@@ -185,12 +185,20 @@ def tokenize_task(tokenizer, task, max_source_length: int, chat: bool = False) -
     )
 
 
-def fit_max_new_tokens(task, features: datasets.Dataset, cap: int) -> None:
-    """Give a generation task without its own decoding budget its longest training target's length, at most ``cap``:
-    decoding further only lets a run-on answer lower its score, at the cost of time."""
+GENERATION_BUDGET_FLOOR = 32  # tokens a generated answer may take at least, however short the references
+
+
+def fit_max_new_tokens(tokenizer, task, features: datasets.Dataset, cap: int) -> None:
+    """Give a generation task without its own decoding budget the length of its longest reference (training targets
+    and evaluation answers, in tokens), at least ``GENERATION_BUDGET_FLOOR``, at most ``cap``.
+
+    A budget as short as the answers would hide what the model says after them: "Paris" cut from "Paris. The capital
+    of Germany is Berlin." scores as an exact match; the floor lets such a run-on answer be seen and scored.
+    """
     if task.kind == GENERATION and task.max_new_tokens is None:
-        longest = max(sum(label != IGNORE_INDEX for label in row) for row in features["labels"])
-        task.max_new_tokens = min(cap, longest)
+        trained = max(sum(label != IGNORE_INDEX for label in row) for row in features["labels"])
+        evaluated = max(len(_ids(tokenizer, answer)) + 1 for answer in task.eval["completion"])  # + end of answer
+        task.max_new_tokens = min(cap, max(GENERATION_BUDGET_FLOOR, trained, evaluated))
 
 
 @dataclass

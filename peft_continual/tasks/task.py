@@ -22,7 +22,7 @@ class ContinualTask:
     * generation: rows with ``prompt``, ``completion`` and ``context`` (earlier chat turns, JSON); no ``labels``.
 
     ``metric`` names how it is scored (see :mod:`peft_continual.scoring`; default accuracy for classification,
-    exact match for generation). ``max_new_tokens`` bounds generated answers (default: the longest training target).
+    exact match for generation). ``max_new_tokens`` bounds generated answers (default: the longest reference, at least 32 tokens).
     Rows in another format (TRL's ``messages``, Alpaca, other column names): build the task with :meth:`from_dataset`.
     """
 
