@@ -61,12 +61,14 @@ from typing import Any, Optional
 import datasets
 import torch
 import transformers
-from peft import get_peft_model
+from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, HfArgumentParser, TrainingArguments, set_seed
 from transformers.utils import check_min_version
 from transformers.utils.versions import require_version
 
 from peft_continual import ContinualResult, ContinualTrainer, TaskSpecError, load_continual_tasks
+from peft_continual.demo_model import offline_hint
+from peft_continual.hub import HubUploadError, check_push_access, enable_offline_mode, hub_unreachable, push_saved_run
 from peft_continual.io_utils import atomic_write_text
 from peft_continual.methods import registered_methods
 from peft_continual.persistence import ContinualStateError, read_state
@@ -91,6 +93,12 @@ TASKS_HELP = (
     "--prompt_column, --completion_column)."
 )
 
+# LoRA-sized defaults for every model, as the demo and the benchmark train: TrainingArguments' learning rate (5e-5) is
+# a full fine-tuning one and peft's lora_alpha (8, scale 1 at r=8) a small one, at which an adapter of a few hundred
+# steps barely moves (tasks scored near zero-shot). A saved run keeps its own (--continue_from).
+LORA_DEFAULTS = {"learning_rate": 2e-3}
+LORA_ALPHA = 32
+
 # Every argument not given explicitly takes these values in the offline demo (no --model_name_or_path, or --demo).
 # The demo shows what the library is for: plain sequential LoRA forgets the first task, experience replay keeps
 # most of it, scored the papers' way (generation + exact match, which counts forgetting of the answer format).
@@ -106,10 +114,8 @@ DEMO_DEFAULTS = {
     "evaluation_method": ["generate"],
     "evaluate_zero_shot": True,
     "evaluate_unseen": "no",
-    "lora_alpha": 32,
     "output_dir": "out/continual_demo",
     "num_train_epochs": 1,
-    "learning_rate": 2e-3,
     "per_device_train_batch_size": 4,
     "logging_steps": 5,
     "save_strategy": "no",
@@ -207,14 +213,14 @@ class DataTrainingArguments:
     )
     max_new_tokens: Optional[int] = field(
         default=None,
-        metadata={"help": "Cap on generated tokens (generation tasks get their longest training target, capped)."},
+        metadata={"help": "Cap on generated tokens (generation tasks get their longest reference, at least 32 tokens, capped)."},
     )
     evaluation_method: Optional[list[str]] = field(
         default=None,
         metadata={
             "help": "'rank': the option with the highest log-likelihood (classification only); 'generate': greedy "
             "generation scored by each task's metric (the papers' protocol). Two values score both from one run: the "
-            "first fills the score matrix. Default: 'rank', or the saved run's with --continue_from.",
+            "first fills the score matrix. Default: 'generate', or the saved run's with --continue_from.",
         },
     )
     evaluate_zero_shot: Optional[bool] = field(
@@ -329,6 +335,14 @@ def _declared_default(config_class, key: str):
     return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
 
 
+def script_default(config_class, key: str):
+    """The default this script uses: the config's own, except peft's small ``lora_alpha``, which is ``LORA_ALPHA``."""
+    default = _declared_default(config_class, key)
+    if key == "lora_alpha" and default == _declared_default(LoraConfig, "lora_alpha"):
+        return LORA_ALPHA
+    return default
+
+
 def _method_flags() -> dict[str, MethodFlag]:
     """One flag per hyper-parameter of the registered methods: type, default and help from the config classes.
 
@@ -350,7 +364,7 @@ def _method_flags() -> dict[str, MethodFlag]:
             help_text = f"{'/'.join(m.name for m in methods)}: {help_text}"
         defaults: dict[str, list[str]] = {}  # the default's text -> the methods that have it
         for m in methods:
-            defaults.setdefault(str(_declared_default(m.config_class, key)), []).append(m.name)
+            defaults.setdefault(str(script_default(m.config_class, key)), []).append(m.name)
         if len(defaults) > 1:
             help_text += " Default: " + ", ".join(f"{d} ({'/'.join(names)})" for d, names in defaults.items()) + "."
         elif next(iter(defaults)) not in ("None", str(dataclasses.MISSING)):
@@ -470,11 +484,13 @@ def build_parser(all_training_flags: bool = False) -> HfArgumentParser:
     return parser
 
 
-def demo_defaults(continue_from: Optional[str]) -> dict:
-    """The demo's defaults; a continued run keeps the hyper-parameters it was saved with."""
+def run_defaults(continue_from: Optional[str], demo: bool) -> dict:
+    """The LoRA-sized defaults, and the demo's in the demo; a continued run keeps the hyper-parameters it was saved
+    with."""
+    chosen = {**LORA_DEFAULTS, **(DEMO_DEFAULTS if demo else {})}
     if continue_from:  # the saved run fixes the method and its hyper-parameters, and there is nothing to compare
-        return {k: v for k, v in DEMO_DEFAULTS.items() if k not in {*HYPERPARAMETERS, "cl_method", "compare_with"}}
-    return DEMO_DEFAULTS
+        return {k: v for k, v in chosen.items() if k not in {*HYPERPARAMETERS, "cl_method", "compare_with"}}
+    return chosen
 
 
 def parse_args(argv: Optional[list[str]] = None):
@@ -483,12 +499,12 @@ def parse_args(argv: Optional[list[str]] = None):
     parser = build_parser()
     if len(argv) == 1 and argv[0].endswith(".json"):
         given = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
-        demo = given.get("demo") or not given.get("model_name_or_path")
-        args = parser.parse_dict({**demo_defaults(given.get("continue_from")), **given} if demo else given)
+        demo = bool(given.get("demo") or not given.get("model_name_or_path"))
+        args = parser.parse_dict({**run_defaults(given.get("continue_from"), demo), **given})
     else:
         namespace, _ = parser.parse_known_args(argv)
-        if namespace.demo or not namespace.model_name_or_path:
-            parser.set_defaults(**demo_defaults(namespace.continue_from))  # explicit arguments still win
+        demo = bool(namespace.demo or not namespace.model_name_or_path)
+        parser.set_defaults(**run_defaults(namespace.continue_from, demo))  # explicit arguments still win
         args = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
     model_args, data_args, cl_args, _ = args
     if cl_args.demo and model_args.model_name_or_path:
@@ -539,7 +555,9 @@ def build_peft_config(cl_args, method: Optional[str] = None):
     model is loaded."""
     main_method = cl_args.cl_method or DEFAULT_METHOD
     method, strict = method or main_method, method in (None, main_method)
-    return registered_methods()[method].config_class(task_type="CAUSAL_LM", **method_hyperparameters(cl_args, method, strict))
+    config_class = registered_methods()[method].config_class
+    hyperparameters = {"lora_alpha": script_default(config_class, "lora_alpha"), **method_hyperparameters(cl_args, method, strict)}
+    return config_class(task_type="CAUSAL_LM", **hyperparameters)
 
 
 def check_continue_from(cl_args, state: dict, tasks) -> None:
@@ -595,8 +613,22 @@ def load_model(model_args: ModelArguments, demo: bool):
         os.environ["HF_HUB_OFFLINE"] = "1"
         warnings.filterwarnings("ignore", message="Could not find a config file in HuggingFaceTB/SmolLM2")
         return load_smollm2(dtype=dtype)
-    model = AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path, dtype=dtype)
-    tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path)
+    name = model_args.model_name_or_path
+    # Without the Hub, transformers would retry every file for a minute: only the local cache can serve a Hub id then.
+    unreachable = None if os.path.isdir(name) else hub_unreachable()
+    if unreachable is not None:
+        logger.warning(f"the Hugging Face Hub cannot be reached ({unreachable}): {name!r} is read from the local cache")
+        enable_offline_mode()  # peft too would look the base model up on the Hub at every adapter save
+    try:
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(name)
+    except OSError:
+        if unreachable is None:
+            raise
+        raise SystemExit(
+            f"error: --model_name_or_path {name!r} is no local folder, the Hugging Face Hub cannot be reached "
+            f"({unreachable}) and the model is not in the local cache; {offline_hint()}"
+        ) from None
     return model, tokenizer
 
 
@@ -657,6 +689,8 @@ def main(argv: Optional[list[str]] = None) -> ContinualResult:
         peft_configs = {method: method and build_peft_config(cl_args, method) for method in methods}
         if len(methods) > 1 and training_args.push_to_hub:
             raise ValueError("--compare_with trains several runs: push one of them (drop --compare_with) instead")
+        if training_args.push_to_hub:
+            check_push_access(training_args)  # network, token and repo, before the model is even loaded
     except TaskSpecError as exc:
         raise SystemExit(f"error: {exc}\n{TASKS_HELP}") from None
     except ValueError as exc:  # bad hyper-parameters, TrainingArguments or --continue_from folder
@@ -699,17 +733,20 @@ def train_method(model_args, data_args, cl_args, training_args, tasks, peft_conf
         "evaluate_zero_shot": data_args.evaluate_zero_shot and zero_shot is None,
     }
     options = {k: v for k, v in options.items() if v is not None}
+    # The script pushes once final/ and the results are written (the trainer would push at the end of training).
+    trainer_args = copy.copy(training_args)
+    trainer_args.push_to_hub = False
     if cl_args.continue_from:
         try:
             trainer = ContinualTrainer.from_continual(
-                cl_args.continue_from, model, training_args, processing_class=tokenizer,
+                cl_args.continue_from, model, trainer_args, processing_class=tokenizer,
                 allow_other_base=cl_args.allow_other_base, **options,
             )  # fmt: skip
         except ContinualStateError as exc:
             raise SystemExit(f"error: {exc}") from None
     else:
         trainer = ContinualTrainer(
-            model=get_peft_model(model, peft_config), args=training_args, processing_class=tokenizer, **options,
+            model=get_peft_model(model, peft_config), args=trainer_args, processing_class=tokenizer, **options,
         )  # fmt: skip
     if zero_shot is not None and data_args.evaluate_zero_shot:
         for protocol, result in trainer.result.by_protocol().items():
@@ -719,7 +756,7 @@ def train_method(model_args, data_args, cl_args, training_args, tasks, peft_conf
 
     output_dir = Path(training_args.output_dir)
     final = output_dir / "final"
-    trainer.save_continual(final)  # with --push_to_hub, train_continual pushed the run (without its data) already
+    trainer.save_continual(final)
     if trainer.is_world_process_zero():
         result.to_json(output_dir / "accuracy_matrix.json")
         plot_accuracy_matrix(result, output_dir / "accuracy_matrix.png")
@@ -731,6 +768,11 @@ def train_method(model_args, data_args, cl_args, training_args, tasks, peft_conf
             f"Inference with plain peft: PeftModel.from_pretrained(base_model, {str(final)!r})\n"
             f"Further tasks: python {sys.argv[0]} --continue_from {final} --continual_tasks ..."
         )
+    if training_args.push_to_hub:  # the run without its data; everything above is on disk whatever happens here
+        try:
+            push_saved_run(trainer, final)
+        except HubUploadError as exc:
+            raise SystemExit(f"error: {exc}") from None
     return result
 
 

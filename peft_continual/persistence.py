@@ -26,6 +26,7 @@ import json
 import re
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -41,7 +42,7 @@ from .adapters import concatenated_lora
 from .configs import as_lora_config
 from .io_utils import staged_entries
 from .methods import config_classes
-from .tasks import ContinualTask
+from .tasks import GENERATION, ContinualTask, PromptEncoder
 
 STATE_FILE = "continual_state.json"
 TENSORS_FILE = "continual_state.safetensors"
@@ -94,8 +95,7 @@ def task_to_dict(task: ContinualTask, include_data: bool = True) -> dict[str, An
     return {
         "name": task.name, "kind": task.kind, "metric": task.metric, "max_new_tokens": task.max_new_tokens,
         "labels": task.labels, "instruction": task.instruction, "task_type": task.task_type,
-        "show_options": task.show_options, "source": task.source, "prompt_format": task.prompt("{text}"),
-        "eval_examples": len(task.eval),
+        "show_options": task.show_options, "source": task.source, "eval_examples": len(task.eval),
         "eval": {column: list(task.eval[column]) for column in task.columns} if include_data else None,
     }  # fmt: skip
 
@@ -110,7 +110,19 @@ def task_from_dict(data: dict[str, Any]) -> ContinualTask:
     )  # fmt: skip
 
 
-# What the model card reports of the run's TrainingArguments (never tokens or paths).
+def trained_format(task: ContinualTask, encoder: PromptEncoder) -> dict[str, str]:
+    """The task's prompt and target exactly as trained (chat template and its system turn included), around the
+    placeholders ``{text}``/``{label}`` (generation: ``{prompt}``/``{completion}``): what the model card shows."""
+    if task.kind == GENERATION:
+        row = {"prompt": "{prompt}", "completion": "{completion}", "context": ""}
+    else:
+        row = {"text": "{text}", "label": "{label}"}
+    prompt, ids = encoder.prompt(task, row)
+    target = encoder.target(task, row, prompt, ids)
+    return {"prompt_format": prompt, "target_format": encoder.tokenizer.decode(target)}
+
+
+# What the state records of the TrainingArguments each task trained with (never tokens or paths).
 TRAINING_ARGUMENTS = (
     "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
     "world_size", "lr_scheduler_type", "warmup_steps", "weight_decay", "optim", "max_grad_norm", "seed", "bf16",
@@ -118,12 +130,25 @@ TRAINING_ARGUMENTS = (
 )  # fmt: skip
 
 
+def training_arguments(args) -> dict[str, Any]:
+    return {k: getattr(getattr(args, k), "value", getattr(args, k)) for k in TRAINING_ARGUMENTS}
+
+
 def continual_state(trainer, method_meta: dict, include_data: bool) -> dict:
     """The JSON record of ``trainer``'s run (method, config, adapters, tasks, result, options): what
-    ``continual_state.json`` holds and the model card describes. ``method_meta``: the method's ``state_dict()[0]``."""
+    ``continual_state.json`` holds and the model card describes. ``method_meta``: the method's ``state_dict()[0]``.
+
+    Each trained task's TrainingArguments go into its ``result.details`` entry, from the trainer's arguments when a
+    task has none yet: the progress save right after each task records them as that task trained with them, and a
+    continued run keeps those of its earlier tasks.
+    """
     if not trainer.result.accuracy_matrix:
         raise ValueError("nothing to save yet: train at least one task first")
     config, args = trainer.method.config, trainer.continual_args
+    current = training_arguments(args)
+    for entry in trainer.result.details:
+        entry.setdefault("training_arguments", dict(current))
+    encoder = PromptEncoder(trainer.processing_class, sys.maxsize, trainer.chat)  # the whole prompt, never shortened
     return {
         "format_version": FORMAT_VERSION,
         "method": trainer.method.name,
@@ -133,13 +158,13 @@ def continual_state(trainer, method_meta: dict, include_data: bool) -> dict:
         "method_state": method_meta,
         "data_included": include_data,
         "base_model": {"name_or_path": config.base_model_name_or_path, "fingerprint": trainer.base_fingerprint},
-        "tasks": [task_to_dict(t, include_data) for t in trainer.tasks],
+        "tasks": [{**task_to_dict(t, include_data), **trained_format(t, encoder)} for t in trainer.tasks],
+        "chat_template_applied": trainer.chat,
         "result": trainer.result.to_dict(),
         "trainer": {"evaluation_method": trainer.evaluation_methods, "max_source_length": trainer.max_source_length,
                     "evaluate_unseen": trainer.evaluate_unseen, "evaluate_seen": trainer.evaluate_seen,
                     "evaluate_zero_shot": trainer.evaluate_zero_shot,
-                    "chat_template": trainer.chat_template, "max_new_tokens": trainer.max_new_tokens},
-        "training_arguments": {k: getattr(getattr(args, k), "value", getattr(args, k)) for k in TRAINING_ARGUMENTS},
+                    "chat_template": trainer.chat_template_mode, "max_new_tokens": trainer.max_new_tokens},
     }  # fmt: skip
 
 
@@ -292,6 +317,8 @@ def read_state(folder: str | os.PathLike) -> tuple[dict[str, Any], dict[str, tor
         raise ContinualStateError(f"{str(state_path)!r} has format {state['format_version']}, this version reads {FORMAT_VERSION}")
     if state["config_class"] not in config_classes():
         raise ContinualStateError(f"unknown config class {state['config_class']!r} in {str(state_path)!r}")
+    for entry in state["result"].get("details", []):  # saved before per-task arguments: the run's, if recorded
+        entry.setdefault("training_arguments", state.get("training_arguments") or {})
     missing = [a for a in state["adapters"] if not (folder / a / "adapter_model.safetensors").is_file()]
     if missing:
         raise ContinualStateError(f"{str(folder)!r} lacks the weights of adapter(s) {missing}")

@@ -4,6 +4,7 @@ import importlib.util
 import json
 import logging
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -73,7 +74,19 @@ def test_hyperparameters_default_to_the_config_class(script, tmp_path):
     cl_args = script.parse_args(model_argv(tmp_path, "--continual_tasks", "dbpedia", "--cl_method", "nlora"))[2]
     assert script.method_hyperparameters(cl_args, "nlora") == {}
     config, default = script.build_peft_config(cl_args), NLoraConfig()
-    assert (config.collision_lambda, config.r, config.lora_alpha) == (default.collision_lambda, default.r, default.lora_alpha)
+    assert (config.collision_lambda, config.r) == (default.collision_lambda, default.r)
+    assert config.lora_alpha == script.LORA_ALPHA == 32  # LoRA-sized, as the demo's
+
+
+def test_ones_own_model_gets_the_lora_sized_defaults_the_demo_uses(script, tmp_path):
+    """With --model_name_or_path every demo default used to go: Trainer's 5e-5 (a full fine-tuning rate) and
+    peft's alpha 8 trained adapters that scored near zero-shot."""
+    _, _, cl_args, training_args = script.parse_args(model_argv(tmp_path, "--continual_tasks", "dbpedia"))
+    assert training_args.learning_rate == script.LORA_DEFAULTS["learning_rate"] == 2e-3
+    assert script.build_peft_config(cl_args).lora_alpha == 32
+    _, _, cl_args, training_args = script.parse_args(model_argv(tmp_path, "--continual_tasks", "dbpedia",
+                                                                "--learning_rate", "1e-4", "--lora_alpha", "16"))  # fmt: skip
+    assert training_args.learning_rate == 1e-4 and script.build_peft_config(cl_args).lora_alpha == 16
 
 
 def test_method_hyperparameters_reach_the_config(script, tmp_path):
@@ -364,3 +377,71 @@ def test_heatmap_shows_the_zero_shot_row_and_every_evaluated_cell(script):
         (3, 0): "70.0", (3, 1): "85.0", (3, 2): "100.0",
     }  # fmt: skip
     assert [t.get_text() for t in ax.get_yticklabels()] == ["zero-shot", "after 1. a", "after 2. b", "after 3. c"]
+
+
+# ------------------------------------------------------------------------------------------------- Hub and network
+
+
+def test_push_to_hub_offline_fails_before_the_model_is_loaded(script, tmp_path, no_model, task_files, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(SystemExit, match=r"error: push_to_hub uploads the run to 'me/x' .* cannot be reached: offline"):
+        script.main(model_argv(tmp_path, "--continual_tasks", task_files[0], "--push_to_hub", "--hub_model_id", "me/x"))
+
+
+def test_failed_upload_leaves_final_and_the_results_written(script, tmp_path, tokenizer, task_files, monkeypatch):
+    """The run is saved and its matrix written before the upload, which fails with one line naming both."""
+    from httpx2 import ConnectError
+    from test_persistence import FakeApi
+
+    api = FakeApi(monkeypatch)
+    api.upload_error = ConnectError("[Errno -2] Name or service not known")
+    model, _ = tiny_model("llama", tokenizer)
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit, match=rf"^error: upload to 'me/run' on the Hugging Face Hub .* failed: ConnectError: "
+                                         rf".*; your run is saved in {out / 'final'} "):  # fmt: skip
+        script.main(["--model_name_or_path", str(tmp_path / "model"), "--max_source_length", "48", "--use_cpu",
+                     "--disable_tqdm", "true", "--continual_tasks", task_files[0], "--output_dir", str(out),
+                     "--target_modules", "q_proj", "--push_to_hub", "--hub_model_id", "me/run"])  # fmt: skip
+    assert [c[0] for c in api.calls] == ["whoami", "create_repo", "create_repo"]  # checked once, before the model
+    assert (out / "final" / "continual_state.json").is_file() and (out / "accuracy_matrix.png").is_file()
+    assert json.loads((out / "accuracy_matrix.json").read_text())["task_names"] == ["colors"]
+
+
+def test_hub_id_without_network_fails_at_once_naming_the_demo_model(script, monkeypatch):
+    from huggingface_hub import constants
+
+    from peft_continual import hub
+    from peft_continual.demo_model import DEFAULT_CACHE
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # restored afterwards, as is the module flag below
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(script, "hub_unreachable", lambda: "ConnectError: [Errno -2] Name or service not known")
+    started = time.perf_counter()
+    with pytest.raises(SystemExit) as error:
+        script.load_model(script.ModelArguments(model_name_or_path="nobody/no-such-model"), demo=False)
+    assert time.perf_counter() - started < 10  # transformers alone retries for about a minute
+    message = str(error.value)
+    assert message.startswith("error: --model_name_or_path 'nobody/no-such-model' is no local folder, the Hugging Face "
+                              "Hub cannot be reached (ConnectError: [Errno -2] Name or service not known)")  # fmt: skip
+    assert "load_smollm2()" in message and str(DEFAULT_CACHE) in message and "leave out --model_name_or_path" in message
+    assert constants.HF_HUB_OFFLINE is True and hub.hub_unreachable() is not None  # the rest of the run stays offline
+
+
+def test_readme_first_line_installs_what_the_second_runs():
+    """README's quick start: line 2 runs the tests after line 1 on a fresh machine, and CI runs exactly line 2."""
+    import configparser
+    import re
+
+    root = SCRIPT.parents[1]
+    block = root.joinpath("README.md").read_text(encoding="utf-8").split("```bash\n", 1)[1].split("```", 1)[0]
+    first, second = block.strip().splitlines()
+    installed = {extra for line in (first, second) for group in re.findall(r'-e "\.\[([\w,]+)\]"', line)
+                 for extra in group.split(",")}  # fmt: skip
+    setup = configparser.ConfigParser()
+    setup.read(root / "setup.cfg")
+    requirements = " ".join(setup["options.extras_require"][extra] for extra in installed)
+    assert "pytest" in requirements and "tokenizers" in requirements  # what the suite imports beyond the package
+    assert second.split("&&")[-1].strip() == "python -m pytest -q"
+    assert root.joinpath(".ci", "run").read_text().strip().splitlines()[-1] == second

@@ -12,10 +12,22 @@ import safetensors.torch
 import torch
 from huggingface_hub import ModelCard
 from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import TrainingArguments
 
-from conftest import IDS, continual_logits, synthetic_task, tiny_model, train, training_args
+from conftest import (
+    CHATML,
+    IDS,
+    continual_logits,
+    generation_task,
+    make_chat_tokenizer,
+    synthetic_task,
+    tiny_model,
+    train,
+    training_args,
+)
 from peft_continual import ContinualTrainer, IncLoraConfig, ILoraConfig, NLoraConfig, NLoraReplayConfig, OLoraConfig, ReplayConfig
 from peft_continual.adapters import adapter_parameters
+from peft_continual import hub
 from peft_continual.hub import push_folder_to_hub
 from peft_continual.persistence import ContinualStateError
 
@@ -144,15 +156,35 @@ def test_wrong_base_model_gives_a_clear_error(tokenizer, tmp_path):
         ContinualTrainer.from_continual(str(folder), other, training_args(tmp_path), processing_class=tokenizer)
 
 
+SYSTEM_TURN = "{% if messages[0]['role'] != 'system' %}<|im_start|>system\nYou are a careful assistant.<|im_end|>\n{% endif %}"
+
+
 class FakeApi:
     """Replaces huggingface_hub.HfApi's network methods: records every call and what an upload would carry."""
 
-    def __init__(self, monkeypatch):
+    def __init__(self, monkeypatch, whoami=None):
         self.calls, self.files = [], {}
-        monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", lambda api, repo_id, **kw: self.calls.append(("create_repo", repo_id, kw)))
+        self.create_error = self.upload_error = None  # set to an exception to make that call fail
+        monkeypatch.setattr(hub, "hub_unreachable", lambda *args, **kwargs: None)  # the Hub answers
+        whoami = whoami or {"name": "me", "auth": {"accessToken": {"role": "write"}}}
+        monkeypatch.setattr(huggingface_hub.HfApi, "whoami", lambda api, *args, **kw: self._whoami(whoami))
+        monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", lambda api, repo_id, **kw: self._create(repo_id, kw))
         monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", lambda api, **kw: self._upload(kw))
 
+    def _whoami(self, answer):
+        self.calls.append(("whoami", None, {}))
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def _create(self, repo_id, kwargs):
+        self.calls.append(("create_repo", repo_id, kwargs))
+        if self.create_error:
+            raise self.create_error
+
     def _upload(self, kwargs):
+        if self.upload_error:
+            raise self.upload_error
         folder = Path(kwargs["folder_path"])
         self.files = {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
         self.calls.append(("upload_folder", kwargs["repo_id"], kwargs))
@@ -204,7 +236,7 @@ def test_model_card_documents_prompt_training_and_eval_sizes(tokenizer, tmp_path
     trainer = train(tokenizer, tmp_path, NLoraConfig(r=4, lora_alpha=8))
     card = (trainer.save_continual(tmp_path / "final") / "README.md").read_text()
     prompt = trainer.tasks[0].prompt("{text}")
-    assert f"```text\n{prompt}\n```" in card and "Dataset:animals" in card and "label and EOS" in card
+    assert f"```text\n{prompt}\n```" in card and "Dataset:animals" in card and "Target: ``  {label}<eos> ``" in card
     for needle in ("`learning_rate`: `0.01`", "`num_train_epochs`: `2`", "`per_device_train_batch_size`: `4`",
                    "`seed`: `0`", "`lr_scheduler_type`: `constant`", "colors 8, animals 8", "±17.7 points"):  # fmt: skip  50/sqrt(8) = 17.68
         assert needle in card, needle
@@ -221,6 +253,109 @@ def test_card_base_model_is_a_hub_id_never_a_local_path(name, expected, tokenize
     card = ModelCard.load(trainer.save_continual(tmp_path / "final") / "README.md")
     assert card.data.base_model == expected
     assert str(tmp_path) not in card.content
+
+
+def test_card_shows_the_chat_prompt_as_trained_with_its_system_turn(tmp_path):
+    """A chat-template run was trained on the template's rendering, system turn included: the card shows that, not
+    the reference `Dataset:...Answer:` prompt."""
+    tokenizer = make_chat_tokenizer()
+    tokenizer.chat_template = SYSTEM_TURN + CHATML
+    model, targets = tiny_model("llama", tokenizer)
+    trainer = ContinualTrainer(model=get_peft_model(model, NLoraConfig(r=4, target_modules=set(targets))),
+                               processing_class=tokenizer, args=training_args(tmp_path), max_source_length=128,
+                               chat_template="on")  # fmt: skip
+    trainer.train_continual([synthetic_task("colors", n_train=4), generation_task("opposites", n_train=4)])
+    card = (trainer.save_continual(tmp_path / "final") / "README.md").read_text()
+    system = "<|im_start|>system\nYou are a careful assistant.<|im_end|>\n"
+    colors = (f"{system}<|im_start|>user\nWhich kind? Choose one from the option.\nOption: cold, warm \n{{text}}"
+              "<|im_end|>\n<|im_start|>assistant\n")  # fmt: skip
+    opposites = f"{system}<|im_start|>user\n{{prompt}}<|im_end|>\n<|im_start|>assistant\n"
+    assert f"```text\n{colors}\n```\nTarget: `` {{label}}<|im_end|> ``" in card
+    assert f"```text\n{opposites}\n```\nTarget: `` {{completion}}<|im_end|> ``" in card
+    assert "Dataset:colors" not in card and "Answer:" not in card and "chat template" in card
+
+
+@pytest.mark.parametrize("protocol", ["generate", "rank"])
+def test_card_scoring_note_fits_each_tasks_kind(protocol, tokenizer, tmp_path):
+    """Generation tasks are generated and scored by their metric; classification tasks as the run scored them (a
+    run ranking labels has classification tasks only)."""
+    model, targets = tiny_model("llama", tokenizer)
+    trainer = ContinualTrainer(model=get_peft_model(model, NLoraConfig(r=4, target_modules=set(targets))),
+                               processing_class=tokenizer, args=training_args(tmp_path), max_source_length=64,
+                               evaluation_method=protocol)  # fmt: skip
+    tasks = [synthetic_task("colors", n_train=4)]
+    if protocol == "generate":
+        tasks.append(generation_task("opposites", n_train=4, metric="f1"))
+    trainer.train_continual(tasks)
+    card = (trainer.save_continual(tmp_path / "final") / "README.md").read_text()
+    colors = card[card.index("**colors**"):].split("\n")[0]
+    if protocol == "generate":
+        opposites = card[card.index("**opposites**"):].split("\n")[0]
+        assert "generate greedily" in opposites and "scored by f1" in opposites
+        assert "generate greedily after the prompt; the answer must be the label" in colors
+        assert "log-likelihood" not in card
+    else:
+        assert "rank the labels by their log-likelihood" in colors and "scored by accuracy" in colors
+
+
+def test_card_lists_the_training_arguments_each_task_trained_with(tokenizer, tmp_path):
+    """A continued run keeps its earlier tasks' arguments: the new TrainingArguments are only the new tasks'."""
+    trainer = train(tokenizer, tmp_path, NLoraConfig(r=4, lora_alpha=8), names=("colors",), epochs=2)  # lr 0.01
+    folder = trainer.save_continual(tmp_path / "final")
+    base, _ = tiny_model("llama", tokenizer)
+    new_args = TrainingArguments(output_dir=str(tmp_path / "more"), use_cpu=True, report_to="none")  # 5e-05, 3 epochs
+    resumed = ContinualTrainer.from_continual(str(folder), base, new_args, processing_class=tokenizer)
+    card = (resumed.save_continual(tmp_path / "again") / "README.md").read_text()
+    training = card[card.index("## Training arguments"):]
+    assert "`learning_rate`: `0.01`" in training and "`num_train_epochs`: `2`" in training
+    assert "5e-05" not in training and "`3.0`" not in training
+    resumed.train_task(synthetic_task("fruits", n_train=4))
+    card = (resumed.save_continual(tmp_path / "third") / "README.md").read_text()
+    training = card[card.index("## Training arguments"):]
+    assert "| argument | colors | fruits |" in training and "| `learning_rate` | `0.01` | `5e-05` |" in training
+    assert "| `num_train_epochs` | `2` | `3.0` |" in training
+
+
+def test_old_state_without_per_task_arguments_keeps_the_runs_record(tokenizer, tmp_path):
+    """A run saved before per-task arguments: its tasks keep the run's recorded arguments, not the new ones."""
+    trainer = train(tokenizer, tmp_path, NLoraConfig(r=4, lora_alpha=8), names=("colors",), epochs=2)
+    folder = trainer.save_continual(tmp_path / "final")
+    state = json.loads((folder / "continual_state.json").read_text())
+    state["training_arguments"] = state["result"]["details"][0].pop("training_arguments")
+    (folder / "continual_state.json").write_text(json.dumps(state))
+    base, _ = tiny_model("llama", tokenizer)
+    new_args = TrainingArguments(output_dir=str(tmp_path / "more"), use_cpu=True, report_to="none")
+    resumed = ContinualTrainer.from_continual(str(folder), base, new_args, processing_class=tokenizer)
+    card = (resumed.save_continual(tmp_path / "again") / "README.md").read_text()
+    assert "`learning_rate`: `0.01`" in card and "5e-05" not in card
+
+
+@pytest.mark.parametrize("finetuned_from", ["org/base", None])
+def test_upload_names_no_local_path(finetuned_from, tokenizer, tmp_path, monkeypatch):
+    """A local base and local data: the upload names the base by finetuned_from (else not at all) and the data by
+    name; peft's per-adapter READMEs (cards naming the local base) stay out. The local save keeps its paths."""
+    local = tmp_path / "models" / "my-base"
+    model, targets = tiny_model("llama", tokenizer)
+    model.save_pretrained(local)
+    model.name_or_path = model.config._name_or_path = str(local)
+    trainer = ContinualTrainer(model=get_peft_model(model, LoraConfig(r=4, target_modules=set(targets))),
+                               processing_class=tokenizer, args=training_args(tmp_path), max_source_length=64)  # fmt: skip
+    tasks = [synthetic_task(n, n_train=4) for n in ("colors", "animals")]
+    for task in tasks:
+        task.source = str(tmp_path / "data" / task.name)
+    trainer.train_continual(tasks)
+    api = FakeApi(monkeypatch)
+    trainer.push_to_hub(repo_id="me/x", include_data=True, **({"finetuned_from": finetuned_from} if finetuned_from else {}))
+    leaks = [name for name, data in api.files.items() if str(tmp_path).encode() in data]
+    assert not leaks, leaks
+    configs = [json.loads(data) for name, data in api.files.items() if name.endswith("adapter_config.json")]
+    assert len(configs) == 2 and all(c["base_model_name_or_path"] == finetuned_from for c in configs)  # root + default
+    assert [name for name in api.files if name.endswith("README.md")] == ["README.md"]
+    assert [t["source"] for t in api.state()["tasks"]] == ["colors", "animals"]
+    assert api.state()["base_model"]["name_or_path"] == finetuned_from
+    assert ("local folder, whose path is not published" in api.card) == (finetuned_from is None)
+    local_state = json.loads((trainer.save_continual(tmp_path / "final") / "continual_state.json").read_text())
+    assert local_state["tasks"][0]["source"] == str(tmp_path / "data" / "colors")
 
 
 def test_upload_carries_no_data_unless_asked(tokenizer, tmp_path, monkeypatch):
@@ -280,10 +415,12 @@ def test_training_arguments_push_to_hub_pushes_once_at_the_end(tokenizer, tmp_pa
                          save_strategy="steps", save_steps=1)  # fmt: skip
     trainer = ContinualTrainer(model=get_peft_model(model, NLoraConfig(r=4, target_modules=set(targets))),
                                processing_class=tokenizer, args=args, max_source_length=64)  # fmt: skip
+    assert [c[:2] for c in api.calls] == [("whoami", None), ("create_repo", "me/run")]  # checked before training
     trainer.train_continual([synthetic_task(n, n_train=8) for n in ("colors", "animals")])
-    assert [c[:2] for c in api.calls] == [("create_repo", "me/run"), ("upload_folder", "me/run")]
+    assert [c[:2] for c in api.calls[2:]] == [("create_repo", "me/run"), ("upload_folder", "me/run")]
     assert "task_2_animals/adapter_model.safetensors" in api.files and not [f for f in api.files if "checkpoint" in f]
     assert args.push_to_hub is True  # the user's object is left alone
+    assert (tmp_path / "out" / "final" / "continual_state.json").is_file()  # saved locally before the upload
 
 
 def test_token_never_written_to_saved_or_uploaded_files(tokenizer, tmp_path, monkeypatch):

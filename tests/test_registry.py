@@ -75,7 +75,7 @@ def test_a_new_method_is_one_config_class_and_one_method_class(toy_registered, t
     flat = " ".join(help_text.split())
     assert "toy: Weight of the squared norm of the adapter's weights. Default: 0.25." in flat
     # argparse breaks the long list of owners in the middle: compare without whitespace
-    assert "LoraAlpha.Default:8(seqlora/inclora/nlora/olora/replay/ilora/nlora_replay),16(toy).".lower() in "".join(flat.split()).lower()
+    assert "LoraAlpha.Default:32(seqlora/inclora/nlora/olora/replay/ilora/nlora_replay),16(toy).".lower() in "".join(flat.split()).lower()
     with pytest.raises(SystemExit):  # the flag has the config field's type
         script.parse_args(["--model_name_or_path", "m", "--continual_tasks", "x", "--toy_weight", "heavy"])
     assert "argument --toy_weight/--toy-weight: invalid float value: 'heavy'" in capsys.readouterr().err
