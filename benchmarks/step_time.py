@@ -17,7 +17,8 @@ The ``sft-`` variants run on TRL's ``SFTTrainer`` (its fused LM head and loss): 
 against SFTTrainer's own plain LoRA step.
 
     python benchmarks/step_time.py --rounds 15
-    python benchmarks/step_time.py --rounds 15 --only sft-nlora-delta_w@1 sft-nlora-delta_w@4 --output step_time_trl.json
+    python benchmarks/step_time.py --rounds 15 --only sft-nlora-delta_w@1 sft-nlora-delta_w@4 sft-nlora-delta_w@4+merge \
+        --output step_time_trl.json
     python benchmarks/step_time.py --profile --only inclora@4 ilora@2
 """
 
@@ -83,6 +84,8 @@ VARIANTS = [
     Variant("sft-lora", LoraConfig, 0, reference="sft-lora", trl=True),
     Variant("sft-nlora-delta_w@1", NLoraConfig, 0, reference="sft-lora", target="nlora", trl=True),
     Variant("sft-nlora-delta_w@4", NLoraConfig, 3, reference="sft-lora", target="nlora", trl=True),
+    Variant("sft-nlora-delta_w@4+merge", NLoraConfig, 3, options={"merge_finished_adapters": True}, reference="sft-lora",
+            target="nlora", trl=True),
 ]
 REFUSED = Variant("nlora-rank_product[q,v]@1", NLoraConfig, 0, QV, {"collision_form": "rank_product"})
 
