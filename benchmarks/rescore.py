@@ -11,8 +11,9 @@ so FWT is not re-scored).
     python benchmarks/rescore.py --changed-only      # only the runs where a cell moved
     python benchmarks/rescore.py --write             # and store the re-scored cells (and metrics) in the results
 
-``--write`` replaces the moved cells' per-example scores and means in the result JSON (both protocols) and
-recomputes its AA / BWT / FWT / forgetting; the run's other fields stay as they were.
+``--write`` replaces the moved cells' per-example scores and means in the result JSON (both protocols), recomputes
+its AA / BWT / FWT / forgetting, and gives the kept answers their new scores (which ``diagnose.py`` reads); the
+run's other fields stay as they were.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from common import RESULTS, markdown_table
-from peft_continual.io_utils import atomic_write_text
+from peft_continual.io_utils import atomic_write_bytes, atomic_write_text
 from peft_continual.metrics import ContinualResult
 from peft_continual.scoring import METRICS
 from peft_continual.statistics import metrics_from_matrix
@@ -51,7 +52,8 @@ def rescore_run(predictions: Path, write: bool = False) -> list[dict]:
     names, metrics = result["task_names"], result["task_metrics"]
     by_protocol = {result["evaluation_method"]: result, **result.get("secondary", {})}
     cells: dict[tuple[str, int, int], dict[str, list[float]]] = defaultdict(lambda: {"old": [], "new": []})
-    for answer in read_answers(predictions):
+    answers = read_answers(predictions)
+    for answer in answers:
         row = int(answer["after"].split("_")[1]) - 1
         key = (answer["protocol"], row, names.index(answer["task"]))
         cells[key]["old"].append(answer["score"])
@@ -80,6 +82,11 @@ def rescore_run(predictions: Path, write: bool = False) -> list[dict]:
     if write and any(r["moved_cells"] for r in records):
         result.update(ContinualResult.from_dict(result).to_dict())  # the summary metrics of the new cells
         atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+    if write and any(r["moved_answers"] for r in records):
+        for answer in answers:
+            answer["score"] = METRICS[metrics[names.index(answer["task"])]](answer["prediction"], answer["target"])
+        lines = "".join(json.dumps(answer) + "\n" for answer in answers)
+        atomic_write_bytes(predictions, gzip.compress(lines.encode("utf-8"), mtime=0))
     return records
 
 
