@@ -91,7 +91,7 @@ def _prompt_section(state: dict[str, Any]) -> str:
         what = f"labels: {', '.join(task['labels'])}" if task["labels"] else "generation"
         lines.append(f"\n**{task['name']}** ({what}): {_scoring_note(task, protocols)}.\n\n```text\n{task['prompt_format']}\n```")
         if "target_format" in task:
-            lines.append(f"Target: `` {task['target_format']} ``")
+            lines.append(f"Target (follows the prompt directly):\n\n```text\n{task['target_format']}\n```")
     return "\n".join(lines)
 
 

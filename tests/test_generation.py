@@ -30,19 +30,21 @@ def target_tokens(features, row=0):
 
 
 def test_chat_template_masks_everything_but_target_and_end_of_turn(chat_tokenizer):
+    """The target is the answer and all the template writes after it (ChatML's end-of-turn and newline), as TRL's
+    SFTTrainer trains a conversation: the whole sequence is the template's rendering."""
     task = generation_task("opposites", n_train=4)
     features = tokenize_task(chat_tokenizer, task, 64, chat=True)
     for i, row in enumerate(task.train):
-        assert chat_tokenizer.decode(target_tokens(features, i)) == row["completion"] + "<|im_end|>"
+        assert chat_tokenizer.decode(target_tokens(features, i)) == row["completion"] + "<|im_end|>\n"
         assert chat_tokenizer.decode(features[i]["input_ids"]) == (
-            f"<|im_start|>user\n{row['prompt']}<|im_end|>\n<|im_start|>assistant\n{row['completion']}<|im_end|>"
+            f"<|im_start|>user\n{row['prompt']}<|im_end|>\n<|im_start|>assistant\n{row['completion']}<|im_end|>\n"
         )
     # the classification prompt goes in the user turn, options included; the label is the assistant turn
     colors = synthetic_task("colors", n_train=2)
     features = tokenize_task(chat_tokenizer, colors, 64, chat=True)
     text = chat_tokenizer.decode(features[0]["input_ids"])
     assert text.startswith("<|im_start|>user\nWhich kind? Choose one from the option.\nOption: cold, warm \n")
-    assert chat_tokenizer.decode(target_tokens(features)) == colors.train[0]["label"] + "<|im_end|>"
+    assert chat_tokenizer.decode(target_tokens(features)) == colors.train[0]["label"] + "<|im_end|>\n"
     assert PromptEncoder(chat_tokenizer, 64, chat=True).stop_ids() == [chat_tokenizer.eos_token_id, chat_tokenizer.convert_tokens_to_ids("<|im_end|>")]
 
 
@@ -123,7 +125,7 @@ def qwen3_tokenizer():
 
 @pytest.mark.parametrize(
     "make, before_answer, end_of_turn",
-    [(llama2_tokenizer, "[/INST]", " </s>"), (qwen3_tokenizer, "<|im_start|>assistant\n<think>\n\n</think>\n\n", "<|im_end|>")],
+    [(llama2_tokenizer, "[/INST]", " </s>"), (qwen3_tokenizer, "<|im_start|>assistant\n<think>\n\n</think>\n\n", "<|im_end|>\n")],
     ids=["llama2", "qwen3"],
 )
 def test_training_sequence_is_the_templates_rendering_of_the_conversation(make, before_answer, end_of_turn):
@@ -139,7 +141,7 @@ def test_training_sequence_is_the_templates_rendering_of_the_conversation(make, 
         turns = (context if i % 2 else []) + [{"role": "user", "content": row["prompt"]}]
         rendered = tok.apply_chat_template(turns + [{"role": "assistant", "content": row["completion"]}], tokenize=False)
         ids, labels = features[i]["input_ids"], features[i]["labels"]
-        assert ids == tok(rendered.rstrip(), add_special_tokens=False)["input_ids"]  # up to the end-of-turn
+        assert ids == tok(rendered, add_special_tokens=False)["input_ids"]  # all of it, as TRL trains a conversation
         n_prompt = labels.count(IGNORE_INDEX)
         assert labels == [IGNORE_INDEX] * n_prompt + ids[n_prompt:]
         assert tok.decode(ids[:n_prompt]).endswith(before_answer)
@@ -170,8 +172,8 @@ def test_smollm2_tokenizer_and_chat_template():
     task = generation_task("opposites", n_train=3)
     chat = tokenize_task(tok, task, 128, chat=True)
     for i, row in enumerate(task.train):
-        assert tok.decode(target_tokens(chat, i)) == row["completion"] + "<|im_end|>"
-        assert tok.decode(chat[i]["input_ids"]).endswith(f"<|im_start|>assistant\n{row['completion']}<|im_end|>")
+        assert tok.decode(target_tokens(chat, i)) == row["completion"] + "<|im_end|>\n"
+        assert tok.decode(chat[i]["input_ids"]).endswith(f"<|im_start|>assistant\n{row['completion']}<|im_end|>\n")
         assert chat[i]["input_ids"] == tok(tok.decode(chat[i]["input_ids"]), add_special_tokens=False)["input_ids"]
     plain = tokenize_task(tok, task, 128, chat=False)
     assert tok.decode(target_tokens(plain)) == " " + task.train[0]["completion"] + tok.eos_token
@@ -315,8 +317,8 @@ def test_mixed_classification_and_generation_sequence(method, chat_tokenizer, tm
         examples = trainer.method.buffer.examples
         generated = [e for e in examples if e["task_index"] in (1, 2)]
         assert len(examples) == 16 and generated
-        end = chat_tokenizer.convert_tokens_to_ids("<|im_end|>")
-        assert all([t for t in e["labels"] if t != IGNORE_INDEX][-1] == end for e in generated)
+        end = chat_tokenizer("<|im_end|>\n", add_special_tokens=False)["input_ids"]
+        assert all([t for t in e["labels"] if t != IGNORE_INDEX][-len(end):] == end for e in generated)
 
 
 def test_saved_mixed_run_carries_task_definitions(chat_tokenizer, tmp_path):

@@ -236,7 +236,7 @@ def test_model_card_documents_prompt_training_and_eval_sizes(tokenizer, tmp_path
     trainer = train(tokenizer, tmp_path, NLoraConfig(r=4, lora_alpha=8))
     card = (trainer.save_continual(tmp_path / "final") / "README.md").read_text()
     prompt = trainer.tasks[0].prompt("{text}")
-    assert f"```text\n{prompt}\n```" in card and "Dataset:animals" in card and "Target: ``  {label}<eos> ``" in card
+    assert f"```text\n{prompt}\n```" in card and "Dataset:animals" in card and "Target (follows the prompt directly):\n\n```text\n {label}<eos>\n```" in card
     for needle in ("`learning_rate`: `0.01`", "`num_train_epochs`: `2`", "`per_device_train_batch_size`: `4`",
                    "`seed`: `0`", "`lr_scheduler_type`: `constant`", "colors 8, animals 8", "±17.7 points"):  # fmt: skip  50/sqrt(8) = 17.68
         assert needle in card, needle
@@ -270,8 +270,9 @@ def test_card_shows_the_chat_prompt_as_trained_with_its_system_turn(tmp_path):
     colors = (f"{system}<|im_start|>user\nWhich kind? Choose one from the option.\nOption: cold, warm \n{{text}}"
               "<|im_end|>\n<|im_start|>assistant\n")  # fmt: skip
     opposites = f"{system}<|im_start|>user\n{{prompt}}<|im_end|>\n<|im_start|>assistant\n"
-    assert f"```text\n{colors}\n```\nTarget: `` {{label}}<|im_end|> ``" in card
-    assert f"```text\n{opposites}\n```\nTarget: `` {{completion}}<|im_end|> ``" in card
+    target = "Target (follows the prompt directly):\n\n```text\n{}<|im_end|>\n\n```"  # ChatML's end-of-turn and newline
+    assert f"```text\n{colors}\n```\n" + target.format("{label}") in card
+    assert f"```text\n{opposites}\n```\n" + target.format("{completion}") in card
     assert "Dataset:colors" not in card and "Answer:" not in card and "chat template" in card
 
 

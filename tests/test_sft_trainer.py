@@ -63,6 +63,33 @@ def test_same_data_and_seed_train_the_same_adapters_as_continual_trainer(method,
     assert sft.result.accuracy_matrix == ours.result.accuracy_matrix
 
 
+def chats(pairs, context=False):
+    """TRL conversational rows; with ``context``, an earlier exchange before the question."""
+    earlier = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}] if context else []
+    return datasets.Dataset.from_list([
+        {"messages": earlier + [{"role": "user", "content": q}, {"role": "assistant", "content": a}]} for q, a in pairs
+    ])  # fmt: skip
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_in_memory_chats_train_the_same_adapters_as_continual_trainer(method, chat_tokenizer, tmp_path):
+    """The TRL user's path: `messages` datasets in memory, the chat template, SFTConfig; the same adapters as
+    ContinualTrainer's (both train the template's rendering of the conversation, its end-of-turn included)."""
+    opposites = chats([(f"opposite of {a}", b) for a, b in [("hot", "cold"), ("big", "small"), ("old", "new"), ("up", "down")] * 2])
+    greetings = chats([(f"say {w}", w) for w in ["red", "blue", "cat", "dog"] * 2], context=True)
+    tasks = load_continual_tasks([("opposites", opposites), ("greetings", greetings)], eval_fraction=0.25)
+    generate = {"evaluation_method": "generate"}
+    ours = build(ContinualTrainer, chat_tokenizer, training_args(tmp_path / "a", num_train_epochs=2), METHODS[method], **generate)
+    ours.train_continual(copy.deepcopy(tasks))
+    sft = build(ContinualSFTTrainer, chat_tokenizer, sft_config(tmp_path / "b", num_train_epochs=2), METHODS[method], **generate)
+    sft.train_continual(copy.deepcopy(tasks))
+    assert [f["input_ids"] for f in sft._cl_features(tasks[1])] == [f["input_ids"] for f in ours._cl_features(tasks[1])]
+    expected, got = weights(ours), weights(sft)
+    assert expected.keys() == got.keys()
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=1e-5, msg=name)
+
+
 def test_trl_prepares_each_task_by_its_sft_config(tokenizer, tmp_path):
     """completion_only_loss=False trains the prompt too; max_length truncates as TRL does."""
     task = synthetic_task("colors", n_train=4)

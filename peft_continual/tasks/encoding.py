@@ -47,7 +47,7 @@ class PromptEncoder:
         # The chat template renders its own BOS as text; the reference prompt gets the tokenizer's prefix.
         self.prefix = [] if self.chat else special_prefix(self.tokenizer)
         self.frame = chat_frame(self.tokenizer, _HI) if self.chat else ("", "", "")
-        self.eot = self.frame[2].rstrip()  # what the template writes after an answer (e.g. ``<|im_end|>``)
+        self.eot = self.frame[2].rstrip()  # the template's end-of-turn after an answer (e.g. ``<|im_end|>``): a stop
 
     def _encode(self, text: str) -> list[int]:
         return self.prefix + _ids(self.tokenizer, text)
@@ -134,11 +134,13 @@ class PromptEncoder:
         )
 
     def target(self, task, row: dict[str, Any], prompt_text: str, prompt_ids: list[int]) -> list[int]:
-        """Target ids (with end-of-turn or EOS), exactly as they follow the prompt in the whole string."""
+        """Target ids (with what the template writes after the answer, or EOS), exactly as they follow the prompt in
+        the whole string."""
         answer = answer_text(task, row)
         if self.chat:
             self._check_answer_kept(task, answer)
-        target = self.frame[1] + answer + self.eot if self.chat else " " + answer
+        # With a template, all it writes after the answer (ChatML's "<|im_end|>\n"), as TRL's SFTTrainer trains it.
+        target = self.frame[1] + answer + self.frame[2] if self.chat else " " + answer
         full = self._encode(prompt_text + target)
         if full[: len(prompt_ids)] == prompt_ids and len(full) > len(prompt_ids):
             ids = full[len(prompt_ids) :]
