@@ -3,6 +3,7 @@
 from .collision import collision_report
 from .configs import IncLoraConfig, ILoraConfig, NLoraConfig, NLoraReplayConfig, OLoraConfig, ReplayConfig
 from .evaluation import TaskEvaluation, evaluate_protocols, evaluate_task
+from .general_ability import evaluate_general_ability
 from .metrics import ContinualResult
 from .scoring import METRICS, normalize_answer
 from .tasks import (
@@ -48,6 +49,7 @@ __all__ = [
     "TaskEvaluation",
     "TaskSpecError",
     "collision_report",
+    "evaluate_general_ability",
     "evaluate_protocols",
     "evaluate_task",
     "load_continual_tasks",

@@ -645,7 +645,8 @@ class ContinualTrainerMixin:
         the card of a run saved there. ``card``: Trainer's keywords (``language``, ``license``, ``tags``,
         ``finetuned_from``, ...)."""
         check_card_keywords(card)
-        if not self.is_world_process_zero():
+        # TRL's SFTTrainer writes a card at every checkpoint, the first task's included: nothing to describe yet.
+        if not self.is_world_process_zero() or not self.result.accuracy_matrix:
             return
         state = continual_state(self, self.method.state_dict()[0], include_data=False)
         card_text = str(render_model_card(state, self.method.config.base_model_name_or_path, **card))

@@ -3,6 +3,8 @@
 import re
 from pathlib import Path
 
+import pytest
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -31,6 +33,48 @@ def test_python_api_snippet_prints_the_matrix_once_with_forward_transfer(tmp_pat
     assert "FWT n/a" not in out and namespace["result"].forward_transfer is not None
     assert out.strip().splitlines()[-1].startswith("forgot ")
     assert (tmp_path / "out" / "final" / "adapter_model.safetensors").is_file()
+
+
+def test_trl_snippet_trains_in_memory_chats_with_sfttrainer(tmp_path, tokenizer, monkeypatch):
+    """The TRL section's code, run as written with a tiny model where it loads SmolLM2."""
+    pytest.importorskip("trl")
+    from conftest import tiny_model
+
+    model, _ = tiny_model("llama", tokenizer)
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    (code,) = python_blocks("Training with TRL")
+    code, substitutions = re.subn(r'name = "[^"]+"', f"name = {str(tmp_path / 'model')!r}", code)
+    assert substitutions == 1
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    result = namespace["result"]
+    assert result.task_names == ["support", "opposites"] and result.num_trained == 2
+    assert result.task_metrics == ["exact_match", "exact_match"] and result.method == "ilora"
+
+
+def test_general_ability_snippet_reports_every_part_with_intervals(tmp_path, chat_tokenizer, capsys):
+    """The general-ability section's code, on a tiny chat model whose adapter moved (as after training)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from conftest import tiny_model
+
+    model, targets = tiny_model("llama", chat_tokenizer)
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=targets))
+    (code,) = python_blocks("Is my chat model still a good chat model?")
+    before, after = code.split("# ... train ...")
+    namespace = {"peft_model": peft_model, "tokenizer": chat_tokenizer}
+    exec(compile(before, "README.md", "exec"), namespace)
+    with torch.no_grad():  # "training": the adapter moves away from the base
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.add_(0.5)
+    exec(compile(after, "README.md", "exec"), namespace)
+    out = capsys.readouterr().out
+    assert {"instructions", "facts", "leak", "kl", "agreement"} <= set(namespace["after"].summary())
+    assert namespace["after"].summary()["kl"] > 0 and "kl: +" in out
 
 
 def test_adding_a_method_snippet_registers_a_working_method(tmp_path, tokenizer, monkeypatch):

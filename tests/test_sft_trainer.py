@@ -153,3 +153,11 @@ def test_no_name_of_sfttrainer_is_shadowed(tokenizer, tmp_path):
     clashes = [n for n in ours - plain_trainer_names if f"self.{n} " in source or f"self.{n}=" in source or f"self.{n}." in source]
     assert not clashes, clashes
     assert isinstance(sft, ContinualTrainerMixin) and isinstance(sft, SFTTrainer)
+
+
+def test_checkpoints_during_the_first_task_save(tokenizer, tmp_path):
+    """SFTTrainer writes a model card with every checkpoint: before any task has finished there is none to write."""
+    trainer = build(ContinualSFTTrainer, tokenizer, sft_config(tmp_path, save_strategy="steps", save_steps=1),
+                    METHODS["nlora"])  # fmt: skip
+    trainer.train_continual([synthetic_task("colors", n_train=8)])
+    assert list((tmp_path / "out" / "task_1_colors").glob("checkpoint-*"))

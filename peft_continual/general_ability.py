@@ -1,0 +1,393 @@
+"""The built-in general-ability suite: is a continually tuned chat model still a good chat model?
+
+Continual tuning can leave an instruct model answering every prompt with the last task's label while its task
+scores look fine, so the suite measures the model beyond its tasks, offline (``data/general``, shipped with the
+package), in four parts, each with per-example scores for paired intervals against the base model:
+
+* **instructions**: prompts with verifiable constraints (IFEval's idea: lowercase, word counts, bullets, JSON, ...),
+  each checked by a rule (:func:`check_constraint`), no judge model. Strict: every constraint holds; loose: the
+  share that holds.
+* **facts**: short factual and commonsense questions, right when an accepted answer is in the answer
+  (:func:`fact_score`).
+* **chat** (label-free drift): the base model's own greedy answers to generic chat prompts, scored for the tuned
+  model by the mean per-token KL(base || model) of the next-token distributions on those answers (teacher-forced)
+  and by greedy agreement. It needs no labels and moves even on small models, where the labelled parts sit near
+  floor.
+* **leak**: how often an answer to any general prompt is one of the trained tasks' labels (:func:`leak_rate`).
+
+The KL is exact: the base's distributions are computed on the fly, from the model with its adapters disabled
+(a ``PeftModel``) or from ``base_model``, so the reference report only carries the base's answers and their ids.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .evaluation import PromptBatch, _batches, generate_batch, greedy_config
+from .scoring import normalize_answer
+from .statistics import Difference
+from .tasks import ContinualTask, left_pad, use_chat_template
+from .tasks.encoding import PromptEncoder
+from .tasks.formats import GENERATION
+
+DATA_DIR = Path(__file__).resolve().parent / "data" / "general"
+MAX_PROMPT_TOKENS = 256  # the suite's prompts are one or two sentences; this only guards odd tokenizers
+
+# ----------------------------------------------------------------------------------------------- constraints
+
+
+def _json_body(answer: str) -> str:
+    """The answer without a surrounding ``` fence (chat models often fence JSON)."""
+    fenced = re.fullmatch(r"```[A-Za-z]*\s*\n?(.*?)\n?\s*```", answer.strip(), flags=re.DOTALL)
+    return fenced.group(1) if fenced else answer
+
+
+def _parses_as_json(answer: str) -> bool:
+    try:
+        json.loads(_json_body(answer))
+    except ValueError:
+        return False
+    return True
+
+
+def _has_word(answer: str, word: str) -> bool:
+    return re.search(rf"(?<!\w){re.escape(word)}(?!\w)", answer, flags=re.IGNORECASE) is not None
+
+
+def _bullets(answer: str) -> int:
+    return sum(line.lstrip().startswith(("- ", "* ")) for line in answer.splitlines())
+
+
+def _paragraphs(answer: str) -> int:
+    return sum(bool(p.strip()) for p in re.split(r"\n\s*\n", answer.strip()))
+
+
+def _cased(answer: str, upper: bool) -> bool:
+    """Some letter, and none of the other case (an answer with no letters follows no case instruction)."""
+    return any(c.isalpha() for c in answer) and answer == (answer.upper() if upper else answer.lower())
+
+
+def _ends_with(answer: str, phrase: str) -> bool:
+    """Case-insensitive, ignoring the final full stop, exclamation or question mark on either side."""
+    return answer.strip().rstrip(".!?").rstrip().lower().endswith(phrase.strip().rstrip(".!?").lower())
+
+
+# type -> (rule, its parameters). Words are whitespace-separated; matching is case-insensitive where case is not
+# itself the constraint, so that e.g. "uppercase" and "starts_with Sure" can hold together.
+CONSTRAINTS: dict[str, tuple[Callable[..., bool], tuple[str, ...]]] = {
+    "lowercase": (lambda a: _cased(a, upper=False), ()),
+    "uppercase": (lambda a: _cased(a, upper=True), ()),
+    "max_words": (lambda a, n: len(a.split()) <= n, ("n",)),
+    "min_words": (lambda a, n: len(a.split()) >= n, ("n",)),
+    "exact_bullets": (lambda a, n: _bullets(a) == n, ("n",)),  # lines starting with "- " or "* "
+    "include_word": (lambda a, w: _has_word(a, w), ("w",)),  # whole word
+    "exclude_word": (lambda a, w: not _has_word(a, w), ("w",)),
+    "no_commas": (lambda a: "," not in a, ()),
+    "json": (_parses_as_json, ()),  # the whole answer, optionally inside a ``` fence
+    "starts_with": (lambda a, s: a.lstrip().lower().startswith(s.lower()), ("s",)),
+    "ends_with": (_ends_with, ("s",)),
+    "n_paragraphs": (lambda a, n: _paragraphs(a) == n, ("n",)),  # separated by blank lines
+    "quote": (lambda a: len(a.strip()) >= 2 and a.strip()[0] in "\"“" and a.strip()[-1] in "\"”", ()),
+}
+
+
+def validate_constraint(constraint: dict[str, Any]) -> None:
+    """A clear error for an unknown type or a missing or ill-typed parameter (``n`` a positive int, ``w``/``s`` text)."""
+    kind = constraint.get("type") if isinstance(constraint, dict) else None
+    if kind not in CONSTRAINTS:
+        raise ValueError(f"unknown constraint {constraint!r}: the type must be one of {sorted(CONSTRAINTS)}")
+    params = CONSTRAINTS[kind][1]
+    extra = set(constraint) - {"type", *params}
+    if extra:
+        raise ValueError(f"constraint {constraint!r}: unknown parameter(s) {sorted(extra)}")
+    for name in params:
+        value = constraint.get(name)
+        ok = (isinstance(value, int) and not isinstance(value, bool) and value > 0) if name == "n" else (
+            isinstance(value, str) and value.strip() != "")
+        if not ok:
+            raise ValueError(f"constraint {constraint!r}: {name!r} must be a " + (
+                "positive integer" if name == "n" else "non-empty string"))
+
+
+def check_constraint(answer: str, constraint: dict[str, Any]) -> bool:
+    """Whether ``answer`` follows ``constraint`` (e.g. ``{"type": "max_words", "n": 30}``): a rule, no judge."""
+    validate_constraint(constraint)
+    rule, params = CONSTRAINTS[constraint["type"]]
+    return bool(rule(answer, *(constraint[p] for p in params)))
+
+
+def instruction_scores(answer: str, constraints: Sequence[dict[str, Any]]) -> tuple[float, float]:
+    """(strict, loose): 1 when every constraint holds, else 0; and the share of constraints that hold."""
+    held = [check_constraint(answer, c) for c in constraints]
+    return float(all(held)), sum(held) / len(held)
+
+
+# ----------------------------------------------------------------------------------------------- facts, leak
+
+
+def _normalize(text: str) -> str:
+    """:func:`normalize_answer` with hyphens as spaces, so "twenty-four" and "twenty four" match."""
+    return normalize_answer(text.replace("-", " "))
+
+
+def fact_score(answer: str, aliases: Sequence[str]) -> float:
+    """1 when a normalised alias appears as a whole-word sequence in the normalised answer, else 0.
+
+    "Contains", not exact match: chat models answer in sentences ("The capital of France is Paris."), and an exact
+    match would score the chat format rather than the knowledge. Whole words keep "Paris" from matching "Parisian".
+    """
+    padded = f" {_normalize(answer)} "
+    return float(any(f" {a} " in padded for a in map(_normalize, aliases) if a))
+
+
+def is_leak(answer: str, labels: Sequence[str]) -> bool:
+    """Whether the normalised answer is a label, or starts with one as a whole word ("negative." / "spam, because")."""
+    text = _normalize(answer)
+    return any(text == label or text.startswith(label + " ") for label in map(_normalize, labels) if label)
+
+
+def leak_rate(answers: Sequence[str], labels: Sequence[str]) -> float:
+    """Share of ``answers`` (to general prompts) that are, or start with, one of the tasks' ``labels``."""
+    return float(np.mean([is_leak(a, labels) for a in answers])) if answers else 0.0
+
+
+# ----------------------------------------------------------------------------------------------- the suite
+
+
+@dataclass(frozen=True)
+class GeneralSuite:
+    instructions: list[dict[str, Any]]  # {"prompt", "constraints"}
+    facts: list[dict[str, Any]]  # {"question", "answers"}
+    chat: list[str]  # generic chat prompts
+
+
+def _read_jsonl(name: str) -> list[dict[str, Any]]:
+    with open(DATA_DIR / name, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+@lru_cache(maxsize=1)
+def _full_suite() -> GeneralSuite:
+    instructions = _read_jsonl("instructions.jsonl")
+    for item in instructions:
+        for constraint in item["constraints"]:
+            validate_constraint(constraint)
+    chat = [row["prompt"] for row in _read_jsonl("chat_prompts.jsonl")]
+    return GeneralSuite(instructions, _read_jsonl("facts.jsonl"), chat)
+
+
+def load_suite(limit: Optional[int] = None) -> GeneralSuite:
+    """The shipped suite; ``limit`` keeps the first ``limit`` items of each part (tests, quick checks)."""
+    if limit is not None and (not isinstance(limit, int) or limit <= 0):
+        raise ValueError(f"limit must be a positive integer or None, got {limit!r}")
+    suite = _full_suite()
+    return GeneralSuite(suite.instructions[:limit], suite.facts[:limit], suite.chat[:limit])
+
+
+# ----------------------------------------------------------------------------------------------- the report
+
+
+@dataclass
+class GeneralAbilityReport:
+    """Per-example scores of each part, the answers, and (against a reference) the drift from the base.
+
+    ``leak`` covers every answer: instructions, then facts, then chat prompts. ``chat_answer_ids`` are the greedy
+    answers' token ids, on which a later model's KL from this one's distributions is measured when this report is
+    the reference. ``kl``/``agreement`` are None for a report made without a reference (the base's own).
+    """
+
+    answers: dict[str, list[str]]
+    chat_answer_ids: list[list[int]]
+    instructions: list[float]
+    instructions_loose: list[float]
+    facts: list[float]
+    leak: list[float]
+    chat_template: bool
+    labels: list[str] = field(default_factory=list)
+    kl: Optional[list[float]] = None
+    agreement: Optional[list[float]] = None
+
+    PARTS = ("instructions", "instructions_loose", "facts", "leak", "kl", "agreement")
+
+    def scores(self) -> dict[str, list[float]]:
+        """Per-example scores of each part that was measured."""
+        return {p: getattr(self, p) for p in self.PARTS if getattr(self, p) is not None}
+
+    def summary(self) -> dict[str, float]:
+        """Mean of each measured part (KL in nats per token; the rest are shares in [0, 1])."""
+        return {p: float(np.mean(v)) if v else float("nan") for p, v in self.scores().items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "GeneralAbilityReport":
+        return cls(**data)
+
+
+@contextlib.contextmanager
+def _kept_state(model):
+    """Restore ``requires_grad`` and train/eval mode on exit: leaving peft's ``disable_adapter()`` re-enables
+    adapter layers, which can make frozen adapters trainable again."""
+    grads = {p: p.requires_grad for p in model.parameters()}
+    training = model.training
+    try:
+        yield
+    finally:
+        for p, flag in grads.items():
+            p.requires_grad_(flag)
+        model.train(training)
+
+
+def _is_peft(model) -> bool:
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel)
+
+
+@torch.no_grad()
+def _answer_logp(model, prompts: list[list[int]], answers: list[list[int]], pad: int) -> list[torch.Tensor]:
+    """Teacher-forced log-distributions at the len(answer) + 1 positions after each prompt: those predicting each
+    answer token, and the one after the whole answer (where the answer's end is predicted)."""
+    device = next(model.parameters()).device
+    ids, mask = (t.to(device) for t in left_pad([p + a for p, a in zip(prompts, answers)], pad))
+    keep = max(len(a) for a in answers) + 1
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                   logits_to_keep=keep).logits  # fmt: skip
+    logp = logits.float().log_softmax(-1)
+    return [logp[i, keep - len(a) - 1 :] for i, a in enumerate(answers)]
+
+
+def _chat_kl(model, base_model, prompts, answers, pad: int, batch_size: int) -> list[float]:
+    """Mean per-token KL(base || model) on the base's answers, per prompt (exact: full distributions)."""
+    out = []
+    for rows in _batches(len(prompts), batch_size):
+        batch_prompts, batch_answers = [prompts[i] for i in rows], [answers[i] for i in rows]
+        tuned = _answer_logp(model, batch_prompts, batch_answers, pad)
+        if base_model is None:
+            with model.disable_adapter():
+                base = _answer_logp(model, batch_prompts, batch_answers, pad)
+        else:
+            base = _answer_logp(base_model, batch_prompts, batch_answers, pad)
+        for b, t in zip(base, tuned):
+            out.append(float((b.exp() * (b - t.to(b.device))).sum(-1).mean().clamp(min=0)))
+    return out
+
+
+def _encode_prompts(tokenizer, texts: Sequence[str], chat: bool) -> tuple[list[list[int]], list[int]]:
+    """Prompt ids the package's way (the chat template's single user turn, or the reference prompt), and stops."""
+    encoder = PromptEncoder(tokenizer, MAX_PROMPT_TOKENS, chat)
+    task = ContinualTask(name="general", train=None, eval=[{"prompt": "-", "completion": "-"}], kind=GENERATION)
+    return [encoder.prompt(task, {"prompt": t, "context": ""})[1] for t in texts], encoder.stop_ids()
+
+
+@torch.no_grad()
+def evaluate_general_ability(
+    model,
+    tokenizer,
+    *,
+    reference: Optional[GeneralAbilityReport] = None,
+    labels: Sequence[str] = (),
+    max_new_tokens: int = 64,
+    batch_size: int = 8,
+    limit: Optional[int] = None,
+    chat_template: str = "auto",
+    base_model=None,
+) -> GeneralAbilityReport:
+    """Score ``model`` (its current adapters) on the built-in suite by greedy, batched generation.
+
+    ``reference``: the base model's report (:func:`base_reference`), evaluated with the same ``limit`` and
+    ``chat_template``; with it, the chat part measures drift from the base on the base's answers. The base's
+    distributions come from ``model`` with its adapters disabled when it is a ``PeftModel`` (the caller must not
+    have merged adapters into the base), else from ``base_model``. ``labels``: the trained tasks' labels, for the
+    leak check. Leaving ``disable_adapter()`` can re-enable frozen adapters: ``requires_grad`` and train/eval mode
+    are restored here, but callers inside training should still re-assert their adapter state (the trainer's
+    ``restore_adapter_state()``).
+    """
+    chat = use_chat_template(tokenizer, chat_template)
+    suite = load_suite(limit)
+    if reference is not None:
+        if len(reference.chat_answer_ids) != len(suite.chat) or reference.chat_template != chat:
+            raise ValueError(
+                f"the reference was evaluated on {len(reference.chat_answer_ids)} chat prompts with chat template "
+                f"{reference.chat_template}; this evaluation has {len(suite.chat)} with {chat}: use the same limit "
+                "and chat_template"
+            )
+        if base_model is None and not _is_peft(model):
+            raise ValueError("drift from a reference needs the base's distributions: pass a PeftModel (its adapters "
+                             "disabled are the base) or base_model=")  # fmt: skip
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    texts = {"instructions": [i["prompt"] for i in suite.instructions], "facts": [f["question"] for f in suite.facts],
+             "chat": suite.chat}  # fmt: skip
+    with _kept_state(model):
+        model.eval()
+        answers, prompt_ids, answer_ids = {}, {}, {}
+        for part, part_texts in texts.items():
+            prompts, stops = _encode_prompts(tokenizer, part_texts, chat)
+            config = greedy_config(pad_token_id=pad, stop_ids=stops, max_new_tokens=max_new_tokens)
+            prompt_ids[part], answer_ids[part] = prompts, []
+            for rows in _batches(len(prompts), batch_size):
+                batch = PromptBatch.prefill(model, [prompts[i] for i in rows], pad, whole=False)
+                answer_ids[part] += generate_batch(model, batch, config)
+            answers[part] = [a.strip() for a in tokenizer.batch_decode(answer_ids[part], skip_special_tokens=True)]
+        kl = agreement = None
+        if reference is not None:
+            kl = _chat_kl(model, base_model, prompt_ids["chat"], reference.chat_answer_ids, pad, batch_size)
+            agreement = [float(_normalize(a) == _normalize(b)) for a, b in zip(answers["chat"], reference.answers["chat"])]
+    strict, loose = zip(*(instruction_scores(a, item["constraints"])
+                          for a, item in zip(answers["instructions"], suite.instructions)))  # fmt: skip
+    return GeneralAbilityReport(
+        answers=answers, chat_answer_ids=answer_ids["chat"], instructions=list(strict), instructions_loose=list(loose),
+        facts=[fact_score(a, f["answers"]) for a, f in zip(answers["facts"], suite.facts)],
+        leak=[float(is_leak(a, labels)) for part in texts for a in answers[part]], chat_template=chat,
+        labels=list(labels), kl=kl, agreement=agreement,
+    )  # fmt: skip
+
+
+def base_reference(peft_model, tokenizer, **kw) -> GeneralAbilityReport:
+    """The base model's report (``peft_model`` with its adapters disabled): the ``reference`` of later evaluations.
+
+    ``requires_grad`` and train/eval mode are restored afterwards; callers inside training must still re-assert
+    which adapters are active and trainable (the trainer's ``restore_adapter_state()``). Not for a run that merged
+    adapters into the base: what ``disable_adapter()`` leaves then is trained.
+    """
+    if not _is_peft(peft_model):
+        raise ValueError("base_reference needs a PeftModel (the base is the model with its adapters disabled); "
+                         "evaluate a plain base model with evaluate_general_ability(model, tokenizer)")  # fmt: skip
+    with _kept_state(peft_model), peft_model.disable_adapter():
+        return evaluate_general_ability(peft_model, tokenizer, **kw)
+
+
+def drift(report: GeneralAbilityReport, reference: GeneralAbilityReport, *, confidence: float = 0.95,
+          num_resamples: int = 2000, seed: int = 0) -> dict[str, Difference]:  # fmt: skip
+    """Model minus base per part, paired over items, with a percentile bootstrap interval over items.
+
+    The base's leak is recomputed from its answers with ``report``'s labels (the base never saw the tasks); its KL
+    from itself is 0 and its agreement with itself 1, so those rows are the report's KL and agreement - 1.
+    """
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
+    base_answers = [a for part in ("instructions", "facts", "chat") for a in reference.answers[part]]
+    base = {"instructions": reference.instructions, "instructions_loose": reference.instructions_loose,
+            "facts": reference.facts, "leak": [float(is_leak(a, report.labels)) for a in base_answers]}  # fmt: skip
+    if report.kl is not None:
+        base["kl"], base["agreement"] = [0.0] * len(report.kl), [1.0] * len(report.agreement)
+    rng, tail, out = np.random.default_rng(seed), (1 - confidence) / 2, {}
+    for part, base_scores in base.items():
+        diff = np.asarray(getattr(report, part)) - np.asarray(base_scores)
+        if diff.shape != (len(base_scores),):
+            raise ValueError(f"part {part!r}: the report and its reference score different items (use the same limit)")
+        means = diff[rng.integers(0, len(diff), size=(num_resamples, len(diff)))].mean(axis=1)
+        low, high = np.quantile(means, [tail, 1 - tail])
+        p_value = min(1.0, 2 * min(np.mean(means <= 0), np.mean(means >= 0)))
+        out[part] = Difference(float(diff.mean()), float(low), float(high), float(p_value))
+    return out

@@ -1,0 +1,182 @@
+"""The built-in general-ability suite: its rules against hand-written answers, its data, and its evaluation on tiny
+models (no downloads)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import tiny_model
+from peft import LoraConfig, get_peft_model
+
+from peft_continual import evaluate_general_ability
+from peft_continual.general_ability import (
+    CONSTRAINTS,
+    DATA_DIR,
+    GeneralAbilityReport,
+    _encode_prompts,
+    base_reference,
+    check_constraint,
+    drift,
+    fact_score,
+    instruction_scores,
+    leak_rate,
+    load_suite,
+)
+
+# (constraint, answers that follow it, answers that do not)
+CASES = [
+    ({"type": "lowercase"}, ["a quiet morning, soft rain.", "ok 42"], ["A quiet morning.", "42 !"]),
+    ({"type": "uppercase"}, ["A QUIET MORNING.", "OK 42"], ["A quiet morning.", ""]),
+    ({"type": "max_words", "n": 3}, ["one two three", "one,two"], ["one two three four"]),
+    ({"type": "min_words", "n": 3}, ["one two three", "a b c d"], ["one two", ""]),
+    ({"type": "exact_bullets", "n": 2}, ["Ideas:\n- one\n* two", "  - a\n  - b"], ["- one", "- a\n- b\n- c", "-a\n-b"]),
+    ({"type": "include_word", "w": "calm"}, ["It is CALM today.", "calm"], ["It is calmer.", "becalmed seas"]),
+    ({"type": "exclude_word", "w": "rain"}, ["A rainy day.", "sunny"], ["Rain again.", "the rain."]),
+    ({"type": "no_commas"}, ["no commas here."], ["one, two"]),
+    ({"type": "json"}, ['{"title": "a", "text": "b"}', '```json\n{"a": 1}\n```', "```\n[1, 2]\n```"],
+     ["title: a", '{"a": 1} and more', "```json\n{bad}\n```"]),
+    ({"type": "starts_with", "s": "Sure"}, ["Sure, here it is.", "  SURE thing"], ["Of course. Sure.", "Sur"]),
+    ({"type": "ends_with", "s": "Thank you"}, ["That is all. Thank you.", "THANK YOU!", "thank you"],
+     ["Thank you, friend.", "Thanks"]),
+    ({"type": "n_paragraphs", "n": 2}, ["First part.\n\nSecond part.", "One.\n  \nTwo.\n"], ["One.\nTwo.", "A.\n\nB.\n\nC."]),
+    ({"type": "quote"}, ['"A quoted answer."', "“Curly quotes.”"], ['"Half quoted.', "No quotes", '"']),
+]
+
+
+@pytest.mark.parametrize("constraint,good,bad", CASES, ids=[c[0]["type"] for c in CASES])
+def test_constraint_rules(constraint, good, bad):
+    assert all(check_constraint(a, constraint) for a in good)
+    assert not any(check_constraint(a, constraint) for a in bad)
+
+
+def test_every_constraint_type_is_tested():
+    assert {c[0]["type"] for c in CASES} == set(CONSTRAINTS)
+
+
+@pytest.mark.parametrize("constraint", [{"type": "shouting"}, {"type": "max_words"}, {"type": "max_words", "n": 0},
+                                        {"type": "include_word", "w": ""}, {"type": "lowercase", "n": 2}, "lowercase"])
+def test_bad_constraint_specs(constraint):
+    with pytest.raises(ValueError):
+        check_constraint("answer", constraint)
+
+
+def test_instruction_scores_strict_and_loose():
+    constraints = [{"type": "lowercase"}, {"type": "max_words", "n": 3}, {"type": "no_commas"}]
+    assert instruction_scores("a b c", constraints) == (1.0, 1.0)
+    assert instruction_scores("A b, c d", constraints) == (0.0, 0.0)
+    assert instruction_scores("a b c d", constraints) == (0.0, pytest.approx(2 / 3))
+
+
+def test_fact_matching():
+    assert fact_score("It is Paris.", ["Paris"]) == 1.0
+    assert fact_score("paris", ["Paris"]) == 1.0
+    assert fact_score("A Parisian city.", ["Paris"]) == 0.0
+    assert fact_score("I live in the USA.", ["United States", "USA"]) == 1.0
+    assert fact_score("The United States of America.", ["United States", "USA"]) == 1.0
+    assert fact_score("Buenos Aires, of course", ["Buenos Aires"]) == 1.0
+    assert fact_score("Aires Buenos", ["Buenos Aires"]) == 0.0
+    assert fact_score("There are twenty four hours.", ["24", "twenty-four"]) == 1.0
+    assert fact_score("1,000 grams", ["1000"]) == 1.0
+    assert fact_score("No idea.", ["Paris"]) == 0.0
+
+
+def test_leak_rate():
+    labels = ["negative", "spam", "world news"]
+    answers = ["Negative.", "spam, because it sells", "World news", "The answer is negative.", "spammy text", "hello"]
+    assert leak_rate(answers, labels) == pytest.approx(3 / 6)
+    assert leak_rate(answers, []) == 0.0
+    assert leak_rate([], labels) == 0.0
+
+
+def test_data_files():
+    suite = load_suite()
+    lines = {name: (DATA_DIR / name).read_text(encoding="utf-8").splitlines()
+             for name in ("instructions.jsonl", "facts.jsonl", "chat_prompts.jsonl")}  # fmt: skip
+    assert all(len(rows) >= 200 for rows in lines.values())
+    assert (len(suite.instructions), len(suite.facts), len(suite.chat)) == tuple(len(r) for r in lines.values())
+    texts = {"instructions": [i["prompt"] for i in suite.instructions], "facts": [f["question"] for f in suite.facts],
+             "chat": suite.chat}  # fmt: skip
+    for part, part_texts in texts.items():
+        assert len(set(part_texts)) == len(part_texts), f"duplicate prompts in {part}"
+        assert all(isinstance(t, str) and t.strip() for t in part_texts)
+    sets = [set(t) for t in texts.values()]
+    assert not (sets[0] & sets[1]) and not (sets[0] & sets[2]) and not (sets[1] & sets[2])
+    for item in suite.instructions:
+        assert 1 <= len(item["constraints"]) <= 2
+        for constraint in item["constraints"]:
+            check_constraint("", constraint)  # a valid spec
+    for fact in suite.facts:
+        assert fact["answers"] and all(isinstance(a, str) and a.strip() for a in fact["answers"])
+    assert (DATA_DIR / "SOURCE.md").read_text().count("Apache-2.0")
+    assert [len(p) for p in (load_suite(3).instructions, load_suite(3).facts, load_suite(3).chat)] == [3, 3, 3]
+
+
+@pytest.mark.parametrize("chat", [False, True])
+def test_evaluate_with_and_without_chat_template(tokenizer, chat_tokenizer, chat):
+    tok = chat_tokenizer if chat else tokenizer
+    model, _ = tiny_model("llama", tok)
+    report = evaluate_general_ability(model, tok, limit=3, max_new_tokens=6, labels=["warm"])
+    assert report.chat_template is chat
+    assert [len(report.instructions), len(report.instructions_loose), len(report.facts), len(report.leak)] == [3, 3, 3, 9]
+    assert {part: len(a) for part, a in report.answers.items()} == {"instructions": 3, "facts": 3, "chat": 3}
+    assert len(report.chat_answer_ids) == 3 and all(len(ids) <= 6 for ids in report.chat_answer_ids)
+    assert report.kl is None and report.agreement is None
+    assert set(report.summary()) == {"instructions", "instructions_loose", "facts", "leak"}
+    prompts, _ = _encode_prompts(tok, load_suite(3).chat, chat)
+    if chat:
+        assert tok.decode(prompts[0]).startswith("<|im_start|>user\n")
+
+
+def test_drift_against_itself_is_zero(tokenizer):
+    """A plain model against itself as the base (base_model=), and a PeftModel at init against its base."""
+    model, targets = tiny_model("llama", tokenizer)
+    reference = evaluate_general_ability(model, tokenizer, limit=3, max_new_tokens=6)
+    report = evaluate_general_ability(model, tokenizer, limit=3, max_new_tokens=6, reference=reference, base_model=model)
+    assert report.kl == pytest.approx([0.0] * 3, abs=1e-6) and report.agreement == [1.0] * 3
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=targets))  # lora_B = 0: the base itself
+    reference = base_reference(peft_model, tokenizer, limit=3, max_new_tokens=6)
+    report = evaluate_general_ability(peft_model, tokenizer, limit=3, max_new_tokens=6, reference=reference)
+    assert report.kl == pytest.approx([0.0] * 3, abs=1e-6) and report.agreement == [1.0] * 3
+    differences = drift(report, reference)
+    assert all(d.estimate == 0 and not d.significant for d in differences.values())
+    with pytest.raises(ValueError, match="same limit"):
+        evaluate_general_ability(peft_model, tokenizer, limit=2, max_new_tokens=6, reference=reference)
+    with pytest.raises(ValueError, match="base_model="):
+        evaluate_general_ability(model, tokenizer, limit=3, max_new_tokens=6, reference=reference)
+
+
+@torch.no_grad()
+def test_perturbed_adapter_drifts_from_its_base(chat_tokenizer):
+    tok = chat_tokenizer
+    model, targets = tiny_model("llama", tok)
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=targets))
+    reference = base_reference(peft_model, tok, limit=3, max_new_tokens=6)
+    assert all(p.requires_grad == ("lora_" in n) for n, p in peft_model.named_parameters())  # adapter state kept
+    assert peft_model.training
+    torch.manual_seed(1)
+    for name, p in peft_model.named_parameters():
+        if "lora_B" in name:
+            p.normal_(std=0.5)
+    report = evaluate_general_ability(peft_model, tok, limit=3, max_new_tokens=6, reference=reference, batch_size=2)
+    assert min(report.kl) > 0
+    # independent check: each prompt alone, no padding, KL over the base answer's tokens and the position after it
+    prompts, _ = _encode_prompts(tok, load_suite(3).chat, True)
+    peft_model.eval()
+    for prompt, answer, kl in zip(prompts, reference.chat_answer_ids, report.kl):
+        ids = torch.tensor([prompt + answer])
+        tuned = peft_model(input_ids=ids).logits[0, len(prompt) - 1 :].log_softmax(-1)
+        with peft_model.disable_adapter():
+            base = peft_model(input_ids=ids).logits[0, len(prompt) - 1 :].log_softmax(-1)
+        assert kl == pytest.approx(float((base.exp() * (base - tuned)).sum(-1).mean()), rel=1e-4, abs=1e-6)
+    assert drift(report, reference)["kl"].estimate == pytest.approx(sum(report.kl) / 3)
+
+
+def test_report_round_trips_through_json(tokenizer):
+    model, targets = tiny_model("llama", tokenizer)
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=targets))
+    reference = base_reference(peft_model, tokenizer, limit=2, max_new_tokens=4)
+    report = evaluate_general_ability(peft_model, tokenizer, limit=2, max_new_tokens=4, reference=reference, labels=["a"])
+    for r in (reference, report):
+        assert GeneralAbilityReport.from_dict(json.loads(json.dumps(r.to_dict()))) == r
