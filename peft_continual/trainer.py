@@ -26,7 +26,7 @@ from accelerate.utils import gather_object
 from peft import PeftModel
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.integrations import is_deepspeed_zero3_enabled
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
 from .adapters import adapters_active
@@ -46,6 +46,7 @@ from .hub import (
 from .metrics import ContinualResult
 from .target_logits import supports_target_logits, with_target_logits
 from .persistence import (
+    METHOD_STATE_FILE,
     ContinualStateError,
     base_differences,
     base_fingerprint,
@@ -106,6 +107,23 @@ def tasks_to_evaluate(
     seen = range(index + 1) if evaluate_seen == "all" or index == num_tasks - 1 else [index]
     unseen_end = {True: num_tasks, False: index + 1, "next": min(index + 2, num_tasks)}[evaluate_unseen]
     return [*seen, *range(index + 1, unseen_end)]
+
+
+def last_complete_checkpoint(task_dir: str) -> Optional[str]:
+    """The task's newest Trainer checkpoint that holds the method's state too (replay buffer, slow learner, ...).
+
+    The method's state is written by a callback after Trainer's own files: a run stopped in between leaves a newer
+    checkpoint without it, and resuming from that one would continue with the state of the task's start. It is
+    passed over (said), and the one before it used; None when the task has none (it restarts from its beginning).
+    """
+    folder = Path(task_dir)
+    steps = sorted((int(p.name.split("-")[-1]), p) for p in folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*")
+                   if p.is_dir() and p.name.split("-")[-1].isdigit())  # fmt: skip
+    for _, checkpoint in reversed(steps):
+        if (checkpoint / METHOD_STATE_FILE).is_file():
+            return str(checkpoint)
+        logger.warning(f"{checkpoint} lacks the method's state (the run stopped while saving it): resuming from an earlier checkpoint")
+    return None
 
 
 def merge_evaluations(parts: Sequence[Optional[TaskEvaluation]]) -> TaskEvaluation:
@@ -315,7 +333,7 @@ class ContinualTrainerMixin:
         for offset in range(finished, len(tasks)):
             index = first_new + offset
             task_dir = os.path.join(self.continual_args.output_dir, task_adapter_name(index, tasks[offset].name))
-            checkpoint = get_last_checkpoint(task_dir) if resume_from_checkpoint and os.path.isdir(task_dir) else None
+            checkpoint = last_complete_checkpoint(task_dir) if resume_from_checkpoint else None
             self._cl_train_task(index, tasks[offset], features[offset], checkpoint)
         if self.is_world_process_zero():  # the analysis is for the record: one process computes it
             adapters = self.method.task_adapters()

@@ -161,3 +161,61 @@ def test_checkpoints_during_the_first_task_save(tokenizer, tmp_path):
                     METHODS["nlora"])  # fmt: skip
     trainer.train_continual([synthetic_task("colors", n_train=8)])
     assert list((tmp_path / "out" / "task_1_colors").glob("checkpoint-*"))
+
+
+def test_a_saved_sft_run_continues_in_a_fresh_trainer_and_loads_with_plain_peft(chat_tokenizer, tmp_path):
+    """save_continual / from_continual / plain peft, as with ContinualTrainer."""
+    from peft import PeftModel
+
+    from peft_continual.adapters import adapters_active
+
+    opposites = chats([(f"opposite of {a}", b) for a, b in [("hot", "cold"), ("big", "small")] * 4])
+    greetings = chats([(f"say {w}", w) for w in ["red", "blue"] * 4])
+    first, second = load_continual_tasks([("opposites", opposites), ("greetings", greetings)], eval_fraction=0.25)
+    generate = {"evaluation_method": "generate"}
+    trainer = build(ContinualSFTTrainer, chat_tokenizer, sft_config(tmp_path / "a"), METHODS["nlora"], **generate)
+    trainer.train_continual([first])
+    folder = trainer.save_continual(str(tmp_path / "final"))
+    model, _ = tiny_model("llama", chat_tokenizer)
+    again = ContinualSFTTrainer.from_continual(str(folder), model, sft_config(tmp_path / "b"), processing_class=chat_tokenizer)
+    result = again.train_task(second)
+    assert result.task_names == ["opposites", "greetings"] and result.num_trained == 2
+    ids = torch.tensor([chat_tokenizer("opposite of hot")["input_ids"]])
+    peft_model = again.peft_model.eval()
+    with torch.no_grad(), adapters_active(peft_model, again.method.eval_adapters()):
+        expected = peft_model(input_ids=ids).logits
+    again.save_continual(str(tmp_path / "final2"))
+    base, _ = tiny_model("llama", chat_tokenizer)
+    with torch.no_grad():
+        plain = PeftModel.from_pretrained(base, str(tmp_path / "final2")).eval()(input_ids=ids).logits
+    torch.testing.assert_close(plain, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_an_interrupted_sft_run_resumes_to_the_uninterrupted_adapters(method, tokenizer, tmp_path):
+    """Stopped after step 2 of task 2 (its checkpoint at step 2 saved), resumed by a fresh trainer: the same adapters
+    as a run never stopped, through TRL's checkpointing and the continual progress folder."""
+    from transformers import TrainerCallback
+
+    class Stop(Exception):
+        pass
+
+    class StopInTask2(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if "task_2" in args.output_dir and state.global_step == 2:
+                raise Stop
+
+    def run(out, callbacks=()):
+        args = sft_config(out, save_strategy="steps", save_steps=1, learning_rate=1e-2)
+        trainer = build(ContinualSFTTrainer, tokenizer, args, METHODS[method], callbacks=list(callbacks))
+        trainer.train_continual([synthetic_task("colors", n_train=12), synthetic_task("animals", n_train=12)],
+                                resume_from_checkpoint=True)  # fmt: skip
+        return weights(trainer)
+
+    expected = run(tmp_path / "whole")
+    with pytest.raises(Stop):
+        run(tmp_path / "stopped", [StopInTask2()])
+    got = run(tmp_path / "stopped")
+    assert expected.keys() == got.keys()
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=1e-5, msg=name)
