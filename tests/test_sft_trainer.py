@@ -8,9 +8,17 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from conftest import memorised_task, synthetic_task, tiny_model, training_args
-from peft_continual import ContinualTask, ContinualTrainer, ILoraConfig, NLoraConfig, load_continual_tasks
-from peft_continual.adapters import adapter_parameters
+from conftest import synthetic_task, tiny_model, training_args
+from peft_continual import (
+    ContinualTrainer,
+    ILoraConfig,
+    IncLoraConfig,
+    NLoraConfig,
+    NLoraReplayConfig,
+    OLoraConfig,
+    ReplayConfig,
+    load_continual_tasks,
+)
 from peft_continual.trainer import ContinualTrainerMixin
 
 trl = pytest.importorskip("trl")
@@ -219,3 +227,18 @@ def test_an_interrupted_sft_run_resumes_to_the_uninterrupted_adapters(method, to
     assert expected.keys() == got.keys()
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], rtol=0, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("config", [
+    LoraConfig(r=4, lora_alpha=8),
+    IncLoraConfig(r=4, lora_alpha=8, merge_finished_adapters=True),
+    OLoraConfig(r=4, lora_alpha=8, l2_lambda=0.1),
+    ReplayConfig(r=4, lora_alpha=8, replay_buffer_size=8, replay_batch_size=2),
+    NLoraReplayConfig(r=4, lora_alpha=8, replay_buffer_size=8, replay_batch_size=2),
+], ids=["seqlora", "inclora-merged", "olora", "replay", "nlora_replay"])  # fmt: skip
+def test_every_other_registered_method_trains_on_trl(config, tokenizer, tmp_path):
+    trainer = build(ContinualSFTTrainer, tokenizer, sft_config(tmp_path), config)
+    result = trainer.train_continual([synthetic_task("colors", n_train=8), synthetic_task("animals", n_train=8)])
+    assert result.num_trained == 2 and result.method == trainer.method.name
+    logged = {key for entry in trainer.state.log_history for key in entry}
+    assert "loss_task" in logged and "mean_token_accuracy" in logged
