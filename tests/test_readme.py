@@ -13,17 +13,23 @@ def python_blocks(heading: str) -> list[str]:
     return re.findall(r"```python\n(.*?)```", section, flags=re.S)
 
 
-def test_python_api_snippet_prints_the_matrix_once_with_forward_transfer(tmp_path, tokenizer, monkeypatch, capsys):
-    """Run as written, with a tiny model saved where the snippet loads its model from, and the packaged tasks."""
+def with_tiny_model(heading: str, tmp_path, tokenizer) -> str:
+    """The section's one Python block, loading a tiny model saved in ``tmp_path`` where it names SmolLM2."""
     from conftest import tiny_model
 
     model, _ = tiny_model("llama", tokenizer)
     model.config.max_position_embeddings = 1024  # whole benchmark prompts, read byte by byte by the test tokenizer
     model.save_pretrained(tmp_path / "model")
     tokenizer.save_pretrained(tmp_path / "model")
-    (code,) = python_blocks("Python API")
+    (code,) = python_blocks(heading)
     code, substitutions = re.subn(r'name = "[^"]+"', f"name = {str(tmp_path / 'model')!r}", code)
     assert substitutions == 1
+    return code
+
+
+def test_python_api_snippet_prints_the_matrix_once_with_forward_transfer(tmp_path, tokenizer, monkeypatch, capsys):
+    """Run as written, with a tiny model saved where the snippet loads its model from, and the packaged tasks."""
+    code = with_tiny_model("Python API", tmp_path, tokenizer)
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("PEFT_CONTINUAL_DATA_DIR", raising=False)
     namespace = {}
@@ -38,14 +44,7 @@ def test_python_api_snippet_prints_the_matrix_once_with_forward_transfer(tmp_pat
 def test_trl_snippet_trains_in_memory_chats_with_sfttrainer(tmp_path, tokenizer, monkeypatch):
     """The TRL section's code, run as written with a tiny model where it loads SmolLM2."""
     pytest.importorskip("trl")
-    from conftest import tiny_model
-
-    model, _ = tiny_model("llama", tokenizer)
-    model.save_pretrained(tmp_path / "model")
-    tokenizer.save_pretrained(tmp_path / "model")
-    (code,) = python_blocks("Training with TRL")
-    code, substitutions = re.subn(r'name = "[^"]+"', f"name = {str(tmp_path / 'model')!r}", code)
-    assert substitutions == 1
+    code = with_tiny_model("Training with TRL", tmp_path, tokenizer)
     monkeypatch.chdir(tmp_path)
     namespace = {}
     exec(compile(code, "README.md", "exec"), namespace)
