@@ -34,7 +34,7 @@ import torch
 
 from .evaluation import PromptBatch, _batches, generate_batch, greedy_config
 from .scoring import normalize_answer
-from .statistics import Difference
+from .statistics import Difference, paired_item_difference
 from .tasks import ContinualTask, left_pad, use_chat_template
 from .tasks.encoding import PromptEncoder
 from .tasks.formats import GENERATION
@@ -374,20 +374,15 @@ def drift(report: GeneralAbilityReport, reference: GeneralAbilityReport, *, conf
     The base's leak is recomputed from its answers with ``report``'s labels (the base never saw the tasks); its KL
     from itself is 0 and its agreement with itself 1, so those rows are the report's KL and agreement - 1.
     """
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
     base_answers = [a for part in ("instructions", "facts", "chat") for a in reference.answers[part]]
     base = {"instructions": reference.instructions, "instructions_loose": reference.instructions_loose,
             "facts": reference.facts, "leak": [float(is_leak(a, report.labels)) for a in base_answers]}  # fmt: skip
     if report.kl is not None:
         base["kl"], base["agreement"] = [0.0] * len(report.kl), [1.0] * len(report.agreement)
-    rng, tail, out = np.random.default_rng(seed), (1 - confidence) / 2, {}
+    out = {}
     for part, base_scores in base.items():
-        diff = np.asarray(getattr(report, part)) - np.asarray(base_scores)
-        if diff.shape != (len(base_scores),):
+        if len(getattr(report, part)) != len(base_scores):
             raise ValueError(f"part {part!r}: the report and its reference score different items (use the same limit)")
-        means = diff[rng.integers(0, len(diff), size=(num_resamples, len(diff)))].mean(axis=1)
-        low, high = np.quantile(means, [tail, 1 - tail])
-        p_value = min(1.0, 2 * min(np.mean(means <= 0), np.mean(means >= 0)))
-        out[part] = Difference(float(diff.mean()), float(low), float(high), float(p_value))
+        out[part] = paired_item_difference(getattr(report, part), base_scores, confidence=confidence,
+                                           num_resamples=num_resamples, seed=seed)  # fmt: skip
     return out

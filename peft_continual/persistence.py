@@ -137,17 +137,10 @@ def training_arguments(args) -> dict[str, Any]:
 def continual_state(trainer, method_meta: dict, include_data: bool) -> dict:
     """The JSON record of ``trainer``'s run (method, config, adapters, tasks, result, options): what
     ``continual_state.json`` holds and the model card describes. ``method_meta``: the method's ``state_dict()[0]``.
-
-    Each trained task's TrainingArguments go into its ``result.details`` entry, from the trainer's arguments when a
-    task has none yet: the progress save right after each task records them as that task trained with them, and a
-    continued run keeps those of its earlier tasks.
-    """
+    Each task's TrainingArguments are in its ``result.details`` entry, recorded as it trained."""
     if not trainer.result.accuracy_matrix:
         raise ValueError("nothing to save yet: train at least one task first")
-    config, args = trainer.method.config, trainer.continual_args
-    current = training_arguments(args)
-    for entry in trainer.result.details:
-        entry.setdefault("training_arguments", dict(current))
+    config = trainer.method.config
     encoder = PromptEncoder(trainer.processing_class, sys.maxsize, trainer.chat)  # the whole prompt, never shortened
     return {
         "format_version": FORMAT_VERSION,

@@ -345,6 +345,23 @@ def _check_confidence(confidence: float) -> float:
     return (1 - confidence) / 2
 
 
+def _difference(estimate: float, replicates: np.ndarray, tail: float) -> Difference:
+    """A difference's percentile interval and two-sided bootstrap p-value from its replicates."""
+    low, high = np.quantile(replicates, [tail, 1 - tail])
+    p_value = min(1.0, 2 * min(np.mean(replicates <= 0), np.mean(replicates >= 0)))
+    return Difference(float(estimate), float(low), float(high), float(p_value))
+
+
+def paired_item_difference(scores_a: Sequence[float], scores_b: Sequence[float], *, confidence: float = 0.95,
+                           num_resamples: int = 2000, seed: int = 0) -> Difference:  # fmt: skip
+    """Mean of ``scores_a - scores_b`` over items scored by both (one run each: no seeds), with a paired bootstrap
+    over the items."""
+    tail = _check_confidence(confidence)
+    diff = np.asarray(scores_a, dtype=np.float64) - np.asarray(scores_b, dtype=np.float64)
+    counts = _counts(np.random.default_rng(seed), num_resamples, len(diff))
+    return _difference(diff.mean(), counts @ diff / len(diff), tail)
+
+
 def bootstrap_metrics(runs: Strata, *, confidence: float = 0.95, num_resamples: int = 2000,
                       seed: int = 0) -> dict[str, Optional[Interval]]:  # fmt: skip
     """Estimate and interval of AA, BWT, FWT and forgetting for one method (``None`` where a metric is undefined).
@@ -383,8 +400,5 @@ def paired_comparison(runs_a: Strata, runs_b: Strata, *, confidence: float = 0.9
         if replicates[m] is None:
             out[m] = None
             continue
-        diff = replicates[m][0] - replicates[m][1]
-        low, high = np.quantile(diff, [tail, 1 - tail])
-        p_value = min(1.0, 2 * min(np.mean(diff <= 0), np.mean(diff >= 0)))
-        out[m] = Difference(float(estimates[m][0] - estimates[m][1]), float(low), float(high), float(p_value))
+        out[m] = _difference(estimates[m][0] - estimates[m][1], replicates[m][0] - replicates[m][1], tail)
     return out

@@ -59,6 +59,7 @@ from .persistence import (
     save_continual,
     save_method_state,
     task_from_dict,
+    training_arguments,
 )
 from .tasks import (
     GENERATION,
@@ -460,6 +461,7 @@ class ContinualTrainerMixin:
             "task": task.name, "train_examples": len(features), "train_loss": output.training_loss,
             "steps": output.global_step, "train_seconds": round(train_seconds, 2),
             "eval_examples": [len(self.tasks[j].eval) for j in evaluated],
+            "training_arguments": training_arguments(self.continual_args),  # as this task trained (the model card)
         })  # fmt: skip
         self.restore_adapter_state()
         if self.is_world_process_zero():

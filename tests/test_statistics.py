@@ -452,3 +452,20 @@ def test_from_result_reads_example_ids_shared_by_protocols():
     result = ContinualResult(task_names=["a", "b"], accuracy_matrix=[[0.5, None], [1.0, 1 / 3]],
                              example_scores=rows, example_ids=ids)  # fmt: skip
     assert RunScores.from_result(ContinualResult.from_json(result.to_json()).to_dict()).example_ids[1] == ("c", "d", "e")
+
+
+def test_paired_item_difference_matches_a_naive_bootstrap_over_items():
+    """Same draws as indexing the differences directly (B x n indices): the count matrix is only a faster form."""
+    from peft_continual.statistics import paired_item_difference
+
+    rng = np.random.default_rng(3)
+    a, b = rng.random(37), rng.random(37)
+    got = paired_item_difference(a, b, num_resamples=500, seed=11)
+    diff = a - b
+    means = diff[np.random.default_rng(11).integers(0, 37, size=(500, 37))].mean(axis=1)
+    low, high = np.quantile(means, [0.025, 0.975])
+    p_value = min(1.0, 2 * min(np.mean(means <= 0), np.mean(means >= 0)))
+    assert got.estimate == pytest.approx(diff.mean()) and (got.low, got.high) == pytest.approx((low, high))
+    assert got.p_value == pytest.approx(p_value)
+    constant = paired_item_difference([1.0, 2.0, 3.0], [0.5, 1.5, 2.5])
+    assert (constant.estimate, constant.low, constant.high, constant.significant) == (0.5, 0.5, 0.5, True)
