@@ -72,6 +72,7 @@ from peft_continual.hub import HubUploadError, check_push_access, enable_offline
 from peft_continual.io_utils import atomic_write_text
 from peft_continual.methods import registered_methods
 from peft_continual.persistence import ContinualStateError, read_state
+from peft_continual.retention import GENERAL, GENERAL_DEFAULT_ITEMS, LM_EVAL, build_retention_sources
 from peft_continual.tasks import DATA_DIR_ENV, packaged_demo_dir
 
 
@@ -240,6 +241,24 @@ class DataTrainingArguments:
             "choices": ["no", "next", "all"],
         },
     )
+    retention_tasks: Optional[list[str]] = field(
+        default=None,
+        metadata={
+            "help": "Never-trained probes of what the run does beyond its tasks, scored on the base model and after "
+            "every task (the retention block of the output, the card and the plots): 'general' (the built-in "
+            f"general-ability suite, {GENERAL_DEFAULT_ITEMS} items a part: instructions, facts, leak of task labels, KL "
+            "from the base and token agreement; 'general:N' or 'general:full' for its size), 'lm_eval:TASK[,TASK]' "
+            "(lm-evaluation-harness tasks; pip install 'peft_continual[lm_eval]') or task specs as for "
+            "--continual_tasks, whose evaluation split is scored. Default: none, or the saved run's with "
+            "--continue_from."
+        },
+    )
+    lm_eval_include_path: Optional[str] = field(
+        default=None, metadata={"help": "Folder of your own lm-eval task YAMLs, for 'lm_eval:' retention tasks."}
+    )
+    lm_eval_limit: Optional[int] = field(
+        default=None, metadata={"help": "Items per lm-eval retention task at most (lm-eval's --limit)."}
+    )
     evaluate_seen: Optional[str] = field(
         default=None,
         metadata={
@@ -256,7 +275,14 @@ class DataTrainingArguments:
         if self.continual_tasks is not None:
             specs = (spec.strip() for item in self.continual_tasks for spec in item.split(","))
             self.continual_tasks = [spec for spec in specs if spec]
-        for name in ("max_train_samples", "max_train_per_label", "max_eval_samples", "max_source_length", "max_new_tokens"):
+        if isinstance(self.retention_tasks, str):
+            self.retention_tasks = [self.retention_tasks]
+        if self.retention_tasks is not None:  # commas separate specs, except inside one lm_eval:TASK,TASK
+            specs = (item.strip() for spec in self.retention_tasks
+                     for item in ([spec] if spec.startswith(LM_EVAL) else spec.split(",")))  # fmt: skip
+            self.retention_tasks = [spec for spec in specs if spec]
+        for name in ("max_train_samples", "max_train_per_label", "max_eval_samples", "max_source_length", "max_new_tokens",
+                     "lm_eval_limit"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"--{name} must be a positive integer, got {value}")
@@ -602,6 +628,19 @@ def load_tasks(data_args: DataTrainingArguments, seed: int, demo: bool = False):
     )
 
 
+def load_retention(data_args: DataTrainingArguments, seed: int, demo: bool = False) -> Optional[list]:
+    """The --retention_tasks, checked (suite names, lm-eval and its tasks, data) before any model is loaded: the
+    suite and lm-eval specs as given, task specs resolved as --continual_tasks are (their evaluation split is used)."""
+    if data_args.retention_tasks is None:
+        return None
+    builtin = [s for s in data_args.retention_tasks if s == GENERAL or s.startswith((GENERAL + ":", LM_EVAL))]
+    task_specs = [s for s in data_args.retention_tasks if s not in builtin]
+    specs = [*builtin, *(load_tasks(dataclasses.replace(data_args, continual_tasks=task_specs, task_metrics=None), seed, demo)
+                         if task_specs else [])]  # fmt: skip
+    build_retention_sources(specs, lm_eval_include_path=data_args.lm_eval_include_path, lm_eval_limit=data_args.lm_eval_limit)
+    return specs
+
+
 def load_model(model_args: ModelArguments, demo: bool):
     """(model, tokenizer): the given checkpoint, or the demo model converted once from its bundled GGUF file."""
     dtype = model_args.dtype if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype)
@@ -655,13 +694,44 @@ def draw_accuracy_matrix(ax, result: ContinualResult):
     return image
 
 
+def draw_retention(ax, result: ContinualResult):
+    """The retention tracks (columns) on the base and after each task (rows); the colour is the change from the base,
+    green where it is better, red where worse, each column on its own scale (points and nats do not compare)."""
+    import numpy as np
+
+    from peft_continual.retention import format_value
+
+    tracks = list(result.retention.values())
+    rows = len(tracks[0].scores)
+    values = np.array([[np.nan if t.scores[i] is None else t.scores[i] for t in tracks] for i in range(rows)], dtype=float)
+    sign = np.array([1.0 if t.higher_is_better else -1.0 for t in tracks])
+    change = (values - values[0]) * sign
+    scale = np.nanmax(np.abs(change), axis=0, initial=0.0)
+    colour = np.divide(change, scale, out=np.zeros_like(change), where=scale > 0)
+    image = ax.imshow(np.ma.masked_invalid(np.where(np.isnan(values), np.nan, colour)), cmap="RdYlGn", vmin=-1, vmax=1,
+                      aspect="auto")  # fmt: skip
+    for (i, j), value in np.ndenumerate(values):
+        if not np.isnan(value):
+            ax.text(j, i, format_value(tracks[j], value), ha="center", va="center", fontsize=8)
+    ax.axhline(0.5, color="white", linewidth=3)
+    ax.set_xticks(range(len(tracks)), [t.name + ("\n(lower is better)" if not t.higher_is_better else "") for t in tracks],
+                  rotation=30, ha="right")  # fmt: skip
+    ax.set_yticks(range(rows), ["base model", *(f"after {i + 1}. {n}" for i, n in enumerate(result.task_names[: rows - 1]))])
+    ax.set_title(f"{result.method}: retention (never trained; points, KL in nats)")
+    return image
+
+
 def plot_accuracy_matrix(result: ContinualResult, path: Path) -> None:
+    """The score matrix's heatmap, and the retention tracks in a panel of their own beside it."""
     from matplotlib.figure import Figure  # no pyplot: renders with Agg, needs no display
 
     size = 1.2 + 0.9 * len(result.task_names)
-    fig = Figure(figsize=(size + 1.5, size + 0.5 * (result.zero_shot is not None)))
-    ax = fig.subplots()
-    fig.colorbar(draw_accuracy_matrix(ax, result), ax=ax, label="score (%)")
+    width = size + 1.5 + (1.0 + 1.0 * len(result.retention) if result.retention else 0)
+    fig = Figure(figsize=(width, size + 0.5 * (result.zero_shot is not None)))
+    axes = fig.subplots(1, 2 if result.retention else 1, squeeze=False)[0]
+    fig.colorbar(draw_accuracy_matrix(axes[0], result), ax=axes[0], label="score (%)")
+    if result.retention:
+        draw_retention(axes[1], result)
     fig.savefig(path, dpi=150, bbox_inches="tight")
 
 
@@ -683,6 +753,7 @@ def main(argv: Optional[list[str]] = None) -> ContinualResult:
     try:
         model_args, data_args, cl_args, training_args = parse_args(argv)
         tasks = load_tasks(data_args, seed=training_args.data_seed or training_args.seed, demo=cl_args.demo)
+        retention = load_retention(data_args, seed=training_args.data_seed or training_args.seed, demo=cl_args.demo)
         if cl_args.continue_from:
             check_continue_from(cl_args, read_state(cl_args.continue_from)[0], tasks)
         methods = [None] if cl_args.continue_from else methods_to_run(cl_args)
@@ -693,8 +764,8 @@ def main(argv: Optional[list[str]] = None) -> ContinualResult:
             check_push_access(training_args)  # network, token and repo, before the model is even loaded
     except TaskSpecError as exc:
         raise SystemExit(f"error: {exc}\n{TASKS_HELP}") from None
-    except ValueError as exc:  # bad hyper-parameters, TrainingArguments or --continue_from folder
-        raise SystemExit(f"error: {exc}") from None
+    except (ValueError, ImportError, FileNotFoundError) as exc:  # bad hyper-parameters, TrainingArguments,
+        raise SystemExit(f"error: {exc}") from None  # --continue_from folder, retention tasks (lm-eval missing)
 
     setup_logging(training_args)
     logger.info(f"Tasks: {', '.join(f'{t.name} ({len(t.train)} train, {len(t.eval)} eval)' for t in tasks)}")
@@ -705,13 +776,14 @@ def main(argv: Optional[list[str]] = None) -> ContinualResult:
             args = copy.copy(training_args)
             args.output_dir = str(output_dir / method)
         zero_shot = next(iter(results.values()), None)  # the base model's scores, measured by the first run only
-        results[method] = train_method(model_args, data_args, cl_args, args, tasks, peft_config, zero_shot)
+        results[method] = train_method(model_args, data_args, cl_args, args, tasks, peft_config, zero_shot, retention)
     if len(results) > 1 and training_args.should_save:
         compare(results, output_dir)
     return results[methods[-1]]
 
 
-def train_method(model_args, data_args, cl_args, training_args, tasks, peft_config, zero_shot=None) -> ContinualResult:
+def train_method(model_args, data_args, cl_args, training_args, tasks, peft_config, zero_shot=None,
+                 retention=None) -> ContinualResult:  # fmt: skip
     """One continual run into ``training_args.output_dir``: train, save, write the matrix as JSON and heatmap.
 
     ``zero_shot``: a result on the same tasks whose zero-shot rows (the same base model) this run reuses.
@@ -731,6 +803,9 @@ def train_method(model_args, data_args, cl_args, training_args, tasks, peft_conf
         "evaluate_seen": data_args.evaluate_seen,
         # a run reusing another's zero-shot row (--compare_with) does not measure it again
         "evaluate_zero_shot": data_args.evaluate_zero_shot and zero_shot is None,
+        "retention_tasks": retention,
+        "lm_eval_include_path": data_args.lm_eval_include_path,
+        "lm_eval_limit": data_args.lm_eval_limit,
     }
     options = {k: v for k, v in options.items() if v is not None}
     # The script pushes once final/ and the results are written (the trainer would push at the end of training).
@@ -762,7 +837,8 @@ def train_method(model_args, data_args, cl_args, training_args, tasks, peft_conf
         plot_accuracy_matrix(result, output_dir / "accuracy_matrix.png")
         print(
             f"\nOutputs in {output_dir}/:\n"
-            f"  accuracy_matrix.json, accuracy_matrix.png  the score matrix (per-task metrics), as data and heatmap\n"
+            f"  accuracy_matrix.json, accuracy_matrix.png  the score matrix (per-task metrics), as data and heatmap"
+            f"{' (and the retention block)' if result.retention else ''}\n"
             f"  predictions/after_<i>_<trained task>/<task>.<protocol>.jsonl  every evaluation's answers (prompt, target, prediction, score)\n"
             f"  final/  per-task adapters, root adapter, continual state, model card\n"
             f"Inference with plain peft: PeftModel.from_pretrained(base_model, {str(final)!r})\n"
@@ -814,20 +890,53 @@ def forgetting_contrast(results: dict[str, ContinualResult]) -> list[str]:
     return lines
 
 
+def retention_contrast(results: dict[str, ContinualResult]) -> list[str]:
+    """Each retention measure after the last task: every method's change from the base, and each method against the
+    first one, paired over the items, with 95 % intervals."""
+    from peft_continual.retention import format_change, format_value
+    from peft_continual.statistics import paired_item_difference
+
+    titles = {name: method.title.split(" (")[0] for name, method in registered_methods().items()}
+    first_name, first = next(iter(results.items()))
+    if not first.retention:
+        return []
+    lines = ["Beyond the tasks (retention, never trained): after the last task, change from the base model [95% interval "
+             "over the items]; then each method against the first, paired"]  # fmt: skip
+    for name, track in first.retention.items():
+        tracks = {m: r.retention.get(name) for m, r in results.items()}
+        cells = "; ".join(f"{titles[m]} {format_value(t, t.scores[-1])} ({format_change(t)})" for m, t in tracks.items() if t)
+        lines.append(f"  {name}{'' if track.higher_is_better else ' (lower is better)'}: {cells}")
+        for m, t in list(tracks.items())[1:]:
+            a, b = t and t.example_scores[-1], track.example_scores[-1]
+            if a is None or b is None or len(a) != len(b):
+                continue
+            d = paired_item_difference(a, b)
+            verdict = "significant" if d.significant else "not significant"
+            lines.append(f"      {titles[m]} - {titles[first_name]}: {format_value(t, d.estimate, True)} "
+                         f"[{format_value(t, d.low, True)}, {format_value(t, d.high, True)}] ({verdict})")  # fmt: skip
+    return lines
+
+
 def compare(results: dict[str, ContinualResult], output_dir: Path) -> None:
     """Print the contrast; write comparison.json (every run's summary) and comparison.png (matrices side by side)."""
     from matplotlib.figure import Figure
 
-    lines = forgetting_contrast(results)
+    lines = forgetting_contrast(results) + retention_contrast(results)
     print("\n" + "\n".join(lines))
     summary = {"contrast": lines, "runs": {m: {"output_dir": str(output_dir / m), **r.summary(),
-                                               "task_backward_transfer": r.task_backward_transfer}
+                                               "task_backward_transfer": r.task_backward_transfer,
+                                               "retention": {n: t.summary() for n, t in r.retention.items()}}
                                            for m, r in results.items()}}  # fmt: skip
     atomic_write_text(output_dir / "comparison.json", json.dumps(summary, indent=2) + "\n")
     first = next(iter(results.values()))
     size = 1.2 + 0.9 * len(first.task_names)
-    fig = Figure(figsize=(len(results) * (size + 0.8) + 1.2, size + 0.5 * (first.zero_shot is not None)))
-    axes = fig.subplots(1, len(results))
+    retention = all(r.retention for r in results.values())
+    height = size + 0.5 * (first.zero_shot is not None)
+    fig = Figure(figsize=(len(results) * (size + 0.8 + 0.6 * len(first.retention) * retention) + 1.2, height * (1 + retention)))
+    grid = fig.subplots(1 + retention, len(results), squeeze=False)
+    axes = list(grid[0])
+    for ax, result in zip(grid[1] if retention else [], results.values()):
+        draw_retention(ax, result)
     for k, (ax, result) in enumerate(zip(axes, results.values())):
         image = draw_accuracy_matrix(ax, result)
         ax.tick_params(labelleft=k == 0)  # the rows are the same in every panel

@@ -14,12 +14,14 @@ Method by config class:
 ``ReplayConfig``       ER: one adapter + experience replay from a reservoir buffer
 ``ILoraConfig``        I-LoRA: ER + a slow learner (EMA of the fast one) + consistency loss
 ``NLoraReplayConfig``  N-LoRA + ER: N-LoRA's task adapters and penalty, trained with ER's replay
+``LwfConfig``          LwF: one adapter + a KL to the base model's next-token distributions (no stored data)
 =====================  =========================================================================
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Literal, Optional, Union
 
@@ -302,3 +304,53 @@ class NLoraReplayConfig(NLoraConfig, ReplayConfig):
     stayed behind plain ER in average accuracy, so prefer ``ReplayConfig`` or ``ILoraConfig`` when data can be kept.
     """
 
+
+@dataclass
+class LwfConfig(_ContinualConfigMixin, LoraConfig):
+    """LwF (Li & Hoiem, 2016) with the base model as teacher: one adapter trained task after task (as SeqLoRA),
+    plus a KL that keeps its next-token distributions close to the base model's. Nothing is stored between tasks:
+    the teacher is the same model with its adapter disabled."""
+
+    distill_weight: float = field(
+        default=1.0,
+        metadata={
+            "help": "Weight of the distillation term, KL(base || tuned) of the next-token distributions, added to "
+            "the task loss. Larger keeps the model closer to the base (less forgetting, less learning); 0 trains "
+            "as SeqLoRA."
+        },
+    )
+    distill_temperature: float = field(
+        default=1.0,
+        metadata={
+            "help": "Softmax temperature T of both distributions; the KL is multiplied by T^2 so that its gradient "
+            "keeps its scale. T > 1 also matches the base's less likely tokens."
+        },
+    )
+    distill_positions: Literal["targets", "all"] = field(
+        default="targets",
+        metadata={
+            "help": "Positions where the KL is taken: 'targets', those predicting the current batch's answer tokens "
+            "(the tuned model's outputs on the current task's prompts are kept close to the base's); 'all', every "
+            "position predicting a real (non-padding) token, prompt tokens too (the LM head then runs on whole "
+            "sequences).",
+            "choices": ["targets", "all"],
+        },
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check_lora_only(self, type(self).__name__)
+        _require(
+            math.isfinite(self.distill_weight) and self.distill_weight >= 0,
+            f"distill_weight must be a finite number >= 0, got {self.distill_weight!r}: set distill_weight=0 to "
+            "train without distillation, or a positive weight.",
+        )
+        _require(
+            math.isfinite(self.distill_temperature) and self.distill_temperature > 0,
+            f"distill_temperature must be a finite number > 0, got {self.distill_temperature!r}: use 1.0 for the "
+            "plain distributions, or more to soften them.",
+        )
+        _require(
+            self.distill_positions in ("targets", "all"),
+            f"distill_positions must be 'targets' or 'all', got {self.distill_positions!r}.",
+        )

@@ -11,9 +11,11 @@ package), in four parts, each with per-example scores for paired intervals again
   (:func:`fact_score`).
 * **chat** (label-free drift): the base model's own greedy answers to generic chat prompts, scored for the tuned
   model by the mean per-token KL(base || model) of the next-token distributions on those answers (teacher-forced)
-  and by greedy agreement. It needs no labels and moves even on small models, where the labelled parts sit near
-  floor.
-* **leak**: how often an answer to any general prompt is one of the trained tasks' labels (:func:`leak_rate`).
+  and by token agreement (the share of those positions where the tuned model's most likely token is the base's).
+  Both need no labels, no generation by the tuned model, and move even on small models, where the labelled parts sit
+  near floor. (Whole-answer agreement does not: after any tuning almost no 64-token answer stays identical.)
+* **leak**: how often an answer to any general prompt is one of the trained tasks' labels (:func:`leak_rate`). Only
+  an answer's start decides it, so the tuned model's chat answers are generated short (``short_answer_tokens``).
 
 The KL is exact: the base's distributions are computed on the fly, from the model with its adapters disabled
 (a ``PeftModel``) or from ``base_model``, so the reference report only carries the base's answers and their ids.
@@ -40,6 +42,7 @@ from .tasks.encoding import PromptEncoder
 from .tasks.formats import GENERATION
 
 DATA_DIR = Path(__file__).resolve().parent / "data" / "general"
+SUITE_PARTS = ("instructions", "facts", "chat")
 MAX_PROMPT_TOKENS = 256  # the suite's prompts are one or two sentences; this only guards odd tokenizers
 
 # ----------------------------------------------------------------------------------------------- constraints
@@ -200,16 +203,17 @@ def load_suite(limit: Optional[int] = None) -> GeneralSuite:
 class GeneralAbilityReport:
     """Per-example scores of each part, the answers, and (against a reference) the drift from the base.
 
-    ``leak`` covers every answer: instructions, then facts, then chat prompts. ``chat_answer_ids`` are the greedy
-    answers' token ids, on which a later model's KL from this one's distributions is measured when this report is
-    the reference. ``kl``/``agreement`` are None for a report made without a reference (the base's own).
+    ``leak`` covers every answer: instructions, then facts, then chat prompts (of the parts evaluated). A part not
+    evaluated is None. ``chat_answer_ids`` are the greedy chat answers' token ids, on which a later model's KL from
+    this one's distributions is measured when this report is the reference. ``kl``/``agreement`` are None for a
+    report made without a reference (the base's own).
     """
 
     answers: dict[str, list[str]]
-    chat_answer_ids: list[list[int]]
-    instructions: list[float]
-    instructions_loose: list[float]
-    facts: list[float]
+    chat_answer_ids: Optional[list[list[int]]]
+    instructions: Optional[list[float]]
+    instructions_loose: Optional[list[float]]
+    facts: Optional[list[float]]
     leak: list[float]
     chat_template: bool
     labels: list[str] = field(default_factory=list)
@@ -267,9 +271,10 @@ def _answer_logp(model, prompts: list[list[int]], answers: list[list[int]], pad:
     return [logp[i, keep - len(a) - 1 :] for i, a in enumerate(answers)]
 
 
-def _chat_kl(model, base_model, prompts, answers, pad: int, batch_size: int) -> list[float]:
-    """Mean per-token KL(base || model) on the base's answers, per prompt (exact: full distributions)."""
-    out = []
+def _chat_drift(model, base_model, prompts, answers, pad: int, batch_size: int) -> tuple[list[float], list[float]]:
+    """Per prompt: mean per-token KL(base || model) on the base's answers (exact: full distributions), and token
+    agreement (share of positions where both models' most likely token is the same). The base's own: 0 and 1."""
+    kl, agreement = [], []
     for rows in _batches(len(prompts), batch_size):
         batch_prompts, batch_answers = [prompts[i] for i in rows], [answers[i] for i in rows]
         tuned = _answer_logp(model, batch_prompts, batch_answers, pad)
@@ -279,8 +284,10 @@ def _chat_kl(model, base_model, prompts, answers, pad: int, batch_size: int) -> 
         else:
             base = _answer_logp(base_model, batch_prompts, batch_answers, pad)
         for b, t in zip(base, tuned):
-            out.append(float((b.exp() * (b - t.to(b.device))).sum(-1).mean().clamp(min=0)))
-    return out
+            t = t.to(b.device)
+            kl.append(float((b.exp() * (b - t)).sum(-1).mean().clamp(min=0)))
+            agreement.append(float((b.argmax(-1) == t.argmax(-1)).float().mean()))
+    return kl, agreement
 
 
 def _encode_prompts(tokenizer, texts: Sequence[str], chat: bool) -> tuple[list[list[int]], list[int]]:
@@ -298,15 +305,24 @@ def evaluate_general_ability(
     reference: Optional[GeneralAbilityReport] = None,
     labels: Sequence[str] = (),
     max_new_tokens: int = 64,
+    short_answer_tokens: int = 24,
     batch_size: int = 8,
     limit: Optional[int] = None,
     chat_template: str = "auto",
     base_model=None,
+    parts: Sequence[str] = SUITE_PARTS,
+    measure_drift: bool = True,
 ) -> GeneralAbilityReport:
     """Score ``model`` (its current adapters) on the built-in suite by greedy, batched generation.
 
-    ``reference``: the base model's report (:func:`base_reference`), evaluated with the same ``limit`` and
-    ``chat_template``; with it, the chat part measures drift from the base on the base's answers. The base's
+    ``parts``: which of ``SUITE_PARTS`` to run. Budgets: ``max_new_tokens`` for the instructions (whose constraints
+    need whole answers) and the reference's chat answers; ``short_answer_tokens`` for the facts (short answers) and
+    for a tuned model's chat answers, which only the leak check reads.
+
+    ``reference``: the base model's report (:func:`base_reference`), evaluated with the same ``limit``, ``parts`` and
+    ``chat_template``; with it, the chat part measures drift from the base on the base's answers (unless
+    ``measure_drift=False``: after adapters were merged into the base, its distributions are gone; KL and agreement
+    stay None and only the leak check reads the chat answers). The base's
     distributions come from ``model`` with its adapters disabled when it is a ``PeftModel`` (the caller must not
     have merged adapters into the base), else from ``base_model``. ``labels``: the trained tasks' labels, for the
     leak check. Leaving ``disable_adapter()`` can re-enable frozen adapters: ``requires_grad`` and train/eval mode
@@ -315,39 +331,50 @@ def evaluate_general_ability(
     """
     chat = use_chat_template(tokenizer, chat_template)
     suite = load_suite(limit)
+    unknown = set(parts) - set(SUITE_PARTS)
+    if unknown or not parts:
+        raise ValueError(f"parts must be a non-empty selection of {SUITE_PARTS}, got {list(parts)!r}")
     if reference is not None:
-        if len(reference.chat_answer_ids) != len(suite.chat) or reference.chat_template != chat:
+        measured = [p for p in SUITE_PARTS if p in reference.answers]
+        chat_ids = reference.chat_answer_ids or []
+        if measured != [p for p in SUITE_PARTS if p in parts] or len(chat_ids) != len(suite.chat) * ("chat" in parts) \
+                or reference.chat_template != chat:  # fmt: skip
             raise ValueError(
-                f"the reference was evaluated on {len(reference.chat_answer_ids)} chat prompts with chat template "
-                f"{reference.chat_template}; this evaluation has {len(suite.chat)} with {chat}: use the same limit "
-                "and chat_template"
+                f"the reference was evaluated on parts {measured} ({len(chat_ids)} chat prompts) with chat template "
+                f"{reference.chat_template}; this evaluation has parts {list(parts)} ({len(suite.chat)} chat prompts) "
+                f"with {chat}: use the same limit, parts and chat_template"
             )
-        if base_model is None and not _is_peft(model):
+        if measure_drift and base_model is None and not _is_peft(model):
             raise ValueError("drift from a reference needs the base's distributions: pass a PeftModel (its adapters "
                              "disabled are the base) or base_model=")  # fmt: skip
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     texts = {"instructions": [i["prompt"] for i in suite.instructions], "facts": [f["question"] for f in suite.facts],
              "chat": suite.chat}  # fmt: skip
+    texts = {part: part_texts for part, part_texts in texts.items() if part in parts}
+    budgets = {"instructions": max_new_tokens, "facts": short_answer_tokens,
+               "chat": max_new_tokens if reference is None else short_answer_tokens}  # fmt: skip
     with _kept_state(model):
         model.eval()
         answers, prompt_ids, answer_ids = {}, {}, {}
         for part, part_texts in texts.items():
             prompts, stops = _encode_prompts(tokenizer, part_texts, chat)
-            config = greedy_config(pad_token_id=pad, stop_ids=stops, max_new_tokens=max_new_tokens)
+            config = greedy_config(pad_token_id=pad, stop_ids=stops, max_new_tokens=budgets[part])
             prompt_ids[part], answer_ids[part] = prompts, []
             for rows in _batches(len(prompts), batch_size):
                 batch = PromptBatch.prefill(model, [prompts[i] for i in rows], pad, whole=False)
                 answer_ids[part] += generate_batch(model, batch, config)
             answers[part] = [a.strip() for a in tokenizer.batch_decode(answer_ids[part], skip_special_tokens=True)]
         kl = agreement = None
-        if reference is not None:
-            kl = _chat_kl(model, base_model, prompt_ids["chat"], reference.chat_answer_ids, pad, batch_size)
-            agreement = [float(_normalize(a) == _normalize(b)) for a, b in zip(answers["chat"], reference.answers["chat"])]
-    strict, loose = zip(*(instruction_scores(a, item["constraints"])
-                          for a, item in zip(answers["instructions"], suite.instructions)))  # fmt: skip
+        if reference is not None and measure_drift and "chat" in texts:
+            kl, agreement = _chat_drift(model, base_model, prompt_ids["chat"], reference.chat_answer_ids, pad, batch_size)
+    strict = loose = None
+    if "instructions" in texts:
+        strict, loose = map(list, zip(*(instruction_scores(a, item["constraints"])
+                                        for a, item in zip(answers["instructions"], suite.instructions))))  # fmt: skip
     return GeneralAbilityReport(
-        answers=answers, chat_answer_ids=answer_ids["chat"], instructions=list(strict), instructions_loose=list(loose),
-        facts=[fact_score(a, f["answers"]) for a, f in zip(answers["facts"], suite.facts)],
+        answers=answers, chat_answer_ids=answer_ids.get("chat") if reference is None else None,
+        instructions=strict, instructions_loose=loose,
+        facts=[fact_score(a, f["answers"]) for a, f in zip(answers["facts"], suite.facts)] if "facts" in texts else None,
         leak=[float(is_leak(a, labels)) for part in texts for a in answers[part]], chat_template=chat,
         labels=list(labels), kl=kl, agreement=agreement,
     )  # fmt: skip
@@ -374,9 +401,10 @@ def drift(report: GeneralAbilityReport, reference: GeneralAbilityReport, *, conf
     The base's leak is recomputed from its answers with ``report``'s labels (the base never saw the tasks); its KL
     from itself is 0 and its agreement with itself 1, so those rows are the report's KL and agreement - 1.
     """
-    base_answers = [a for part in ("instructions", "facts", "chat") for a in reference.answers[part]]
+    base_answers = [a for part in SUITE_PARTS for a in reference.answers.get(part, [])]
     base = {"instructions": reference.instructions, "instructions_loose": reference.instructions_loose,
             "facts": reference.facts, "leak": [float(is_leak(a, report.labels)) for a in base_answers]}  # fmt: skip
+    base = {part: scores for part, scores in base.items() if scores is not None}
     if report.kl is not None:
         base["kl"], base["agreement"] = [0.0] * len(report.kl), [1.0] * len(report.agreement)
     out = {}

@@ -18,6 +18,7 @@ from huggingface_hub.errors import LocalTokenNotFoundError
 
 from .methods import registered_methods
 from .metrics import ContinualResult
+from .retention import format_change, format_value
 from .persistence import STATE_FILE, save_continual
 
 def _pct(value: Optional[float], signed: bool = False) -> str:
@@ -198,7 +199,7 @@ configuration and the accuracy matrix{continuing}
 - Forward transfer: {_pct(s["forward_transfer"], True)}
 - Forgetting: {_pct(s["forgetting"], True)}
 
-{_noise_note(state)}
+{_noise_note(state)}{_retention_section(result)}
 ## Method and hyper-parameters
 
 Method: `{method}`
@@ -210,6 +211,25 @@ Method: `{method}`
 {_training_section(state)}
 """
     return ModelCard(content)
+
+
+def _retention_section(result: ContinualResult) -> str:
+    """What the run did beyond its tasks: each retention measure on the base and after the last task, with the change
+    and its 95 % interval over the items (the card's reader asks whether the model is still a good chat model)."""
+    if not result.retention:
+        return ""
+    rows = "".join(
+        f"| `{name}` | {track.metric}{'' if track.higher_is_better else ' (lower is better)'} | "
+        f"{format_value(track, track.scores[0])} | {format_value(track, track.scores[-1])} | {format_change(track)} |\n"
+        for name, track in result.retention.items()
+    )  # fmt: skip
+    return (
+        "\n## Beyond the tasks: retention (never trained)\n\nScored on the base model and after every task (points; KL "
+        "in nats per token from the base on the base's own answers). Final score, base, and the change with its 95 % "
+        "interval over the items, one run:\n\n| measure | metric | base | after the last task | change [95 %] |\n"
+        "|---|---|---|---|---|\n"
+        f"{rows}"
+    )
 
 
 def write_model_card(folder: Path, state: dict[str, Any], base_model: Optional[str] = None, **card: Any) -> None:

@@ -66,6 +66,13 @@ def _check_tasks(tasks: list[str], task_manager, include_paths: tuple[str, ...])
     raise ValueError(f"Unknown lm-eval task {'; '.join(lines)}; searched lm-eval's tasks and {where}")
 
 
+def check_tasks(tasks: Sequence[str], include_path=None) -> None:
+    """Before any model work: lm-eval installed, the include paths there, every task name known (else close matches)."""
+    _lm_eval()  # the task index below is cached: say a missing lm-eval even after it was built
+    include_paths = _include_paths(include_path)
+    _check_tasks(list(tasks), _task_manager(include_paths), include_paths)
+
+
 def _number(value):
     return float(value) if isinstance(value, (bool, int, float, np.number)) else value
 
@@ -116,7 +123,7 @@ def lm_eval_scores(
     tasks = [tasks] if isinstance(tasks, str) else list(tasks)
     include_paths = _include_paths(include_path)
     task_manager = _task_manager(include_paths)
-    _check_tasks(tasks, task_manager, include_paths)
+    check_tasks(tasks, include_path)
 
     if tokenizer.pad_token is None:
         tokenizer = copy.deepcopy(tokenizer)  # HFLM gives the tokenizer it gets a pad token

@@ -3,13 +3,14 @@
 :class:`~peft_continual.ContinualTrainer` only calls the hooks of :class:`ContinualMethod`. A method is one config
 class (in :mod:`configs`) plus one subclass here marked with :func:`register_method`; the registry is what the
 trainer, saving and loading, the model card and the example script's flags read, so nothing else changes. The
-maths lives in :mod:`regularizers`, :mod:`interpolation` and :mod:`replay`.
+maths lives in :mod:`regularizers`, :mod:`interpolation`, :mod:`replay` and :mod:`distillation`.
 """
 
 from __future__ import annotations
 
 import abc
 import dataclasses
+import inspect
 import re
 from typing import Any, ClassVar, Optional
 
@@ -30,12 +31,14 @@ from .adapters import (
 from .configs import (
     IncLoraConfig,
     ILoraConfig,
+    LwfConfig,
     NLoraConfig,
     NLoraReplayConfig,
     OLoraConfig,
     ReplayConfig,
     check_base_preserved,
 )
+from .distillation import distillation_kl, distillation_positions
 from .interpolation import consistency_loss, ema_decay_at, ema_update, select_layers
 from .regularizers import delta_w_l1, l2_penalty, orthogonality_penalty, rank_product_l1
 from .replay import ReservoirBuffer
@@ -481,3 +484,49 @@ class NLoraReplayMethod(NLoraMethod, ReplayMethod):
         _, collision = NLoraMethod.loss_terms(self, model, inputs, wrapped, accumulation)
         return task_weight, {**replay, **collision}
 
+
+@register_method
+class LwfMethod(SeqLoraMethod):
+    """LwF: SeqLoRA plus ``distill_weight * KL(base || tuned)`` of the next-token distributions on the current batch.
+
+    The teacher is the same model with its adapter disabled, so no data or model copy is kept between tasks. That
+    teacher is the base only while the base weights are untouched: SeqLoRA never merges, and the config refuses
+    initialisations that rewrite the base (PiSSA, OLoRA, ...), so there is nothing to check before training.
+
+    Per micro-batch: one no-grad teacher forward (eval mode, no dropout) and one student forward with gradients, on
+    ``input_ids``/``attention_mask`` only, the LM head restricted to the compared positions. The trainer does not
+    pass the task forward's logits to :meth:`loss_terms`, hence the second student forward.
+    """
+
+    name = "lwf"
+    title = "LwF (distillation to the base model, no stored data)"
+    config_class = LwfConfig
+
+    def setup(self, model, **kwargs):
+        super().setup(model, **kwargs)
+        # transformers' causal LMs run the head on given positions only; other models give every position's logits
+        self.head_on_positions = "logits_to_keep" in inspect.signature(model.get_base_model().forward).parameters
+
+    def loss_terms(self, model, inputs, wrapped=None, accumulation=1):
+        if self.config.distill_weight == 0:
+            return 1.0, {}
+        wrapped = wrapped or model
+        ids = inputs["input_ids"]
+        attention = inputs.get("attention_mask", torch.ones_like(ids))
+        keep, mask = distillation_positions(inputs["labels"], attention, self.config.distill_positions)
+        batch = {"input_ids": ids, "attention_mask": attention}
+        if self.head_on_positions:
+            batch["logits_to_keep"] = keep
+        was_training = wrapped.training
+        wrapped.eval()  # the teacher's forward is deterministic (no dropout)
+        try:
+            with torch.no_grad(), model.disable_adapter():
+                teacher = wrapped(**batch).logits
+        finally:
+            wrapped.train(was_training)
+            self.restore_adapter_state(model)  # leaving disable_adapter() unfreezes every adapter
+        student = wrapped(**batch).logits
+        if not self.head_on_positions:
+            teacher, student = teacher[:, keep], student[:, keep]
+        kl = distillation_kl(student, teacher, mask, self.config.distill_temperature)
+        return 1.0, {"loss_distill": self.config.distill_weight * kl}

@@ -30,6 +30,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
+from .retention import RetentionTrack, format_drift
+
 
 def _mean(values: list[Optional[float]]) -> Optional[float]:
     values = [v for v in values if v is not None]
@@ -54,6 +56,8 @@ class ContinualResult:
     zero_shot_example_scores: Optional[list[Optional[list[float]]]] = None
     example_ids: Optional[list[Optional[list[str]]]] = None  # per task, one id per test example
     secondary: dict[str, "ContinualResult"] = field(default_factory=dict)
+    # Never-trained tasks scored on the base and after every task (ContinualTrainer(retention_tasks=...)), by name.
+    retention: dict[str, RetentionTrack] = field(default_factory=dict)
 
     @property
     def score_matrix(self) -> list[list[Optional[float]]]:
@@ -122,6 +126,7 @@ class ContinualResult:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["secondary"] = {name: result.to_dict() for name, result in self.secondary.items()}
+        data["retention"] = {name: track.to_dict() for name, track in self.retention.items()}
         return {**data, **self.summary()}
 
     def to_json(self, path: Optional[str] = None) -> str:
@@ -136,6 +141,7 @@ class ContinualResult:
     def from_dict(cls, data: dict[str, Any]) -> "ContinualResult":
         fields = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
         fields["secondary"] = {name: cls.from_dict(sub) for name, sub in (fields.get("secondary") or {}).items()}
+        fields["retention"] = {name: RetentionTrack.from_dict(t) for name, t in (fields.get("retention") or {}).items()}
         result = cls(**fields)
         # Results saved before per-task metrics and per-example scores: accuracy everywhere, no example scores.
         if not result.task_metrics:
@@ -204,6 +210,10 @@ class ContinualResult:
             f"FWT {pct(s['forward_transfer'])}  forgetting {pct(s['forgetting'])}  "
             f"({self.evaluation_method} scoring, macro over tasks)"
         )
+        if self.retention:
+            lines.append("Retention (never trained; final score, base, change with its 95 % interval over the items):")
+            width = max(len(name) for name in self.retention)
+            lines += [f"  {name.ljust(width)}  {format_drift(track)}" for name, track in self.retention.items()]
         for name, result in self.secondary.items():
             lines.append(f"\n{name} scoring:\n{result.format_table()}")
         return "\n".join(lines)

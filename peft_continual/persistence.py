@@ -157,7 +157,10 @@ def continual_state(trainer, method_meta: dict, include_data: bool) -> dict:
         "trainer": {"evaluation_method": trainer.evaluation_methods, "max_source_length": trainer.max_source_length,
                     "evaluate_unseen": trainer.evaluate_unseen, "evaluate_seen": trainer.evaluate_seen,
                     "evaluate_zero_shot": trainer.evaluate_zero_shot,
-                    "chat_template": trainer.chat_template_mode, "max_new_tokens": trainer.max_new_tokens},
+                    "chat_template": trainer.chat_template_mode, "max_new_tokens": trainer.max_new_tokens,
+                    "retention_tasks": [source.spec(include_data) for source in trainer.retention]},
+        # what retention sources need to continue (the general suite's base answers, for KL and agreement)
+        "retention_state": {source.name: source.state_dict() for source in trainer.retention},
     }  # fmt: skip
 
 

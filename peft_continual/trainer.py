@@ -44,6 +44,7 @@ from .hub import (
     save_continual_with_card,
 )
 from .metrics import ContinualResult
+from .retention import RetentionSource, RetentionTrack, TaskRetention, build_retention_sources, format_drift
 from .target_logits import supports_target_logits, with_target_logits
 from .persistence import (
     METHOD_STATE_FILE,
@@ -176,6 +177,12 @@ class ContinualTrainerMixin:
             loss is unchanged; the head's time and the logits' memory shrink to the answer's share). Used where
             the model supports it (``logits_to_keep`` and transformers' causal-LM loss) and no label smoother or
             custom loss is set.
+        retention_tasks: never-trained probes of what the run does beyond its tasks, scored on the base model and
+            after every task into ``result.retention`` (see :mod:`peft_continual.retention`): ``ContinualTask``
+            objects (their evaluation split), ``"general"`` (the built-in general-ability suite; ``"general:N"``
+            for N items a part, ``"general:full"``) and ``"lm_eval:TASK[,TASK]"``. Every process evaluates them.
+        lm_eval_include_path: folder(s) of your own lm-eval task YAMLs, for ``lm_eval:`` retention tasks.
+        lm_eval_limit: items per lm-eval task at most (lm-eval's ``limit``).
     """
 
     def __init__(
@@ -194,6 +201,9 @@ class ContinualTrainerMixin:
         evaluate_seen: EvaluateSeen = "needed",
         collision_eps: Sequence[float] = (0.001, 0.01, 0.1),
         logits_on_targets_only: bool = True,
+        retention_tasks: Sequence = (),
+        lm_eval_include_path=None,
+        lm_eval_limit: Optional[int] = None,
         **kwargs,
     ):
         if not isinstance(model, PeftModel):
@@ -221,6 +231,11 @@ class ContinualTrainerMixin:
             )
         if processing_class.eos_token_id is None:
             raise ValueError("the tokenizer has no eos_token: set tokenizer.eos_token before training")
+        self.retention: list[RetentionSource] = build_retention_sources(
+            retention_tasks, lm_eval_include_path=lm_eval_include_path, lm_eval_limit=lm_eval_limit)  # before any model work
+        for source in self.retention:
+            if isinstance(source, TaskRetention):
+                check_protocol(methods[0], source.task)
         if processing_class.pad_token_id is None:
             processing_class.pad_token = processing_class.eos_token
         self.chat = use_chat_template(processing_class, chat_template)  # 'on' without a template fails here
@@ -316,6 +331,7 @@ class ContinualTrainerMixin:
         if not tasks:
             raise ValueError("train_continual needs at least one task")
         check_unique_names(self.tasks + tasks)
+        self._cl_check_retention(self.tasks + tasks)
         for task in tasks:
             check_protocol(self.evaluation_method, task)
         self.method.check_before_training(self.peft_model, len(self.tasks) + len(tasks))
@@ -331,6 +347,7 @@ class ContinualTrainerMixin:
             if self.evaluate_zero_shot:
                 self._cl_evaluate_zero_shot(tasks)
             finished = 0
+        self._cl_measure_retention(row=0)  # the base's scores of retention tasks not measured yet
         for offset in range(finished, len(tasks)):
             index = first_new + offset
             task_dir = os.path.join(self.continual_args.output_dir, task_adapter_name(index, tasks[offset].name))
@@ -415,6 +432,7 @@ class ContinualTrainerMixin:
         load_adapter_weights(self.peft_model, folder, state["adapters"], self.method.config)
         self.method.load_state_dict(state["method_state"], tensors, self.peft_model)
         self._adopt_result(ContinualResult.from_dict(state["result"]))
+        self._cl_load_retention_state(state)
         self.tasks = self.tasks + tasks
         self.restore_adapter_state()
         finished = len(self.result.accuracy_matrix) - (len(self.tasks) - len(tasks))
@@ -456,10 +474,14 @@ class ContinualTrainerMixin:
             result.accuracy_matrix.append(row)
             result.example_scores.append(examples)
         accuracies = [e.score for e in evaluations[self.evaluation_method]]
+        started = time.perf_counter()
+        self._cl_measure_retention(row=index + 1, stage=f"after_{index + 1}_{task.name}")
+        retention_seconds = time.perf_counter() - started
         self._cl_log_scores(evaluated, accuracies)
         self.result.details.append({
             "task": task.name, "train_examples": len(features), "train_loss": output.training_loss,
             "steps": output.global_step, "train_seconds": round(train_seconds, 2),
+            "retention_seconds": round(retention_seconds, 2),
             "eval_examples": [len(self.tasks[j].eval) for j in evaluated],
             "training_arguments": training_arguments(self.continual_args),  # as this task trained (the model card)
         })  # fmt: skip
@@ -468,6 +490,8 @@ class ContinualTrainerMixin:
             save_continual(self, os.path.join(self.continual_args.output_dir, PROGRESS_DIR))
             seen = ", ".join(f"{self.tasks[j].name} {100 * a:.1f}%" for j, a in zip(evaluated, accuracies))
             print(f"    after {task.name}: {seen}", flush=True)
+            for name, track in self.result.retention.items():
+                print(f"    retention {name}: {format_drift(track)}", flush=True)
 
     def _cl_warn_if_few_steps(self, task: ContinualTask, num_examples: int) -> None:
         """A task of a few optimizer steps barely moves its adapter and scores near zero-shot: say it before training."""
@@ -500,6 +524,8 @@ class ContinualTrainerMixin:
         them as ``eval/<task>_accuracy`` and ``eval/continual_average_accuracy``.
         """
         metrics = {f"eval_{self.tasks[j].name}_{self.result.task_metrics[j]}": score for j, score in zip(evaluated, scores)}
+        metrics.update({f"eval_retention_{name}": track.scores[-1] for name, track in self.result.retention.items()
+                        if track.scores[-1] is not None})  # fmt: skip
         metrics["eval_continual_tasks_trained"] = self.result.num_trained
         metrics.update({f"eval_continual_{k}": v for k, v in self.result.summary().items() if v is not None})
         self.log(metrics)
@@ -571,9 +597,13 @@ class ContinualTrainerMixin:
                 write_predictions(os.path.join(folder, f"{task.name}.{protocol}.jsonl"), encoding, evaluation)
         return evaluations
 
+    def _cl_base_intact(self) -> bool:
+        """Whether disabling the adapters still gives the base model (no adapter was merged into it)."""
+        return not getattr(self.method, "merged", None)
+
     @torch.no_grad()
     def _cl_evaluate_zero_shot(self, tasks: Sequence[ContinualTask]) -> None:
-        if getattr(self.method, "merged", None):  # the base is gone: what disable_adapter() leaves is trained
+        if not self._cl_base_intact():  # the base is gone: what disable_adapter() leaves is trained
             logger.warning(
                 f"zero-shot scores of {[t.name for t in tasks]} are not measured: this run merged adapters into the "
                 "base model, so the base model's own scores cannot be read any more (their zero-shot cells stay empty)"
@@ -599,6 +629,69 @@ class ContinualTrainerMixin:
         scores = [e.score for e in evaluations[self.evaluation_method]]
         if self.is_world_process_zero():
             print("zero-shot: " + ", ".join(f"{t.name} {100 * s:.1f}%" for t, s in zip(tasks, scores)), flush=True)
+
+    # ------------------------------------------------------------------------------------------ retention
+
+    def _cl_check_retention(self, tasks: Sequence[ContinualTask]) -> None:
+        """A retention task must never be trained (by name or by its evaluation rows), and a probe added to a run
+        whose base was merged away cannot get its base scores."""
+        trained = {t.name: t for t in tasks}
+        for source in self.retention:
+            if not isinstance(source, TaskRetention):
+                continue
+            same_rows = [t.name for t in tasks if t.example_ids() == source.task.example_ids()]
+            if source.name in trained or same_rows:
+                raise ValueError(
+                    f"retention task {source.name!r} is also a training task ({(same_rows or [source.name])[0]!r}): a "
+                    "retention task is never trained; pass held-out data, or drop it from the retention tasks"
+                )
+        missing = [s.name for s in self.retention if not self._cl_has_base_row(s)]
+        if missing and self.result.accuracy_matrix and not self._cl_base_intact():
+            raise ValueError(
+                f"retention tasks {missing} are new to a run that merged adapters into the base model, so the base's "
+                "scores they are compared with cannot be measured any more: give them from the run's start"
+            )
+
+    def _cl_load_retention_state(self, state: dict) -> None:
+        """What a saved run's retention sources kept (the general suite's base answers), for the same sources."""
+        saved = state.get("retention_state") or {}
+        for source in self.retention:
+            if source.name in saved:
+                source.load_state_dict(saved[source.name])
+
+    def _cl_has_base_row(self, source: RetentionSource) -> bool:
+        return any(t.source == source.name and t.scores and t.scores[0] is not None for t in self.result.retention.values())
+
+    @torch.no_grad()
+    def _cl_measure_retention(self, row: int, stage: str = "zero_shot") -> None:
+        """Score the retention tasks into row ``row`` of their tracks: 0 is the base (adapters disabled; only the
+        sources without it yet), i is after task i (the method's evaluation adapters)."""
+        sources = [s for s in self.retention if not self._cl_has_base_row(s)] if row == 0 else self.retention
+        if not sources:
+            return
+        started = time.perf_counter()
+        model = self.peft_model
+        was_training = model.training
+        model.eval()
+        context = model.disable_adapter() if row == 0 else adapters_active(model, self.method.eval_adapters())
+        try:
+            with context, self.autocast_smart_context_manager():
+                measured = [(source.name, name, m) for source in sources
+                            for name, m in source.measure(self, base=row == 0, stage=stage).items()]  # fmt: skip
+        finally:
+            model.train(was_training)
+            self.restore_adapter_state()  # leaving disable_adapter() unfreezes every adapter
+        for source, name, measure in measured:
+            track = self.result.retention.setdefault(
+                name, RetentionTrack(name, measure.metric, measure.higher_is_better, [], [], source=source))
+            for values in (track.scores, track.example_scores):
+                values += [None] * (row + 1 - len(values))
+            scores = measure.example_scores
+            track.scores[row] = None if scores is None else sum(scores) / len(scores)
+            track.example_scores[row] = scores
+        if row == 0 and self.is_world_process_zero():
+            print(f"retention, base model ({time.perf_counter() - started:.0f} s): " + ", ".join(f"{name} {track.scores[0]:.3f}" for name, track in self.result.retention.items()
+                                                        if track.scores[0] is not None), flush=True)  # fmt: skip
 
     # ------------------------------------------------------------------------------------------ losses
 
@@ -720,6 +813,7 @@ class ContinualTrainerMixin:
         trainer.method.load_state_dict(state["method_state"], tensors, trainer.peft_model)
         trainer.tasks = [task_from_dict(t) for t in state["tasks"]]
         trainer._adopt_result(ContinualResult.from_dict(state["result"]))
+        trainer._cl_load_retention_state(state)
         trainer.restore_adapter_state()
         return trainer
 

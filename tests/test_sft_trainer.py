@@ -13,6 +13,7 @@ from peft_continual import (
     ContinualTrainer,
     ILoraConfig,
     IncLoraConfig,
+    LwfConfig,
     NLoraConfig,
     NLoraReplayConfig,
     OLoraConfig,
@@ -235,7 +236,8 @@ def test_an_interrupted_sft_run_resumes_to_the_uninterrupted_adapters(method, to
     OLoraConfig(r=4, lora_alpha=8, l2_lambda=0.1),
     ReplayConfig(r=4, lora_alpha=8, replay_buffer_size=8, replay_batch_size=2),
     NLoraReplayConfig(r=4, lora_alpha=8, replay_buffer_size=8, replay_batch_size=2),
-], ids=["seqlora", "inclora-merged", "olora", "replay", "nlora_replay"])  # fmt: skip
+    LwfConfig(r=4, lora_alpha=8, distill_positions="all"),
+], ids=["seqlora", "inclora-merged", "olora", "replay", "nlora_replay", "lwf"])  # fmt: skip
 def test_every_other_registered_method_trains_on_trl(config, tokenizer, tmp_path):
     trainer = build(ContinualSFTTrainer, tokenizer, sft_config(tmp_path), config)
     result = trainer.train_continual([synthetic_task("colors", n_train=8), synthetic_task("animals", n_train=8)])
