@@ -198,7 +198,7 @@ configuration and the accuracy matrix{continuing}
 - Backward transfer: {_pct(s["backward_transfer"], True)}
 - Forward transfer: {_pct(s["forward_transfer"], True)}
 - Forgetting: {_pct(s["forgetting"], True)}
-
+{_task_aware_line(result)}
 {_noise_note(state)}{_retention_section(result)}
 ## Method and hyper-parameters
 
@@ -211,6 +211,14 @@ Method: `{method}`
 {_training_section(state)}
 """
     return ModelCard(content)
+
+
+def _task_aware_line(result: ContinualResult) -> str:
+    if result.task_aware_accuracy is None:
+        return ""
+    return (f"- Task-aware average accuracy: {_pct(result.task_aware_accuracy)}: each task served by its own folder "
+            "under `task_aware/` (its adapter and the earlier ones: the model as after its training), for a server that "
+            "knows the task (multi-LoRA); a separate protocol, not comparable with the average accuracy above\n")
 
 
 def _retention_section(result: ContinualResult) -> str:

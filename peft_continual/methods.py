@@ -102,6 +102,12 @@ class ContinualMethod(abc.ABC):
         """One adapter per task, for the collision analysis (empty when the method has no such adapters)."""
         return []
 
+    def task_aware_adapters(self) -> list[list[str]]:
+        """Per trained task, the adapters whose sum is the model as it was after that task (its own and the earlier
+        ones, frozen since): what serves the task when it is known at inference. Empty for a method whose one
+        adapter later tasks keep training (SeqLoRA, ER, I-LoRA, LwF): it keeps no such model."""
+        return []
+
     def restore_adapter_state(self, model) -> None:
         set_adapter_state(model, *self.training_adapters())
 
@@ -231,6 +237,9 @@ class TaskAdapterMethod(ContinualMethod):
 
     def task_adapters(self):
         return list(self.adapters)
+
+    def task_aware_adapters(self):
+        return [self.adapters[: j + 1] for j in range(len(self.adapters))]
 
     def export_adapters(self):
         return list(self.adapters)

@@ -58,6 +58,7 @@ class ContinualResult:
     secondary: dict[str, "ContinualResult"] = field(default_factory=dict)
     # Never-trained tasks scored on the base and after every task (ContinualTrainer(retention_tasks=...)), by name.
     retention: dict[str, RetentionTrack] = field(default_factory=dict)
+    task_aware: bool = False  # the method keeps each task's model (task adapters): see task_aware_accuracy
 
     @property
     def score_matrix(self) -> list[list[Optional[float]]]:
@@ -113,6 +114,15 @@ class ContinualResult:
     def _scored(self, j: int) -> bool:
         return not self.task_metrics or self.task_metrics[j] is not None
 
+    @property
+    def task_aware_accuracy(self) -> Optional[float]:
+        """Mean over tasks of R[j][j]: each task served by the model as it was right after it was trained, which a
+        task-adapter method keeps exactly (its adapters up to the task's own, exported under ``task_aware/``) for
+        users who know the task at inference. Its own protocol, never to be compared with the task-agnostic AA."""
+        if not self.task_aware or not self.accuracy_matrix:
+            return None
+        return _mean([self.accuracy_matrix[j][j] for j in range(self.num_trained) if self._scored(j)])
+
     def summary(self) -> dict[str, Optional[float]]:
         return {
             "average_accuracy": self.average_accuracy,
@@ -127,7 +137,7 @@ class ContinualResult:
         data = asdict(self)
         data["secondary"] = {name: result.to_dict() for name, result in self.secondary.items()}
         data["retention"] = {name: track.to_dict() for name, track in self.retention.items()}
-        return {**data, **self.summary()}
+        return {**data, **self.summary(), "task_aware_accuracy": self.task_aware_accuracy}
 
     def to_json(self, path: Optional[str] = None) -> str:
         text = json.dumps(self.to_dict(), indent=2)
@@ -210,6 +220,10 @@ class ContinualResult:
             f"FWT {pct(s['forward_transfer'])}  forgetting {pct(s['forgetting'])}  "
             f"({self.evaluation_method} scoring, macro over tasks)"
         )
+        if self.task_aware_accuracy is not None:
+            lines.append(f"Task-aware AA {pct(self.task_aware_accuracy, signed=False)} (each task served by the adapters up "
+                         "to its own, as after its training: for users who know the task at inference; not comparable "
+                         "with AA)")  # fmt: skip
         if self.retention:
             lines.append("Retention (never trained; final score, base, change with its 95 % interval over the items):")
             width = max(len(name) for name in self.retention)

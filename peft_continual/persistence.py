@@ -46,6 +46,7 @@ from .tasks import GENERATION, ContinualTask, PromptEncoder
 
 STATE_FILE = "continual_state.json"
 TENSORS_FILE = "continual_state.safetensors"
+TASK_AWARE_DIR = "task_aware"  # one plain-peft adapter per task: the model as it was after that task
 FORMAT_VERSION = 1
 ADAPTER_FILES = ("adapter_config.json", SAFETENSORS_WEIGHTS_NAME, "README.md")  # what peft's save_pretrained writes
 UNSAFE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
@@ -183,6 +184,8 @@ def save_continual(
         for adapter in model.peft_config:
             _save_adapter(model, adapter, staging / adapter)
         save_root_adapter(model, method.export_adapters(), staging)
+        for adapters in method.task_aware_adapters():  # named after the task's own adapter, the last of them
+            save_root_adapter(model, adapters, staging / TASK_AWARE_DIR / adapters[-1])
         method.restore_adapter_state(model)
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(staging / TENSORS_FILE))
         (staging / STATE_FILE).write_text(json.dumps(state, indent=1), encoding="utf-8")

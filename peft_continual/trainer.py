@@ -307,7 +307,8 @@ class ContinualTrainerMixin:
         return tokenize_task(self.processing_class, task, self.max_source_length, self.chat)
 
     def _new_result(self) -> ContinualResult:
-        result = ContinualResult(method=self.method.name, evaluation_method=self.evaluation_method)
+        result = ContinualResult(method=self.method.name, evaluation_method=self.evaluation_method,
+                                 task_aware=type(self.method).task_aware_adapters is not ContinualMethod.task_aware_adapters)
         result.secondary = {m: ContinualResult(method=self.method.name, evaluation_method=m) for m in self.evaluation_methods[1:]}
         return result
 

@@ -445,3 +445,38 @@ def test_readme_first_line_installs_what_the_second_runs():
     assert "pytest" in requirements and "tokenizers" in requirements  # what the suite imports beyond the package
     assert second.split("&&")[-1].strip() == "python -m pytest -q"
     assert root.joinpath(".ci", "run").read_text().strip().splitlines()[-1] == second
+
+
+def test_retention_tasks_in_the_script_and_the_comparison(script, tmp_path, tokenizer, task_files, capsys):
+    """--retention_tasks: the general suite and a held-out task file scored on the base and after each task, in the
+    JSON, the printed contrast (paired, each method against the first), comparison.json and both plots."""
+    model, _ = tiny_model("llama", tokenizer)
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    out = tmp_path / "out"
+    script.main(["--model_name_or_path", str(tmp_path / "model"), "--max_source_length", "48", "--use_cpu",
+                 "--per_device_train_batch_size", "4", "--learning_rate", "5e-3", "--disable_tqdm", "true",
+                 "--continual_tasks", *task_files[:2], "--output_dir", str(out), "--cl_method", "replay",
+                 "--compare_with", "seqlora", "--replay_buffer_size", "8", "--target_modules", "q_proj",
+                 "--retention_tasks", f"general:2,{task_files[2]}", "--max_new_tokens", "4"])  # fmt: skip
+    printed = capsys.readouterr().out
+    saved = json.loads((out / "replay" / "accuracy_matrix.json").read_text())
+    assert list(saved["retention"]) == ["general/facts", "general/leak", "general/kl", "general/agreement", "fruits"]
+    assert all(len(t["scores"]) == 3 for t in saved["retention"].values())
+    assert "retention general/kl:" in printed and "Beyond the tasks (retention, never trained)" in printed
+    assert "ER - SeqLoRA:" in printed
+    comparison = json.loads((out / "comparison.json").read_text())
+    assert set(comparison["runs"]["seqlora"]["retention"]) == set(saved["retention"])
+    for png in (out / "comparison.png", out / "replay" / "accuracy_matrix.png"):
+        assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("spec,message", [
+    ("generl", "task spec"),  # not a suite: read as a task spec, which does not resolve
+    ("general:0", "'general:N'"),
+    ("lm_eval:pc_colours", "Unknown lm-eval task 'pc_colours'"),
+])  # fmt: skip
+def test_bad_retention_specs_fail_before_the_model(script, tmp_path, no_model, task_files, spec, message, capsys):
+    with pytest.raises(SystemExit, match=message):
+        script.main(model_argv(tmp_path, "--continual_tasks", *task_files[:2], "--retention_tasks", spec,
+                               "--lm_eval_include_path", str(Path(__file__).parent / "data" / "lm_eval_tasks")))

@@ -13,11 +13,10 @@ from peft_continual import ContinualResult, ContinualTrainer, IncLoraConfig
 from peft_continual.general_ability import evaluate_general_ability
 from peft_continual.hub import render_model_card
 from peft_continual.persistence import read_state
-from peft_continual.retention import GENERAL_DEFAULT_ITEMS, RetentionTrack, build_retention_sources
+from peft_continual.retention import GENERAL_DEFAULT_ITEMS, GeneralRetention, RetentionTrack, build_retention_sources
 
 TASKS_DIR = Path(__file__).parent / "data" / "lm_eval_tasks"
-GENERAL_TRACKS = ["general/instructions", "general/instructions_loose", "general/facts", "general/leak", "general/kl",
-                  "general/agreement"]  # fmt: skip
+GENERAL_TRACKS = ["general/facts", "general/leak", "general/kl", "general/agreement"]  # the quick form
 
 
 def make_trainer(tokenizer, tmp_path, config=None, seed=0, **options):
@@ -75,7 +74,8 @@ def test_the_general_suite_once_and_distinct_names():
     with pytest.raises(ValueError, match="distinct names"):
         build_retention_sources([synthetic_task("fruits"), synthetic_task("fruits", seed=1)])
     assert build_retention_sources(["general"])[0].limit == GENERAL_DEFAULT_ITEMS
-    assert build_retention_sources(["general:full"])[0].limit is None
+    full = build_retention_sources(["general:full"])[0]
+    assert full.limit is None and full.options == {}  # every part, every item, the suite's own budgets
 
 
 def test_lm_eval_specs_are_checked_before_any_model_work(tmp_path, monkeypatch):
@@ -132,11 +132,11 @@ def test_base_row_is_the_base_model_and_later_rows_the_trained_one(run):
     held-out task with the final adapters."""
     trainer, result, tokenizer, _ = run
     base, _ = tiny_model("llama", tokenizer)
-    own = evaluate_general_ability(base, tokenizer, limit=3, labels=sorted({l for t in trainer.tasks for l in t.labels}),
-                                   chat_template="off")  # fmt: skip
+    labels = sorted({label for task in trainer.tasks for label in task.labels})
+    own = evaluate_general_ability(base, tokenizer, limit=3, labels=labels, chat_template="off", **GeneralRetention.QUICK)
     assert result.retention["general/facts"].example_scores[0] == own.facts
-    assert result.retention["general/instructions"].example_scores[0] == own.instructions
     assert result.retention["general/leak"].example_scores[0] == own.leak
+    assert trainer.retention[0].reference.chat_answer_ids == own.chat_answer_ids  # the base's answers, KL's reference
     fruits = result.retention["fruits"]
     evaluation = trainer.evaluate_tasks([trainer.retention[1].task])[trainer.evaluation_method][0]
     assert fruits.example_scores[-1] == evaluation.example_scores
@@ -178,7 +178,7 @@ def test_a_run_that_merges_into_the_base_keeps_the_suite_without_kl(tokenizer, t
     # agreement are not measurable after it (None, said), while the parts read off the answers still are
     assert result.retention["general/kl"].scores == [0.0, None, None]
     assert result.retention["general/agreement"].drift() is None
-    for name in ("general/facts", "general/leak", "general/instructions"):
+    for name in ("general/facts", "general/leak"):
         assert None not in result.retention[name].scores
 
 
