@@ -25,7 +25,7 @@ from conftest import (
     train,
     training_args,
 )
-from peft_continual import ContinualTrainer, IncLoraConfig, ILoraConfig, NLoraConfig, NLoraReplayConfig, OLoraConfig, ReplayConfig
+from peft_continual import ContinualTrainer, IncLoraConfig, ILoraConfig, LwfConfig, NLoraConfig, NLoraReplayConfig, OLoraConfig, ReplayConfig
 from peft_continual.adapters import adapter_parameters
 from peft_continual import hub
 from peft_continual.hub import push_folder_to_hub
@@ -498,6 +498,7 @@ ALL_METHODS = {
     "olora": OLoraConfig(r=4, lora_alpha=8), "nlora": NLoraConfig(r=4, lora_alpha=8, collision_lambda=1.0),
     "replay": ReplayConfig(r=4, lora_alpha=8, replay_buffer_size=6), "ilora": ILoraConfig(r=4, lora_alpha=8, ema_decay=0.5),
     "nlora_replay": NLoraReplayConfig(r=4, lora_alpha=8, collision_lambda=1.0, replay_buffer_size=6),
+    "lwf": LwfConfig(r=4, lora_alpha=8, distill_weight=1.0),
 }  # fmt: skip
 
 
