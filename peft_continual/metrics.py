@@ -221,7 +221,7 @@ class ContinualResult:
             f"({self.evaluation_method} scoring, macro over tasks)"
         )
         if self.task_aware_accuracy is not None:
-            lines.append(f"Task-aware AA {pct(self.task_aware_accuracy, signed=False)} (each task served by the adapters up "
+            lines.append(f"Task-aware average accuracy {pct(self.task_aware_accuracy, signed=False)} (each task served by the adapters up "
                          "to its own, as after its training: for users who know the task at inference; not comparable "
                          "with AA)")  # fmt: skip
         if self.retention:

@@ -62,7 +62,7 @@ def test_general_ability_snippet_reports_every_part_with_intervals(tmp_path, cha
 
     model, targets = tiny_model("llama", chat_tokenizer)
     peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=targets))
-    (code,) = python_blocks("Is my chat model still a good chat model?")
+    code = python_blocks("Is my chat model still a good chat model?")[1]
     before, after = code.split("# ... train ...")
     namespace = {"peft_model": peft_model, "tokenizer": chat_tokenizer}
     exec(compile(before, "README.md", "exec"), namespace)
@@ -74,6 +74,26 @@ def test_general_ability_snippet_reports_every_part_with_intervals(tmp_path, cha
     out = capsys.readouterr().out
     assert {"instructions", "facts", "leak", "kl", "agreement"} <= set(namespace["after"].summary())
     assert namespace["after"].summary()["kl"] > 0 and "kl: +" in out
+
+
+def test_retention_snippet_trains_and_reports_the_tracks(tmp_path, tokenizer, capsys):
+    """The retention snippet, on a tiny model, with its lm-eval probe left out (ARC needs the network)."""
+    from peft import LoraConfig, get_peft_model
+
+    from conftest import synthetic_task, tiny_model, training_args
+
+    code = python_blocks("Is my chat model still a good chat model?")[0]
+    assert ', "lm_eval:arc_easy"' in code
+    model, targets = tiny_model("llama", tokenizer)
+    namespace = {
+        "ContinualTrainer": __import__("peft_continual").ContinualTrainer, "tokenizer": tokenizer,
+        "peft_model": get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=targets)),
+        "args": training_args(tmp_path, num_train_epochs=2, learning_rate=1e-2),
+        "tasks": [synthetic_task("colors"), synthetic_task("animals")], "held_out_task": synthetic_task("fruits"),
+    }  # fmt: skip
+    exec(compile(code.replace(', "lm_eval:arc_easy"', "").replace('"general"', '"general:3"'), "README.md", "exec"), namespace)
+    assert len(namespace["track"].scores) == 3 and namespace["track"].drift() is not None
+    assert set(namespace["result"].retention) == {"general/facts", "general/leak", "general/kl", "general/agreement", "fruits"}
 
 
 def test_adding_a_method_snippet_registers_a_working_method(tmp_path, tokenizer, monkeypatch):

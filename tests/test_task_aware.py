@@ -15,7 +15,7 @@ def test_each_task_exports_the_model_as_after_its_training(tokenizer, tmp_path):
     result = trainer.result
     assert result.task_aware and result.task_aware_accuracy == pytest.approx(
         (result.accuracy_matrix[0][0] + result.accuracy_matrix[1][1]) / 2)  # fmt: skip
-    assert "Task-aware AA" in result.format_table() and result.to_dict()["task_aware_accuracy"] is not None
+    assert "Task-aware average accuracy" in result.format_table() and result.to_dict()["task_aware_accuracy"] is not None
     trainer.save_continual(str(tmp_path / "final"))
     assert "Task-aware average accuracy" in (tmp_path / "final" / "README.md").read_text()  # the model card
     folders = sorted(p.name for p in (tmp_path / "final" / "task_aware").iterdir())
