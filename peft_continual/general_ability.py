@@ -306,6 +306,7 @@ def evaluate_general_ability(
     labels: Sequence[str] = (),
     max_new_tokens: int = 64,
     short_answer_tokens: int = 24,
+    leak_answer_tokens: Optional[int] = None,
     batch_size: int = 8,
     limit: Optional[int] = None,
     chat_template: str = "auto",
@@ -316,8 +317,9 @@ def evaluate_general_ability(
     """Score ``model`` (its current adapters) on the built-in suite by greedy, batched generation.
 
     ``parts``: which of ``SUITE_PARTS`` to run. Budgets: ``max_new_tokens`` for the instructions (whose constraints
-    need whole answers) and the reference's chat answers; ``short_answer_tokens`` for the facts (short answers) and
-    for a tuned model's chat answers, which only the leak check reads.
+    need whole answers) and the reference's chat answers; ``short_answer_tokens`` for the facts (short answers);
+    ``leak_answer_tokens`` (default: ``short_answer_tokens``) for a tuned model's chat answers, which only the leak
+    check reads, and it reads their start.
 
     ``reference``: the base model's report (:func:`base_reference`), evaluated with the same ``limit``, ``parts`` and
     ``chat_template``; with it, the chat part measures drift from the base on the base's answers (unless
@@ -352,7 +354,7 @@ def evaluate_general_ability(
              "chat": suite.chat}  # fmt: skip
     texts = {part: part_texts for part, part_texts in texts.items() if part in parts}
     budgets = {"instructions": max_new_tokens, "facts": short_answer_tokens,
-               "chat": max_new_tokens if reference is None else short_answer_tokens}  # fmt: skip
+               "chat": max_new_tokens if reference is None else leak_answer_tokens or short_answer_tokens}  # fmt: skip
     with _kept_state(model):
         model.eval()
         answers, prompt_ids, answer_ids = {}, {}, {}

@@ -152,12 +152,15 @@ class GeneralRetention(RetentionSource):
     """The built-in general-ability suite; the base's report is kept as the reference for KL and agreement.
 
     ``"general"`` and ``"general:N"`` are the quick form, cheap enough for every task: facts (16-token answers) and
-    chat prompts (the base's 32-token answers, on which KL and token agreement are teacher-forced; 16-token answers
-    of the tuned model for the leak check). ``"general:full"`` is the whole suite, instructions with verifiable
-    constraints included (64-token answers, the dominant cost), as :func:`evaluate_general_ability` runs it.
+    chat prompts (the base's 32-token answers, on which KL and token agreement are teacher-forced; 8-token answers
+    of the tuned model for the leak check, which reads an answer's start). ``"general:full"`` is the whole suite,
+    instructions with verifiable constraints included (64-token answers, the dominant cost), as
+    :func:`evaluate_general_ability` runs it. The suite's prompts are short, so it runs in batches of at least
+    ``BATCH_SIZE`` whatever the tasks' evaluation batch: little memory, and half the CPU time of batches of 8.
     """
 
-    QUICK = {"parts": ("facts", "chat"), "max_new_tokens": 32, "short_answer_tokens": 16}
+    QUICK = {"parts": ("facts", "chat"), "max_new_tokens": 32, "short_answer_tokens": 16, "leak_answer_tokens": 8}
+    BATCH_SIZE = 32
 
     def __init__(self, limit: Optional[int]):
         self.limit = limit
@@ -170,7 +173,7 @@ class GeneralRetention(RetentionSource):
 
         labels = sorted({label for task in trainer.tasks for label in task.labels})
         options = {"limit": self.limit, "chat_template": "on" if trainer.chat else "off", "labels": labels,
-                   "batch_size": trainer.args.per_device_eval_batch_size, **self.options}  # fmt: skip
+                   "batch_size": max(trainer.args.per_device_eval_batch_size, self.BATCH_SIZE), **self.options}  # fmt: skip
         model, tokenizer = trainer.peft_model, trainer.processing_class
         if base:  # the trainer has disabled the adapters: this is the base model
             self.reference = report = evaluate_general_ability(model, tokenizer, **options)

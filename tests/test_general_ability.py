@@ -10,7 +10,7 @@ import torch
 from conftest import tiny_model
 from peft import LoraConfig, get_peft_model
 
-from peft_continual import evaluate_general_ability
+from peft_continual import evaluate_general_ability, general_ability
 from peft_continual.general_ability import (
     CONSTRAINTS,
     DATA_DIR,
@@ -170,7 +170,30 @@ def test_perturbed_adapter_drifts_from_its_base(chat_tokenizer):
         with peft_model.disable_adapter():
             base = peft_model(input_ids=ids).logits[0, len(prompt) - 1 :].log_softmax(-1)
         assert kl == pytest.approx(float((base.exp() * (base - tuned)).sum(-1).mean()), rel=1e-4, abs=1e-6)
+        # token agreement: the share of those positions where both models' most likely token is the same
+        assert report.agreement[prompts.index(prompt)] == pytest.approx(
+            float((base.argmax(-1) == tuned.argmax(-1)).float().mean()))  # fmt: skip
     assert drift(report, reference)["kl"].estimate == pytest.approx(sum(report.kl) / 3)
+
+
+def test_parts_and_budgets(chat_tokenizer, monkeypatch):
+    """Only the parts asked for are run; facts and leak answers get their own short budgets (the quick form)."""
+    model, targets = tiny_model("llama", chat_tokenizer)
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=targets))
+    quick = dict(limit=4, parts=("facts", "chat"), max_new_tokens=10, short_answer_tokens=5, leak_answer_tokens=2)
+    reference = base_reference(peft_model, chat_tokenizer, **quick)
+    assert set(reference.answers) == {"facts", "chat"} and reference.instructions is None
+    assert max(map(len, reference.chat_answer_ids)) <= 10  # the reference's chat answers: max_new_tokens
+    budgets = []
+    original = general_ability.greedy_config
+    monkeypatch.setattr(general_ability, "greedy_config", lambda **kw: budgets.append(kw["max_new_tokens"]) or original(**kw))
+    report = evaluate_general_ability(peft_model, chat_tokenizer, reference=reference, **quick)
+    assert set(report.scores()) == {"facts", "leak", "kl", "agreement"} and len(report.leak) == 8
+    assert budgets == [5, 2]  # facts, then the tuned model's chat answers (read by the leak check only)
+    with pytest.raises(ValueError, match="use the same limit, parts and chat_template"):
+        evaluate_general_ability(peft_model, chat_tokenizer, reference=reference, limit=4, parts=("facts",))
+    with pytest.raises(ValueError, match="parts must be a non-empty selection"):
+        evaluate_general_ability(peft_model, chat_tokenizer, parts=("trivia",))
 
 
 def test_report_round_trips_through_json(tokenizer):
