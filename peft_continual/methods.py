@@ -82,6 +82,12 @@ class ContinualMethod(abc.ABC):
     def check_before_training(self, model, num_tasks: int) -> None:
         """Raise a clear error for settings that would only fail in the middle of training ``num_tasks`` tasks."""
 
+    def prepare_task(self, trainer, task_index: int) -> None:
+        """Before task ``task_index`` starts (before :meth:`begin_task`), with the trainer at hand: its tokenizer
+        (``trainer.processing_class``), tasks (``trainer.tasks``), how a task becomes training features
+        (``trainer._cl_features``) and the model as the previous task left it; e.g. to synthesize rehearsal rows.
+        Also runs when a run resumes inside the task."""
+
     def begin_task(self, model, task_index: int, task_name: str) -> None:
         self.task_index = task_index
         self.restore_adapter_state(model)
