@@ -15,6 +15,7 @@ Method by config class:
 ``ILoraConfig``        I-LoRA: ER + a slow learner (EMA of the fast one) + consistency loss
 ``NLoraReplayConfig``  N-LoRA + ER: N-LoRA's task adapters and penalty, trained with ER's replay
 ``LwfConfig``          LwF: one adapter + a KL to the base model's next-token distributions (no stored data)
+``SsrConfig``          SSR: ER whose buffer holds rows the model synthesizes for earlier tasks (no stored rows)
 =====================  =========================================================================
 """
 
@@ -353,4 +354,79 @@ class LwfConfig(_ContinualConfigMixin, LoraConfig):
         _require(
             self.distill_positions in ("targets", "all"),
             f"distill_positions must be 'targets' or 'all', got {self.distill_positions!r}.",
+        )
+
+
+@dataclass
+class SsrConfig(ReplayConfig):
+    """SSR (Huang et al., ACL 2024): ER without data. Before each task the model writes new inputs for every earlier
+    task from its instruction, answers them itself, and the well-formed, diverse pairs fill the replay buffer (fresh
+    each task); no user row is stored. ``replay_buffer_size`` caps the synthetic rows of all earlier tasks together."""
+
+    ssr_examples_per_task: int = field(
+        default=32, metadata={"help": "Synthetic rows kept per earlier task (fewer when too few candidates pass)."}
+    )
+    ssr_candidates_factor: float = field(
+        default=2.0,
+        metadata={
+            "help": "Inputs sampled per earlier task, as a multiple of ssr_examples_per_task: room for the filter "
+            "(empty, unfinished, repeated, duplicate inputs) and for ill-formed answers. One round: the cost is bounded."
+        },
+    )
+    ssr_temperature: float = field(default=0.9, metadata={"help": "Sampling temperature of the synthetic inputs."})
+    ssr_top_p: float = field(default=0.95, metadata={"help": "Nucleus (top-p) mass of the synthetic inputs' sampling."})
+    ssr_max_new_tokens: int = field(
+        default=64, metadata={"help": "Token budget of one synthetic input; an input cut by it is dropped as unfinished."}
+    )
+    ssr_min_input_chars: int = field(
+        default=3, metadata={"help": "Shortest synthetic input kept, in characters (after stripping)."}
+    )
+    ssr_demonstrations: int = field(
+        default=0,
+        metadata={
+            "help": "Real training inputs of the earlier task shown as examples in the synthesis prompt (the paper's "
+            "in-context demonstrations). 0 keeps the run free of user rows after each task; > 0 reads the earlier "
+            "tasks' rows again at every task, so it needs ssr_allow_real_demonstrations=True."
+        },
+    )
+    ssr_allow_real_demonstrations: bool = field(
+        default=False,
+        metadata={
+            "help": "Explicit opt-in to ssr_demonstrations > 0: earlier tasks' real rows are then read (never stored "
+            "or replayed) while synthesizing."
+        },
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        _require(
+            isinstance(self.ssr_examples_per_task, int) and self.ssr_examples_per_task > 0,
+            f"ssr_examples_per_task must be a positive integer, got {self.ssr_examples_per_task!r}.",
+        )
+        _require(
+            math.isfinite(self.ssr_candidates_factor) and self.ssr_candidates_factor >= 1,
+            f"ssr_candidates_factor must be a finite number >= 1 (candidates per kept row), got {self.ssr_candidates_factor!r}.",
+        )
+        _require(
+            math.isfinite(self.ssr_temperature) and self.ssr_temperature > 0,
+            f"ssr_temperature must be a finite number > 0, got {self.ssr_temperature!r}.",
+        )
+        _require(0 < self.ssr_top_p <= 1, f"ssr_top_p must be in (0, 1], got {self.ssr_top_p!r}.")
+        _require(
+            isinstance(self.ssr_max_new_tokens, int) and self.ssr_max_new_tokens > 0,
+            f"ssr_max_new_tokens must be a positive integer, got {self.ssr_max_new_tokens!r}.",
+        )
+        _require(
+            isinstance(self.ssr_min_input_chars, int) and self.ssr_min_input_chars >= 1,
+            f"ssr_min_input_chars must be an integer >= 1, got {self.ssr_min_input_chars!r}.",
+        )
+        _require(
+            isinstance(self.ssr_demonstrations, int) and self.ssr_demonstrations >= 0,
+            f"ssr_demonstrations must be an integer >= 0, got {self.ssr_demonstrations!r}.",
+        )
+        _require(
+            self.ssr_demonstrations == 0 or self.ssr_allow_real_demonstrations,
+            f"ssr_demonstrations={self.ssr_demonstrations} shows real training rows of earlier tasks to the model at "
+            "every task, which SSR exists to avoid: set ssr_allow_real_demonstrations=True to opt in explicitly, or "
+            "ssr_demonstrations=0.",
         )

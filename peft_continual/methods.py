@@ -14,7 +14,9 @@ import inspect
 import re
 from typing import Any, ClassVar, Optional
 
+import datasets
 import torch
+from accelerate.utils import broadcast_object_list
 from peft import LoraConfig
 from peft.utils.integrations import gather_params_ctx
 
@@ -36,14 +38,16 @@ from .configs import (
     NLoraReplayConfig,
     OLoraConfig,
     ReplayConfig,
+    SsrConfig,
     check_base_preserved,
 )
 from .distillation import distillation_kl, distillation_positions
 from .interpolation import consistency_loss, ema_decay_at, ema_update, select_layers
 from .regularizers import delta_w_l1, l2_penalty, orthogonality_penalty, rank_product_l1
 from .replay import ReservoirBuffer
+from .synthesis import synthesize_rows
 from .target_logits import with_target_logits
-from .tasks import IGNORE_INDEX
+from .tasks import GENERATION, IGNORE_INDEX, PromptEncoder
 
 # LoRA's own fields that shape every method's adapters; with each config class's added fields, the hyper-parameters.
 LORA_HYPERPARAMETERS = ("r", "lora_alpha", "lora_dropout", "target_modules")
@@ -545,3 +549,90 @@ class LwfMethod(SeqLoraMethod):
             teacher, student = teacher[:, keep], student[:, keep]
         kl = distillation_kl(student, teacher, mask, self.config.distill_temperature)
         return 1.0, {"loss_distill": self.config.distill_weight * kl}
+
+
+@register_method
+class SsrMethod(ReplayMethod):
+    """SSR: ER whose buffer holds rows the model synthesized for the earlier tasks, never a user's row.
+
+    Before each task from the second on, the model as the previous task left it (its evaluation adapters, eval mode)
+    writes inputs for every earlier task, answers them, and the kept rows, encoded by the trainer exactly as real rows,
+    replace the buffer (:mod:`peft_continual.synthesis`). Training then replays them as ER does. The buffer records
+    which task's synthesis it holds, so a resumed task whose state is restored does not synthesize again.
+    """
+
+    name = "ssr"
+    title = "SSR (self-synthesized rehearsal, no stored rows)"
+    config_class = SsrConfig
+
+    def setup(self, model, **kwargs):
+        super().setup(model, **kwargs)
+        self.seed = kwargs["seed"]
+        self.synthesized_for = -1  # the task (index) whose synthesis the buffer holds
+        self.synthesis_log: list[dict[str, Any]] = []  # the cost of every synthesis, per task and earlier task
+
+    def prepare_task(self, trainer, task_index):
+        if task_index == 0 or self.synthesized_for == task_index:
+            return
+        model = trainer.peft_model
+        encoder = PromptEncoder(trainer.processing_class, trainer.max_source_length, trainer.chat)
+        was_training = model.training
+        model.eval()
+        synthesized = []
+        try:
+            with adapters_active(model, self.eval_adapters()):
+                for source, task in enumerate(trainer.tasks[:task_index]):
+                    rows, cost = synthesize_rows(
+                        model, encoder, task, self.config.ssr_examples_per_task,
+                        candidates_factor=self.config.ssr_candidates_factor, temperature=self.config.ssr_temperature,
+                        top_p=self.config.ssr_top_p, max_new_tokens=self.config.ssr_max_new_tokens,
+                        min_chars=self.config.ssr_min_input_chars, batch_size=trainer.args.per_device_eval_batch_size,
+                        seed=self.seed + 1000 * task_index + source, answer_tokens=task.max_new_tokens or trainer.max_new_tokens,
+                        demonstrations=self.demonstrations(task, task_index),
+                    )  # fmt: skip
+                    synthesized.append((rows, {"task_index": task_index, "source_task": task.name, **cost}))
+        finally:
+            model.train(was_training)
+            self.restore_adapter_state(model)
+        if trainer.args.world_size > 1:  # every process replays the same rows: process zero's
+            synthesized = broadcast_object_list([synthesized], from_process=0)[0]
+        buffer = ReservoirBuffer(self.config.replay_buffer_size, seed=self.seed + task_index)
+        for source, (rows, _) in enumerate(synthesized):
+            if rows:  # the copy holds the synthetic rows only: the real ones cannot reach the buffer
+                rows_set = datasets.Dataset.from_list(rows)
+                features = trainer._cl_features(dataclasses.replace(trainer.tasks[source], train=rows_set, eval=rows_set))
+                for ids, labels in zip(features["input_ids"], features["labels"]):
+                    buffer.add(ids, labels, source)
+        self.buffer, self.synthesized_for = buffer, task_index
+        entries = [entry for _, entry in synthesized]
+        self.synthesis_log += entries
+        if trainer.is_world_process_zero():
+            detail = ", ".join(f"{e['source_task']} {e['kept']}/{e['candidates']}" for e in entries)
+            print(f"    [ssr] before task {task_index + 1}: kept/sampled {detail}, "
+                  f"{len(buffer)} rows in the buffer, {sum(e['seconds'] for e in entries):.1f}s", flush=True)  # fmt: skip
+
+    def demonstrations(self, task, task_index: int) -> list[str]:
+        """The opted-in real inputs shown to the model (none by default), the same ones for a given seed and task."""
+        k = self.config.ssr_demonstrations
+        if k == 0:
+            return []
+        if task.train is None:
+            raise ValueError(
+                f"ssr_demonstrations={k} needs the training rows of task {task.name!r}, which a run restored from a "
+                "saved folder does not have: set ssr_demonstrations=0 to continue it"
+            )
+        picked = torch.randperm(len(task.train), generator=torch.Generator().manual_seed(self.seed + task_index))[:k]
+        column = "prompt" if task.kind == GENERATION else "text"
+        return [task.train[i][column] for i in picked.tolist()]
+
+    def end_task(self, model, task_index, train_features):
+        """Unlike ER, the finished task's rows are not kept: its rehearsal rows are synthesized before later tasks."""
+
+    def state_dict(self):
+        meta, tensors = super().state_dict()
+        return {**meta, "synthesized_for": self.synthesized_for, "synthesis_log": self.synthesis_log}, tensors
+
+    def load_state_dict(self, meta, tensors, model):
+        super().load_state_dict(meta, tensors, model)
+        self.synthesized_for = int(meta.get("synthesized_for", -1))
+        self.synthesis_log = list(meta.get("synthesis_log", []))
