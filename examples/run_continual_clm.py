@@ -83,7 +83,8 @@ logger = logging.getLogger(__name__)
 # Raised by every PeftModel under transformers 5.x, about an attribute this script never touches.
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.? is deprecated", category=FutureWarning)
 
-DEFAULT_METHOD = "nlora"
+# The method our benchmark ranks best (benchmarks/RESULTS.md; README "Which method?"): what a user who names none gets.
+DEFAULT_METHOD = "ilora"
 TASKS_HELP = (
     "Pass tasks with --continual_tasks: CL benchmark names (e.g. dbpedia amazon agnews) found under --data_dir or "
     f"${DATA_DIR_ENV} (a folder holding CL_Benchmark/; without one, dbpedia, amazon and agnews come from the small "
@@ -426,7 +427,9 @@ ContinualArguments = dataclasses.make_dataclass(
     "ContinualArguments",
     [
         ("cl_method", Optional[str], field(default=None, metadata={
-            "help": f"Continual-learning method. Default: {DEFAULT_METHOD}, or the saved run's with --continue_from.",
+            "help": f"Continual-learning method. Default: {DEFAULT_METHOD}, the best on our benchmark (it keeps a replay "
+            "buffer of earlier tasks' training rows in the saved run, never uploaded by default; without stored data: "
+            "olora, lwf, or see the README's 'Which method?'), or the saved run's with --continue_from.",
             "choices": list(registered_methods()),
         })),
         *((flag, Optional[spec.flag_type], spec.field) for flag, spec in METHOD_FLAGS.items()),

@@ -364,36 +364,33 @@ class SsrConfig(ReplayConfig):
     each task); no user row is stored. ``replay_buffer_size`` caps the synthetic rows of all earlier tasks together."""
 
     ssr_examples_per_task: int = field(
-        default=32, metadata={"help": "Synthetic rows kept per earlier task (fewer when too few candidates pass)."}
+        default=32, metadata={"help": "Synthetic rows kept per earlier task (at most)."}
     )
     ssr_candidates_factor: float = field(
         default=2.0,
         metadata={
-            "help": "Inputs sampled per earlier task, as a multiple of ssr_examples_per_task: room for the filter "
-            "(empty, unfinished, repeated, duplicate inputs) and for ill-formed answers. One round: the cost is bounded."
+            "help": "Inputs sampled per earlier task, as a multiple of ssr_examples_per_task (room for the filter)."
         },
     )
-    ssr_temperature: float = field(default=0.9, metadata={"help": "Sampling temperature of the synthetic inputs."})
-    ssr_top_p: float = field(default=0.95, metadata={"help": "Nucleus (top-p) mass of the synthetic inputs' sampling."})
+    ssr_temperature: float = field(default=0.9, metadata={"help": "Sampling temperature of synthetic inputs."})
+    ssr_top_p: float = field(default=0.95, metadata={"help": "Top-p of synthetic inputs' sampling."})
     ssr_max_new_tokens: int = field(
-        default=64, metadata={"help": "Token budget of one synthetic input; an input cut by it is dropped as unfinished."}
+        default=64, metadata={"help": "Token budget of a synthetic input; longer ones are dropped."}
     )
     ssr_min_input_chars: int = field(
-        default=3, metadata={"help": "Shortest synthetic input kept, in characters (after stripping)."}
+        default=3, metadata={"help": "Shortest synthetic input kept, in characters."}
     )
     ssr_demonstrations: int = field(
         default=0,
         metadata={
-            "help": "Real training inputs of the earlier task shown as examples in the synthesis prompt (the paper's "
-            "in-context demonstrations). 0 keeps the run free of user rows after each task; > 0 reads the earlier "
-            "tasks' rows again at every task, so it needs ssr_allow_real_demonstrations=True."
+            "help": "Real inputs of an earlier task shown as examples when synthesizing; > 0 reads user rows again, "
+            "so it needs ssr_allow_real_demonstrations."
         },
     )
     ssr_allow_real_demonstrations: bool = field(
         default=False,
         metadata={
-            "help": "Explicit opt-in to ssr_demonstrations > 0: earlier tasks' real rows are then read (never stored "
-            "or replayed) while synthesizing."
+            "help": "Opt in to ssr_demonstrations > 0 (real rows read, never stored or replayed)."
         },
     )
 

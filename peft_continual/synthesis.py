@@ -38,7 +38,7 @@ def synthesis_request(task: ContinualTask, demonstrations: Sequence[str] = ()) -
     """The request for one new input of ``task``: its instruction, its options (classification: inputs that fit
     the label set) and, only when given, real inputs as demonstrations. The reference (non-chat) form ends with the
     marker the input follows; in a chat the reply is the input."""
-    lines = [f"Task: {task.instruction.strip() or task.name}"]
+    lines = [task.instruction.strip() or f"Task: {task.name}"]
     if task.kind != GENERATION:
         lines.append("Options: " + ", ".join(task.labels))
     lines.append("Write one new input for this task, unlike any example. Reply with the input only, without its answer.")

@@ -25,7 +25,7 @@ from conftest import (
     train,
     training_args,
 )
-from peft_continual import ContinualTrainer, IncLoraConfig, ILoraConfig, LwfConfig, NLoraConfig, NLoraReplayConfig, OLoraConfig, ReplayConfig
+from peft_continual import ContinualTrainer, IncLoraConfig, ILoraConfig, LwfConfig, NLoraConfig, NLoraReplayConfig, OLoraConfig, ReplayConfig, SsrConfig
 from peft_continual.adapters import adapter_parameters
 from peft_continual import hub
 from peft_continual.hub import push_folder_to_hub
@@ -499,6 +499,7 @@ ALL_METHODS = {
     "replay": ReplayConfig(r=4, lora_alpha=8, replay_buffer_size=6), "ilora": ILoraConfig(r=4, lora_alpha=8, ema_decay=0.5),
     "nlora_replay": NLoraReplayConfig(r=4, lora_alpha=8, collision_lambda=1.0, replay_buffer_size=6),
     "lwf": LwfConfig(r=4, lora_alpha=8, distill_weight=1.0),
+    "ssr": SsrConfig(r=4, lora_alpha=8, replay_buffer_size=6, ssr_examples_per_task=4, ssr_max_new_tokens=8),
 }  # fmt: skip
 
 

@@ -18,6 +18,7 @@ from peft_continual import (
     NLoraReplayConfig,
     OLoraConfig,
     ReplayConfig,
+    SsrConfig,
     load_continual_tasks,
 )
 from peft_continual.trainer import ContinualTrainerMixin
@@ -237,7 +238,8 @@ def test_an_interrupted_sft_run_resumes_to_the_uninterrupted_adapters(method, to
     ReplayConfig(r=4, lora_alpha=8, replay_buffer_size=8, replay_batch_size=2),
     NLoraReplayConfig(r=4, lora_alpha=8, replay_buffer_size=8, replay_batch_size=2),
     LwfConfig(r=4, lora_alpha=8, distill_positions="all"),
-], ids=["seqlora", "inclora-merged", "olora", "replay", "nlora_replay", "lwf"])  # fmt: skip
+    SsrConfig(r=4, lora_alpha=8, replay_buffer_size=8, replay_batch_size=2, ssr_examples_per_task=4, ssr_max_new_tokens=8),
+], ids=["seqlora", "inclora-merged", "olora", "replay", "nlora_replay", "lwf", "ssr"])  # fmt: skip
 def test_every_other_registered_method_trains_on_trl(config, tokenizer, tmp_path):
     trainer = build(ContinualSFTTrainer, tokenizer, sft_config(tmp_path), config)
     result = trainer.train_continual([synthetic_task("colors", n_train=8), synthetic_task("animals", n_train=8)])
