@@ -100,6 +100,9 @@ TASKS_HELP = (
 # steps barely moves (tasks scored near zero-shot). A saved run keeps its own (--continue_from).
 LORA_DEFAULTS = {"learning_rate": 2e-3}
 LORA_ALPHA = 32
+# Methods that train more than an adapter take their own defaults where the user gives none: OSF trains full
+# singular vectors (~50x a rank-8 LoRA's parameters), at the top of peft's documented 1e-5..1e-4 range, as benchmarked.
+METHOD_TRAINING_DEFAULTS = {"osf": {"learning_rate": 1e-4}}
 
 # Every argument not given explicitly takes these values in the offline demo (no --model_name_or_path, or --demo).
 # The demo shows what the library is for: plain sequential LoRA forgets the first task, experience replay keeps
@@ -311,10 +314,16 @@ def _members(hint) -> list:
     return [a for a in args if a is not type(None)]
 
 
+def _read_as_strings(hint) -> bool:
+    """A field HfArgumentParser cannot read as its own type: several types, or a list of several (list[int | float])."""
+    members = _members(hint)
+    return len(members) > 1 or (typing.get_origin(members[0]) is list and typing.get_origin(typing.get_args(members[0])[0]) is typing.Union)
+
+
 def _flag_type(hint, where: str):
     """The type HfArgumentParser reads a field as; a field taking a value or a list reads a list of strings."""
     members = _members(hint)
-    if len(members) == 1:
+    if not _read_as_strings(hint):
         return members[0]
     if all(typing.get_origin(m) is list or m in (str, int, float) for m in members):
         return list[str]
@@ -333,6 +342,13 @@ def _convert(values, hint, flag: str):
     scalars = [m for m in members if typing.get_origin(m) is not list]
 
     def as_type(kind, value):
+        if typing.get_origin(kind) is typing.Union:  # list[int | float]: the first member that reads it
+            for member in typing.get_args(kind):
+                try:
+                    return as_type(member, value)
+                except ValueError:
+                    continue
+            raise ValueError
         if isinstance(value, str) and kind is not str:
             return kind(value)
         if isinstance(value, kind) or (kind is float and isinstance(value, int)):
@@ -417,7 +433,7 @@ class _ContinualArgumentsChecks:
             raise ValueError("--compare_with trains every method from the base model: it cannot --continue_from a run")
         for flag, spec in METHOD_FLAGS.items():
             value = getattr(self, flag)
-            if value is not None and len(_members(spec.hint)) > 1:  # read as a list of strings
+            if value is not None and _read_as_strings(spec.hint):  # read as a list of strings
                 setattr(self, flag, _convert(value, spec.hint, flag))
 
 
@@ -536,6 +552,9 @@ def parse_args(argv: Optional[list[str]] = None):
         parser.set_defaults(**run_defaults(namespace.continue_from, demo))  # explicit arguments still win
         args = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
     model_args, data_args, cl_args, _ = args
+    # which arguments the user gave (a method's own training defaults yield to them)
+    cl_args.given = frozenset(given) if len(argv) == 1 and argv[0].endswith(".json") else frozenset(
+        a[2:].split("=")[0].replace("-", "_") for a in argv if a.startswith("--"))  # fmt: skip
     if cl_args.demo and model_args.model_name_or_path:
         raise ValueError("--demo runs the bundled SmolLM2-135M-Instruct: drop --demo or --model_name_or_path")
     if not data_args.continual_tasks:
@@ -585,7 +604,8 @@ def build_peft_config(cl_args, method: Optional[str] = None):
     main_method = cl_args.cl_method or DEFAULT_METHOD
     method, strict = method or main_method, method in (None, main_method)
     config_class = registered_methods()[method].config_class
-    hyperparameters = {"lora_alpha": script_default(config_class, "lora_alpha"), **method_hyperparameters(cl_args, method, strict)}
+    lora = {"lora_alpha": script_default(config_class, "lora_alpha")} if issubclass(config_class, LoraConfig) else {}
+    hyperparameters = {**lora, **method_hyperparameters(cl_args, method, strict)}
     return config_class(task_type="CAUSAL_LM", **hyperparameters)
 
 
@@ -757,8 +777,11 @@ def main(argv: Optional[list[str]] = None) -> ContinualResult:
         model_args, data_args, cl_args, training_args = parse_args(argv)
         tasks = load_tasks(data_args, seed=training_args.data_seed or training_args.seed, demo=cl_args.demo)
         retention = load_retention(data_args, seed=training_args.data_seed or training_args.seed, demo=cl_args.demo)
+        saved_method = None
         if cl_args.continue_from:
-            check_continue_from(cl_args, read_state(cl_args.continue_from)[0], tasks)
+            saved = read_state(cl_args.continue_from)[0]
+            check_continue_from(cl_args, saved, tasks)
+            saved_method = saved["method"]
         methods = [None] if cl_args.continue_from else methods_to_run(cl_args)
         peft_configs = {method: method and build_peft_config(cl_args, method) for method in methods}
         if len(methods) > 1 and training_args.push_to_hub:
@@ -778,6 +801,12 @@ def main(argv: Optional[list[str]] = None) -> ContinualResult:
         if len(methods) > 1:  # each method in its own folder (copy.copy: replace() would reset the accelerator)
             args = copy.copy(training_args)
             args.output_dir = str(output_dir / method)
+        own = {k: v for k, v in METHOD_TRAINING_DEFAULTS.get(method or saved_method, {}).items() if k not in cl_args.given}
+        if own:
+            args = copy.copy(args)
+            for key, value in own.items():
+                setattr(args, key, value)
+            logger.info(f"{method or saved_method}: its own default {own} (give --{next(iter(own))} to choose)")
         zero_shot = next(iter(results.values()), None)  # the base model's scores, measured by the first run only
         results[method] = train_method(model_args, data_args, cl_args, args, tasks, peft_config, zero_shot, retention)
     if len(results) > 1 and training_args.should_save:

@@ -1,7 +1,7 @@
 """Continual learning of language models with PEFT: N-LoRA, O-LoRA, I-LoRA and replay on the HF stack."""
 
 from .collision import collision_report
-from .configs import IncLoraConfig, ILoraConfig, LwfConfig, NLoraConfig, NLoraReplayConfig, OLoraConfig, ReplayConfig, SsrConfig
+from .configs import ContinualOSFConfig, IncLoraConfig, ILoraConfig, LwfConfig, NLoraConfig, NLoraReplayConfig, OLoraConfig, ReplayConfig, SsrConfig
 from .evaluation import TaskEvaluation, evaluate_protocols, evaluate_task
 from .general_ability import evaluate_general_ability
 from .metrics import ContinualResult
@@ -32,6 +32,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "ContinualOSFConfig",
     "ContinualCollator",
     "ContinualResult",
     "ContinualSFTTrainer",

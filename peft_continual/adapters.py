@@ -17,6 +17,7 @@ from typing import Iterator, Sequence
 import torch
 from peft import LoraConfig
 from peft.tuners.lora import LoraLayer
+from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils.integrations import gather_params_ctx
 
 
@@ -49,9 +50,9 @@ def adapter_factors(model: torch.nn.Module, adapter: str) -> list[LoraFactors]:
 
 
 def adapter_parameters(model: torch.nn.Module, adapter: str) -> list[torch.nn.Parameter]:
-    """Every parameter that belongs to ``adapter``, in a stable order."""
+    """Every parameter that belongs to ``adapter`` (LoRA's, or any peft tuner's such as OSF's), in a stable order."""
     params = []
-    for _, layer in lora_layers(model):
+    for layer in (m for m in model.modules() if isinstance(m, BaseTunerLayer)):
         for attr in layer.adapter_layer_names:
             container = getattr(layer, attr, None)
             if container is not None and adapter in container:

@@ -1,22 +1,24 @@
 """PEFT configs that carry a continual-learning method.
 
-Every config here subclasses :class:`peft.LoraConfig` and keeps ``peft_type=LORA``: ``get_peft_model``
-builds stock LoRA layers from it and saved adapters load with plain peft. The extra fields only
-tell :class:`~peft_continual.ContinualTrainer` which method to run and with which hyper-parameters.
+Every config here but OSF's subclasses :class:`peft.LoraConfig` and keeps ``peft_type=LORA``: ``get_peft_model``
+builds stock LoRA layers from it and saved adapters load with plain peft (``ContinualOSFConfig`` subclasses peft's
+``OSFConfig`` in the same way). The extra fields only tell :class:`~peft_continual.ContinualTrainer` which method to
+run and with which hyper-parameters.
 
 Method by config class:
 
-=====================  =========================================================================
-``LoraConfig``         SeqLoRA: one adapter trained on task after task (no protection)
-``IncLoraConfig``      IncLoRA: a new adapter per task; earlier ones frozen and active
-``OLoraConfig``        O-LoRA: IncLoRA + orthogonality between the new and earlier ``lora_A``
-``NLoraConfig``        N-LoRA: IncLoRA + l1 "collision" penalty on the current task's dW
-``ReplayConfig``       ER: one adapter + experience replay from a reservoir buffer
-``ILoraConfig``        I-LoRA: ER + a slow learner (EMA of the fast one) + consistency loss
-``NLoraReplayConfig``  N-LoRA + ER: N-LoRA's task adapters and penalty, trained with ER's replay
-``LwfConfig``          LwF: one adapter + a KL to the base model's next-token distributions (no stored data)
-``SsrConfig``          SSR: ER whose buffer holds rows the model synthesizes for earlier tasks (no stored rows)
-=====================  =========================================================================
+======================  ========================================================================
+``LoraConfig``          SeqLoRA: one adapter trained on task after task (no protection)
+``IncLoraConfig``       IncLoRA: a new adapter per task; earlier ones frozen and active
+``OLoraConfig``         O-LoRA: IncLoRA + orthogonality between the new and earlier ``lora_A``
+``NLoraConfig``         N-LoRA: IncLoRA + l1 "collision" penalty on the current task's dW
+``ReplayConfig``        ER: one adapter + experience replay from a reservoir buffer
+``ILoraConfig``         I-LoRA: ER + a slow learner (EMA of the fast one) + consistency loss
+``NLoraReplayConfig``   N-LoRA + ER: N-LoRA's task adapters and penalty, trained with ER's replay
+``ContinualOSFConfig``  OSF (peft's ``OSFConfig``): per task, train off the top singular subspace, merge, grow it
+``LwfConfig``           LwF: one adapter + a KL to the base model's next-token distributions (no stored data)
+``SsrConfig``           SSR: ER whose buffer holds rows the model synthesizes for earlier tasks (no stored rows)
+======================  ========================================================================
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal, Optional, Union
 
-from peft import LoraConfig
+from peft import LoraConfig, OSFConfig
 
 
 class _ContinualConfigMixin:
@@ -293,6 +295,47 @@ class ILoraConfig(ReplayConfig):
             f"consistency_target must be 'slow' or 'max', got {self.consistency_target!r}.",
         )
         _require(self.eval_learner in ("slow", "fast"), f"eval_learner must be 'slow' or 'fast', got {self.eval_learner!r}.")
+
+
+@dataclass
+class ContinualOSFConfig(_ContinualConfigMixin, OSFConfig):
+    """OSF over a task sequence, on peft's ``OSFConfig``: each task trains the complement of the weights' top
+    singular directions, then is merged into the base, and the next task freezes a larger top subspace.
+
+    Not a LoRA: the continual model is the base with rewritten target weights, so its saved root is
+    ``continual_weights.safetensors`` (the target modules' weights), not a plain-peft adapter.
+    """
+
+    preserved_ranks: Optional[list[Union[int, float]]] = field(
+        default=None,
+        metadata={
+            "help": "Frozen (preserved) rank of each task's OSF adapter, as peft's effective_rank: an int, or a "
+            "fraction in (0, 1) of each matrix's smaller dimension; non-decreasing, one per task. Default: 1 for "
+            "the first task, then (t - 1)/T for task t of T (peft's docs' budget allocation, as the benchmark ran it)."
+        },
+    )
+
+    project_updates: bool = field(
+        default=False,
+        metadata={
+            "help": "After every optimizer step, project the trainable factors back off the preserved subspace. peft "
+            "only projects gradients, which Adam's per-coordinate scaling undoes (a sizeable part of each update then "
+            "lands in the preserved directions); True keeps them untouched with any optimizer. Default False: peft's "
+            "OSF as shipped, as the benchmark measured it."
+        },
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        _require(not self.modules_to_save, f"OSF does not support modules_to_save={self.modules_to_save!r}: remove it.")
+        ranks = self.preserved_ranks
+        if ranks is not None:
+            _require(
+                isinstance(ranks, list) and ranks and all(
+                    (isinstance(r, int) and not isinstance(r, bool) and r >= 1) or (isinstance(r, float) and 0 < r < 1)
+                    for r in ranks),
+                f"preserved_ranks must be a non-empty list of ints >= 1 or fractions in (0, 1), got {ranks!r}.",
+            )  # fmt: skip
 
 
 @dataclass

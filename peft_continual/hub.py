@@ -172,16 +172,8 @@ def render_model_card(state: dict[str, Any], base_model: Optional[str] = None, *
 
 # {title}
 {subtitle}
-LoRA adapters trained task after task with [peft_continual](https://pypi.org/project/peft-continual/){f" on `{base}`" if base else ""}.{"" if base else LOCAL_BASE_NOTE}
-The root adapter is the whole continual model and loads with plain peft:
-
-```python
-from peft import PeftModel
-model = PeftModel.from_pretrained(base_model, "<this repo>")
-```
-
-Each task's adapter is in its own subfolder; `continual_state.json` holds the task order, the method's
-configuration and the accuracy matrix{continuing}
+{"LoRA adapters" if method_class.exports_root_adapter else "Adapters"} trained task after task with [peft_continual](https://pypi.org/project/peft-continual/){f" on `{base}`" if base else ""}.{"" if base else LOCAL_BASE_NOTE}
+{_loading_section(method_class)}{continuing}
 {data_line}
 ## Task order
 
@@ -211,6 +203,31 @@ Method: `{method}`
 {_training_section(state)}
 """
     return ModelCard(content)
+
+
+def _loading_section(method_class) -> str:
+    """How to load the continual model: the root adapter with plain peft, or (OSF, whose training rewrote the base)
+    the target weights into the base model itself."""
+    if method_class.exports_root_adapter:
+        return """The root adapter is the whole continual model and loads with plain peft:
+
+```python
+from peft import PeftModel
+model = PeftModel.from_pretrained(base_model, "<this repo>")
+```
+
+Each task's adapter is in its own subfolder; `continual_state.json` holds the task order, the method's
+configuration and the accuracy matrix"""
+    return """Each task's training was merged into the base model's weights, so the continual model is the base with its
+target modules rewritten: `continual_weights.safetensors` holds those weights and loads without peft:
+
+```python
+from safetensors.torch import load_file
+model.load_state_dict(load_file("continual_weights.safetensors"), strict=False)  # model: the base model
+```
+
+The last task's peft adapter is in its subfolder (it refers to the merged weights, not to the base model);
+`continual_state.json` holds the task order, the method's configuration and the accuracy matrix"""
 
 
 def _task_aware_line(result: ContinualResult) -> str:

@@ -9,6 +9,7 @@ maths lives in :mod:`regularizers`, :mod:`interpolation`, :mod:`replay` and :mod
 from __future__ import annotations
 
 import abc
+import copy
 import dataclasses
 import inspect
 import re
@@ -17,7 +18,7 @@ from typing import Any, ClassVar, Optional
 import datasets
 import torch
 from accelerate.utils import broadcast_object_list
-from peft import LoraConfig
+from peft import LoraConfig, PeftConfig
 from peft.utils.integrations import gather_params_ctx
 
 from .adapters import (
@@ -31,6 +32,7 @@ from .adapters import (
     set_adapter_state,
 )
 from .configs import (
+    ContinualOSFConfig,
     IncLoraConfig,
     ILoraConfig,
     LwfConfig,
@@ -43,6 +45,14 @@ from .configs import (
 )
 from .distillation import distillation_kl, distillation_positions
 from .interpolation import consistency_loss, ema_decay_at, ema_update, select_layers
+from .osf import (
+    base_weights,
+    check_osf_targets,
+    load_base_weights,
+    merge_into_base_weights,
+    project_off_preserved,
+    rebuild_on_current_weights,
+)
 from .regularizers import delta_w_l1, l2_penalty, orthogonality_penalty, rank_product_l1
 from .replay import ReservoirBuffer
 from .synthesis import synthesize_rows
@@ -65,6 +75,8 @@ class ContinualMethod(abc.ABC):
     title: ClassVar[str]
     config_class: ClassVar[type[LoraConfig]]
     data_tensor_prefixes: ClassVar[tuple[str, ...]] = ()  # state_dict() tensors holding training data (not uploaded)
+    # The root of a save is a plain-peft adapter (the sum of export_adapters()); False: the method writes its own.
+    exports_root_adapter: ClassVar[bool] = True
 
     def __init__(self, config: LoraConfig, initial_adapter: str):
         self.config = config
@@ -159,8 +171,8 @@ def register_method(method_class: type[ContinualMethod]) -> type[ContinualMethod
         if attribute not in vars(method_class):
             raise TypeError(f"{method_class.__name__} must set its own class attribute {attribute!r} to be registered")
     name, config_class = method_class.name, method_class.config_class
-    if not (isinstance(config_class, type) and issubclass(config_class, LoraConfig)):
-        raise TypeError(f"{method_class.__name__}.config_class must be a subclass of peft.LoraConfig, got {config_class!r}")
+    if not (isinstance(config_class, type) and issubclass(config_class, PeftConfig)):
+        raise TypeError(f"{method_class.__name__}.config_class must be a peft config class (e.g. a LoraConfig subclass), got {config_class!r}")
     for other in _REGISTRY.values():
         if other is not method_class and (other.name == name or other.config_class is config_class):
             raise ValueError(f"{method_class.__name__} clashes with the registered {other.__name__} (name or config class)")
@@ -185,7 +197,8 @@ def build_method(model) -> ContinualMethod:
     by_config = {m.config_class: m for m in _REGISTRY.values()}
     for klass in type(config).__mro__:
         if klass in by_config:
-            check_base_preserved(config)
+            if isinstance(config, LoraConfig):
+                check_base_preserved(config)
             return by_config[klass](config, adapter)
     raise TypeError(
         f"ContinualTrainer needs a LoRA-based config ({', '.join(config_classes())}), got {type(config).__name__}"
@@ -486,6 +499,86 @@ class ILoraMethod(ReplayMethod):
 
 
 @register_method
+class OsfMethod(ContinualMethod):
+    """OSF: each task's peft OSF adapter trains off the weights' top singular subspace (frozen); at the next task's
+    start it is merged into the base, and the new adapter freezes a larger top subspace of the merged weights, so the
+    directions earlier tasks wrote stay untouched (:mod:`peft_continual.osf`). Stores no data."""
+
+    name = "osf"
+    title = "OSF (orthogonal subspace fine-tuning on peft's OSFConfig; stores no data)"
+    config_class = ContinualOSFConfig
+    exports_root_adapter = False  # the base is rewritten: the root is continual_weights.safetensors
+    MERGED_PREFIX = "merged_weights."
+
+    def __init__(self, config, initial_adapter):
+        super().__init__(config, initial_adapter)
+        self.adapters: list[str] = []
+        self.merged: list[str] = []  # the trainer reads it: the base is no longer the base model
+        self.merged_weights: dict[str, torch.Tensor] = {}  # the target weights since the last merge
+        self.num_tasks = 0
+
+    @classmethod
+    def hyperparameters(cls) -> list[str]:
+        return ["target_modules", "preserved_ranks", "project_updates"]
+
+    def after_optimizer_step(self, model):
+        if self.config.project_updates:
+            project_off_preserved(model, self.adapters[-1])
+
+    def check_before_training(self, model, num_tasks):
+        check_osf_targets(model)
+        ranks = self.config.preserved_ranks
+        if ranks is not None and len(ranks) < num_tasks:
+            raise ValueError(f"preserved_ranks lists {len(ranks)} ranks for {num_tasks} tasks: give one per task")
+        self.num_tasks = num_tasks
+
+    def preserved_rank(self, task_index: int):
+        """Task t of T (0-based) freezes rank 1, then t/T of each matrix's smaller dimension, unless given."""
+        if self.config.preserved_ranks is not None:
+            return self.config.preserved_ranks[task_index]
+        return 1 if task_index == 0 else task_index / self.num_tasks
+
+    def begin_task(self, model, task_index, task_name):
+        previous = self.adapters[-1] if self.adapters else None
+        if previous is not None:
+            merge_into_base_weights(model, previous)
+            self.merged.append(previous)
+            self.merged_weights = base_weights(model)
+        config = copy.deepcopy(self.config)
+        config.effective_rank = self.preserved_rank(task_index)
+        name = task_adapter_name(task_index, task_name)
+        model.add_adapter(name, config)  # decomposes the weights as they are now: earlier tasks merged in
+        self.adapters.append(name)
+        set_adapter_state(model, [name], [name])
+        for other in [a for a in model.peft_config if a != name]:  # the merged one, or get_peft_model's untrained one
+            model.delete_adapter(other)
+        super().begin_task(model, task_index, task_name)
+
+    def training_adapters(self):
+        current = self.adapters[-1:] or [self.initial_adapter]
+        return current, current
+
+    def eval_adapters(self):
+        return self.adapters[-1:] or [self.initial_adapter]
+
+    def state_dict(self):
+        meta, tensors = super().state_dict()
+        meta = {**meta, "adapters": self.adapters, "merged": self.merged, "num_tasks": self.num_tasks}
+        # what earlier tasks wrote into the base: needed before the current adapter can be rebuilt on reload
+        return meta, {**tensors, **{self.MERGED_PREFIX + k: v for k, v in self.merged_weights.items()}}
+
+    def load_state_dict(self, meta, tensors, model):
+        super().load_state_dict(meta, tensors, model)
+        self.adapters, self.merged, self.num_tasks = list(meta["adapters"]), list(meta["merged"]), int(meta["num_tasks"])
+        merged = {k[len(self.MERGED_PREFIX) :]: v for k, v in tensors.items() if k.startswith(self.MERGED_PREFIX)}
+        if merged:
+            load_base_weights(model, merged)
+            self.merged_weights = base_weights(model)
+            rebuild_on_current_weights(model, self.adapters[-1])
+        self.restore_adapter_state(model)
+
+
+@register_method
 class NLoraReplayMethod(NLoraMethod, ReplayMethod):
     """N-LoRA's task adapters and collision penalty plus ER's buffer: loss = (CE_current + CE_replay) / 2 + penalty.
 
@@ -557,8 +650,10 @@ class SsrMethod(ReplayMethod):
 
     Before each task from the second on, the model as the previous task left it (its evaluation adapters, eval mode)
     writes inputs for every earlier task, answers them, and the kept rows, encoded by the trainer exactly as real rows,
-    replace the buffer (:mod:`peft_continual.synthesis`). Training then replays them as ER does. The buffer records
-    which task's synthesis it holds, so a resumed task whose state is restored does not synthesize again.
+    replace the buffer (:mod:`peft_continual.synthesis`). Training then replays them as ER does. The state records
+    which task's synthesis the buffer holds, and :meth:`prepare_task` skips a task whose synthesis it already holds.
+    Synthesis is seeded by the run's seed and the task: a run resumed inside a task (whose checkpoint the trainer
+    loads after :meth:`prepare_task`) synthesizes the same rows again, then the checkpoint's buffer replaces them.
     """
 
     name = "ssr"

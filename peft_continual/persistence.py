@@ -22,6 +22,7 @@ and removes the adapter files of an earlier save there that this one lacks; ever
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import re
 import os
@@ -42,10 +43,12 @@ from .adapters import concatenated_lora
 from .configs import as_lora_config
 from .io_utils import staged_entries
 from .methods import config_classes
+from .osf import continual_weights
 from .tasks import GENERATION, ContinualTask, PromptEncoder
 
 STATE_FILE = "continual_state.json"
 TENSORS_FILE = "continual_state.safetensors"
+CONTINUAL_WEIGHTS_FILE = "continual_weights.safetensors"  # OSF's root: base.load_state_dict(weights, strict=False)
 TASK_AWARE_DIR = "task_aware"  # one plain-peft adapter per task: the model as it was after that task
 FORMAT_VERSION = 1
 ADAPTER_FILES = ("adapter_config.json", SAFETENSORS_WEIGHTS_NAME, "README.md")  # what peft's save_pretrained writes
@@ -54,6 +57,15 @@ UNSAFE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 class ContinualStateError(ValueError):
     """A saved continual folder is incomplete, corrupted, unsafe or does not fit the given base model."""
+
+
+def plain_config(config):
+    """The adapter's config as plain peft's own class (LoRA's for every LoRA method, OSF's for OSF)."""
+    if isinstance(config, LoraConfig):
+        return plain_lora_config(config)
+    peft_class = next(c for c in type(config).__mro__ if c.__module__.startswith("peft."))
+    fields = {f.name for f in dataclasses.fields(peft_class) if f.init}
+    return peft_class(**{k: v for k, v in config.to_dict().items() if k in fields})
 
 
 def plain_lora_config(config: LoraConfig) -> LoraConfig:
@@ -72,7 +84,7 @@ def _save_adapter(model: PeftModel, adapter: str, destination: Path) -> None:
         for file in source.iterdir():
             if file.is_file():
                 shutil.move(str(file), destination / file.name)
-    plain_lora_config(model.peft_config[adapter]).save_pretrained(str(destination))
+    plain_config(model.peft_config[adapter]).save_pretrained(str(destination))
 
 
 def save_root_adapter(model: PeftModel, adapters: list[str], destination: Path) -> None:
@@ -183,7 +195,10 @@ def save_continual(
     with staged_entries(output_dir, marker=STATE_FILE, stale=_earlier_adapter_files(output_dir, state["adapters"])) as staging:
         for adapter in model.peft_config:
             _save_adapter(model, adapter, staging / adapter)
-        save_root_adapter(model, method.export_adapters(), staging)
+        if method.exports_root_adapter:
+            save_root_adapter(model, method.export_adapters(), staging)
+        else:  # the base itself was rewritten (OSF): the continual model's target weights, loaded without peft
+            save_file(continual_weights(model, method.export_adapters()[-1]), str(staging / CONTINUAL_WEIGHTS_FILE))
         for adapters in method.task_aware_adapters():  # named after the task's own adapter, the last of them
             save_root_adapter(model, adapters, staging / TASK_AWARE_DIR / adapters[-1])
         method.restore_adapter_state(model)
@@ -220,7 +235,7 @@ def base_fingerprint(model: PeftModel) -> dict[str, list]:
     """
     fingerprint = {}
     for name, param in model.named_parameters():
-        if ".lora_" in name or ".modules_to_save." in name or "trainable_tokens_" in name:
+        if ".lora_" in name or ".osf_svd_params." in name or ".modules_to_save." in name or "trainable_tokens_" in name:
             continue
         key = name.removeprefix("base_model.model.").replace(".base_layer.", ".").replace(".original_module.", ".")
         with gather_params_ctx([param]):
@@ -270,7 +285,10 @@ def load_adapter_weights(model: PeftModel, folder: str | os.PathLike, adapters: 
     """Load saved adapters' weights into ``model``, adding those it lacks with ``config``."""
     for adapter in adapters:
         if adapter not in model.peft_config:
-            model.add_adapter(adapter, copy.deepcopy(config))
+            saved = Path(folder, adapter)
+            # an OSF adapter's shapes follow its own preserved rank, which its saved config holds
+            model.add_adapter(adapter, copy.deepcopy(config) if isinstance(config, LoraConfig)
+                              else type(config).from_pretrained(str(saved)))  # fmt: skip
         weights = load_file(str(Path(folder, adapter, "adapter_model.safetensors")))
         result = set_peft_model_state_dict(model, weights, adapter_name=adapter)
         if getattr(result, "unexpected_keys", None):
@@ -368,7 +386,9 @@ def load_continual_model(
     given = getattr(base_model, "name_or_path", None) or None
     # the same weights keep the name they were saved under (a Hub id stays, even if this copy came from disk)
     config.base_model_name_or_path = given if differences else (config.base_model_name_or_path or given)
-    for adapter in adapters:  # peft reloads plain LoraConfigs; the method is read from our config class
-        model.peft_config[adapter] = copy.deepcopy(config)
+    for adapter in adapters:  # peft reloads plain configs; the method is read from our config class
+        loaded, model.peft_config[adapter] = model.peft_config[adapter], copy.deepcopy(config)
+        if hasattr(loaded, "effective_rank"):  # OSF: each task's adapter has its own preserved rank
+            model.peft_config[adapter].effective_rank = loaded.effective_rank
     model.set_adapter(adapters[0])  # any adapter: they share the config the method is built from
     return model, state, tensors

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import re
 import time
-from typing import NamedTuple, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import torch
 from transformers import GenerationConfig
@@ -103,16 +103,16 @@ def filter_candidates(
     duplicate of an earlier kept one (diversity), or identical to a user row in ``user_texts`` (a rehearsal row must
     never be a user's row, even one shown as a demonstration).
     """
-    prompt = normalise(request)
-    echoes = [line for line in map(normalise, request.splitlines()) if len(line.split()) >= _MIN_ECHO_WORDS]
+    prompt = f" {normalise(request)} "  # spaces around: words match whole, never inside another word
+    echoes = [f" {line} " for line in map(normalise, request.splitlines()) if len(line.split()) >= _MIN_ECHO_WORDS]
     seen = {normalise(text) for text in user_texts}
     kept = []
     for candidate in candidates:
         text = _CANDIDATE_ENDS.split(candidate.text, maxsplit=1)[0].strip()
         key = normalise(text)
-        if not candidate.finished or len(text) < max(min_chars, 1) or not key:
+        if not candidate.finished or len(text) < min_chars or not key:
             continue
-        if key in prompt or any(line in key for line in echoes) or key in seen:
+        if f" {key} " in prompt or any(line in f" {key} " for line in echoes) or key in seen:
             continue
         seen.add(key)
         kept.append(text)
@@ -121,9 +121,11 @@ def filter_candidates(
 
 @torch.no_grad()
 def label_inputs(
-    model, encoder: PromptEncoder, task: ContinualTask, inputs: Sequence[str], *, batch_size: int, answer_tokens: int
-) -> list[dict[str, str]]:
-    """Rows in ``task``'s own format for the inputs the model answers well-formed, greedy, in the task's prompt.
+    model, encoder: PromptEncoder, task: ContinualTask, inputs: Sequence[str], *, batch_size: int, answer_tokens: int,
+    limit: Optional[int] = None,
+) -> list[dict[str, str]]:  # fmt: skip
+    """Rows in ``task``'s own format for the inputs the model answers well-formed, greedy, in the task's prompt
+    (the first ``limit`` such rows: later batches are not run).
 
     A classification answer must be one of the labels exactly (as the generate protocol scores it); a generation
     answer must be non-empty. ``answer_tokens`` bounds a generation answer; a label's budget is the longest option
@@ -144,6 +146,8 @@ def label_inputs(
     config = greedy_config(pad_token_id=pad, stop_ids=encoder.stop_ids(), max_new_tokens=budget)
     labelled = []
     for batch_rows in _batches(len(rows), batch_size):
+        if limit is not None and len(labelled) >= limit:
+            break
         batch = PromptBatch.prefill(model, [encoded[i][1] for i in batch_rows], pad, whole=False)
         answers = tokenizer.batch_decode(generate_batch(model, batch, config), skip_special_tokens=True)
         for i, answer in zip(batch_rows, answers):
@@ -152,7 +156,7 @@ def label_inputs(
                 labelled.append({**rows[i], "completion": answer})
             elif not generation and answer in task.labels:
                 labelled.append({**rows[i], "label": answer})
-    return labelled
+    return labelled[:limit]
 
 
 def synthesize_rows(
@@ -168,7 +172,7 @@ def synthesize_rows(
     candidates = sample_candidates(model, encoder, request, n, temperature=temperature, top_p=top_p,
                                    max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed)  # fmt: skip
     inputs = filter_candidates(candidates, request=request, min_chars=min_chars, user_texts=demonstrations)
-    rows = label_inputs(model, encoder, task, inputs, batch_size=batch_size, answer_tokens=answer_tokens)[:n_keep]
+    rows = label_inputs(model, encoder, task, inputs, batch_size=batch_size, answer_tokens=answer_tokens, limit=n_keep)
     cost = {
         "candidates": n, "finished": sum(c.finished for c in candidates), "filtered": len(inputs), "kept": len(rows),
         "seconds": round(time.perf_counter() - started, 3),

@@ -480,3 +480,22 @@ def test_bad_retention_specs_fail_before_the_model(script, tmp_path, no_model, t
     with pytest.raises(SystemExit, match=message):
         script.main(model_argv(tmp_path, "--continual_tasks", *task_files[:2], "--retention_tasks", spec,
                                "--lm_eval_include_path", str(Path(__file__).parent / "data" / "lm_eval_tasks")))
+
+
+@pytest.mark.parametrize("explicit", [False, True])
+def test_osf_from_the_script_with_its_own_learning_rate(script, tmp_path, tokenizer, task_files, explicit):
+    """--cl_method osf: trained, saved with its full-weight root; its own default learning rate unless one is given."""
+    model, _ = tiny_model("llama", tokenizer)
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    out = tmp_path / "out"
+    extra = ["--learning_rate", "3e-3"] if explicit else []
+    result = script.main(["--model_name_or_path", str(tmp_path / "model"), "--max_source_length", "48", "--use_cpu",
+                          "--per_device_train_batch_size", "4", "--disable_tqdm", "true", "--cl_method", "osf",
+                          "--continual_tasks", *task_files[:2], "--output_dir", str(out), "--target_modules", "q_proj",
+                          "--preserved_ranks", "1", "0.5", *extra])  # fmt: skip
+    assert result.method == "osf"
+    assert {d["training_arguments"]["learning_rate"] for d in result.details} == {3e-3 if explicit else 1e-4}
+    assert (out / "final" / "continual_weights.safetensors").is_file()
+    state = json.loads((out / "final" / "continual_state.json").read_text())
+    assert state["config"]["preserved_ranks"] == [1, 0.5]

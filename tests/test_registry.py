@@ -4,11 +4,13 @@ registered in one place) reaches the trainer, the example's flags, saving, loadi
 import dataclasses
 import importlib.util
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 from peft import LoraConfig
+from transformers import TrainingArguments
 
 from conftest import synthetic_rows, tiny_model
 from peft_continual import NLoraConfig, methods
@@ -71,7 +73,7 @@ def test_a_new_method_is_one_config_class_and_one_method_class(toy_registered, t
         files[-1].write_text("".join(json.dumps(r) + "\n" for r in synthetic_rows(name, 12, seed=0)))
     script = load_script()
     help_text = script.build_parser().format_help()
-    assert "--cl_method {seqlora,inclora,nlora,olora,replay,ilora,nlora_replay,lwf,ssr,toy}" in help_text
+    assert "--cl_method {seqlora,inclora,nlora,olora,replay,ilora,osf,nlora_replay,lwf,ssr,toy}" in help_text
     flat = " ".join(help_text.split())
     assert "toy: Weight of the squared norm of the adapter's weights. Default: 0.25." in flat
     # argparse breaks the long list of owners in the middle: compare without whitespace
@@ -81,7 +83,7 @@ def test_a_new_method_is_one_config_class_and_one_method_class(toy_registered, t
     assert "argument --toy_weight/--toy-weight: invalid float value: 'heavy'" in capsys.readouterr().err
     cl_args = script.parse_args(["--model_name_or_path", "m", "--continual_tasks", "x", "--cl_method", "toy", "--toy_weight", "0.5"])[2]
     assert cl_args.toy_weight == 0.5 and isinstance(script.build_peft_config(cl_args), ToyConfig)
-    with pytest.raises(ValueError, match="--toy_weight is a hyper-parameter of toy, not of --cl_method nlora"):
+    with pytest.raises(ValueError, match="--toy_weight is a hyper-parameter of toy, not of --cl_method ilora"):
         script.build_peft_config(script.parse_args(["--model_name_or_path", "m", "--continual_tasks", "x", "--toy_weight", "1"])[2])
     with pytest.raises(SystemExit, match="toy_weight must be >= 0"):  # the config's own validation, before any model
         script.main(["--model_name_or_path", "m", "--continual_tasks", str(files[0]), "--cl_method", "toy", "--toy_weight", "-1"])
@@ -126,7 +128,11 @@ def test_help_is_short_and_shows_real_defaults(capsys):
         script.parse_args(["--help_all"])
     full = capsys.readouterr().out
     assert exit_help.value.code == exit_help_all.value.code == 0
-    assert len(short.splitlines()) < 0.5 * len(full.splitlines())
+    # short: of Trainer's ~110 arguments only the listed few (the methods' own flags grow with the registry)
+    training = {f.name for f in dataclasses.fields(TrainingArguments)}
+    shown = {name for name in training if re.search(rf"^\s+--{re.escape(name)}\b", short, flags=re.M)}
+    assert shown == set(script.TRAINING_FLAGS) and len(training) > 3 * len(shown)
+    assert {name for name in training if re.search(rf"^\s+--{re.escape(name)}\b", full, flags=re.M)} == training
     assert "--adam_beta1" in full and "--adam_beta1" not in short and "--learning_rate" in short
     flat = " ".join(short.split())
     assert "(default: None)" not in flat and "--collision-lambda" not in flat  # no duplicate hyphenated spellings
@@ -180,15 +186,18 @@ def test_registration_errors(monkeypatch):
     class NotLora(SeqLoraMethod):
         name, title, config_class = "notlora", "x", dict
 
-    with pytest.raises(TypeError, match="config_class must be a subclass of peft.LoraConfig"):
+    with pytest.raises(TypeError, match="config_class must be a peft config class"):
         register_method(NotLora)
 
 
 def test_builtin_methods_and_their_titles():
-    assert list(registered_methods()) == ["seqlora", "inclora", "nlora", "olora", "replay", "ilora", "nlora_replay", "lwf", "ssr"]
+    assert list(registered_methods()) == ["seqlora", "inclora", "nlora", "olora", "replay", "ilora", "osf", "nlora_replay",
+                                          "lwf", "ssr"]  # fmt: skip
     assert registered_methods()["seqlora"].config_class is LoraConfig
+    lora_methods = [m for name, m in registered_methods().items() if name != "osf"]
     assert all(m.title and m.hyperparameters()[:4] == ["r", "lora_alpha", "lora_dropout", "target_modules"]
-               for m in registered_methods().values())  # fmt: skip
+               for m in lora_methods)  # fmt: skip
+    assert registered_methods()["osf"].hyperparameters() == ["target_modules", "preserved_ranks", "project_updates"]  # no LoRA
     assert registered_methods()["nlora"].hyperparameters()[4:] == [
         "merge_finished_adapters", "collision_lambda", "collision_form", "collision_reduction", "collision_chunk_elements",
     ]  # fmt: skip

@@ -98,6 +98,8 @@ def test_filter_strips_cuts_and_drops_empty_short_unfinished_and_repeated_inputs
     ]
     assert filter_candidates(candidates, request=request, min_chars=3) == ["a big red car", "old blue boat", "green tree"]
     assert filter_candidates([Candidate("ab")], request=request, min_chars=2) == ["ab"]
+    assert filter_candidates([Candidate("rite")], request=request, min_chars=3) == ["rite"]  # not a word of "write"
+    assert filter_candidates([Candidate("new input")], request=request, min_chars=3) == []  # words of the request
 
 
 def test_filter_never_keeps_a_user_row():
@@ -116,6 +118,7 @@ def stub_answers(monkeypatch, tokenizer, answers):
         return [tokenizer(answer, add_special_tokens=False)["input_ids"] for answer in rows]
 
     monkeypatch.setattr(synthesis, "generate_batch", generate_batch)
+    return pending
 
 
 def test_labelling_keeps_only_well_formed_classification_answers(tokenizer, monkeypatch):
@@ -125,6 +128,9 @@ def test_labelling_keeps_only_well_formed_classification_answers(tokenizer, monk
     stub_answers(monkeypatch, tokenizer, ["warm", " cold ", "Warm", "warm cold", ""])
     rows = label_inputs(model.eval(), PromptEncoder(tokenizer, 64), task, inputs, batch_size=2, answer_tokens=8)
     assert rows == [{"text": "big red", "label": "warm"}, {"text": "old blue", "label": "cold"}]
+    pending = stub_answers(monkeypatch, tokenizer, ["warm", "x", "cold", "warm"])
+    rows = label_inputs(model, PromptEncoder(tokenizer, 64), task, inputs, batch_size=2, answer_tokens=8, limit=1)
+    assert rows == [{"text": "big red", "label": "warm"}] and len(pending) == 2  # the first batch was enough
 
 
 def test_labelling_keeps_non_empty_generation_answers(tokenizer, monkeypatch):
