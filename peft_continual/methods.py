@@ -41,6 +41,7 @@ from .configs import (
     OLoraConfig,
     ReplayConfig,
     SsrConfig,
+    SsrILoraConfig,
     check_base_preserved,
 )
 from .distillation import distillation_kl, distillation_positions
@@ -731,3 +732,19 @@ class SsrMethod(ReplayMethod):
         super().load_state_dict(meta, tensors, model)
         self.synthesized_for = int(meta.get("synthesized_for", -1))
         self.synthesis_log = list(meta.get("synthesis_log", []))
+
+
+@register_method
+class SsrILoraMethod(SsrMethod, ILoraMethod):
+    """Data-free I-LoRA: SSR's synthesis fills the buffer (written and answered by the slow learner, the evaluation
+    model) and I-LoRA trains on it: replay loss, consistency with the slow learner, EMA after every step. The hooks
+    compose by the class order; only ``end_task`` needs both halves spelled out."""
+
+    name = "ssr_ilora"
+    title = "Data-free I-LoRA (I-LoRA on SSR's synthesized rows; an experiment)"
+    config_class = SsrILoraConfig
+
+    def end_task(self, model, task_index, train_features):
+        """No real row enters the buffer (SSR); the slow learner resyncs as in I-LoRA."""
+        if self.config.resync_slow_at_task_end:
+            copy_adapter_weights(model, self.initial_adapter, self.slow)
