@@ -661,3 +661,31 @@ def test_interference_ablates_each_later_adapter_and_measures_its_output_on_earl
     monkeypatch.setattr(summarize, "INTERFERENCE", tmp_path / "interference")
     section = "\n".join(summarize.interference_sections())
     assert "**inclora**, order 1, seed 0" in section and section.count("| dbpedia |") == 3
+
+
+def test_retention_table_pairs_runs_on_the_same_items(tmp_path, capsys, monkeypatch):
+    """benchmarks/retention.py: each run's retention after its last task, and paired contrasts between runs."""
+    import retention
+    from peft_continual.metrics import ContinualResult
+    from peft_continual.retention import RetentionTrack
+
+    def run(name, facts_after, kl_after):
+        result = ContinualResult(task_names=["a", "b"], accuracy_matrix=[[0.5, None], [0.25, 0.75]],
+                                 task_metrics=["accuracy"] * 2, example_scores=[[[1.0, 0.0], None], [[0.0, 1.0], [1.0, 1.0]]])  # fmt: skip
+        result.retention = {
+            "general/facts": RetentionTrack("general/facts", "facts", True, [0.75, 0.5, sum(facts_after) / 4],
+                                            [[1, 1, 1, 0], [1, 1, 0, 0], facts_after], "general"),  # fmt: skip
+            "general/kl": RetentionTrack("general/kl", "kl", False, [0.0, 0.1, sum(kl_after) / 4],
+                                         [[0.0] * 4, [0.1] * 4, kl_after], "general"),  # fmt: skip
+        }
+        path = tmp_path / f"{name}_order1_seed0__trainer.retention_tasks=general.json"
+        path.write_text(result.to_json())
+        return path
+
+    paths = [run("seqlora", [0, 0, 0, 0], [0.4, 0.5, 0.6, 0.5]), run("replay", [1, 1, 0, 0], [0.2, 0.3, 0.2, 0.3])]
+    monkeypatch.setattr(sys, "argv", ["retention.py", *map(str, paths)])
+    retention.main()
+    out = capsys.readouterr().out
+    assert "| seqlora_order1_seed0 | 50.0 | -25.0 | 75.0 → 0.0 (-75.0 [" in out
+    assert "| seqlora_order1_seed0 − replay_order1_seed0 | facts | -50.0 [" in out
+    assert "| seqlora_order1_seed0 − replay_order1_seed0 | kl | +0.250 [+0.200, +0.350] | significant |" in out

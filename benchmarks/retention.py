@@ -1,0 +1,76 @@
+"""What each method did to the base model's general ability, from benchmark runs with retention tasks.
+
+A run of ``accuracy.py`` with ``--set 'trainer.retention_tasks=["general"]'`` keeps, beside its task matrix, the
+quick general suite scored on the base model and after every task (``result.retention``). This prints, per run, the
+tasks' AA / BWT next to each retention measure after the last task (change from the base, 95 % paired interval over
+the items), then paired contrasts between methods on the same items (every run scores the same suite items against
+the same base model, so their per-item scores pair).
+
+    python benchmarks/retention.py results/sweeps/*retention_tasks*.json
+
+Prints markdown (the RESULTS.md section "What each method does to the base model's general ability").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from common import markdown_table
+from peft_continual.metrics import ContinualResult
+from peft_continual.retention import format_change, format_value
+from peft_continual.statistics import paired_item_difference
+
+MEASURES = ("general/facts", "general/kl", "general/agreement", "general/leak")
+
+
+def load(paths: list[Path]) -> dict[str, ContinualResult]:
+    runs = {}
+    for path in paths:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        result = ContinualResult.from_dict(data)
+        if result.retention:
+            runs[path.name.split("__")[0]] = result
+    return runs
+
+
+def pct(value) -> str:
+    return "–" if value is None else f"{100 * value:.1f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("results", nargs="+", type=Path, help="result JSONs of runs with retention tasks")
+    runs = load(parser.parse_args().results)
+    if not runs:
+        raise SystemExit("no result with a retention block among the files given")
+    header = ["run", "AA", "BWT", *(f"{m.split('/')[1]} (base → final, change [95 %])" for m in MEASURES)]
+    rows = []
+    for name, result in runs.items():
+        cells = []
+        for measure in MEASURES:
+            track = result.retention.get(measure)
+            cells.append("–" if track is None else
+                         f"{format_value(track, track.scores[0])} → {format_value(track, track.scores[-1])} ({format_change(track)})")
+        rows.append([name, pct(result.average_accuracy), f"{100 * result.backward_transfer:+.1f}", *cells])
+    print(markdown_table(header, rows))
+    names = list(runs)
+    contrasts = []
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            for measure in MEASURES:
+                ta, tb = runs[a].retention.get(measure), runs[b].retention.get(measure)
+                if not ta or not tb or ta.example_scores[-1] is None or tb.example_scores[-1] is None:
+                    continue
+                d = paired_item_difference(ta.example_scores[-1], tb.example_scores[-1])
+                verdict = "significant" if d.significant else "not significant"
+                contrasts.append([f"{a} − {b}", measure.split("/")[1], f"{format_value(ta, d.estimate, True)} "
+                                  f"[{format_value(ta, d.low, True)}, {format_value(ta, d.high, True)}]", verdict])  # fmt: skip
+    if contrasts:
+        print()
+        print(markdown_table(["pair", "measure", "difference after the last task [95 %]", "verdict"], contrasts))
+
+
+if __name__ == "__main__":
+    main()
