@@ -74,7 +74,7 @@ from peft_continual.trainer import PREDICTIONS_DIR, tasks_to_evaluate
 HERE = Path(__file__).resolve().parent
 EXPERIMENTS, RESULTS, RUNS = HERE / "experiments", HERE / "results", HERE / "runs"
 MAX_SUFFIX = 200  # of a sweep result's file name (the overrides)
-METHODS = ["seqlora", "inclora", "olora", "nlora", "replay", "ilora", "nlora_replay", "lwf", "mtl", "osf"]
+METHODS = ["seqlora", "inclora", "olora", "nlora", "replay", "ilora", "nlora_replay", "lwf", "mtl", "osf", "osf_continual"]
 # data.sequence -> its task orders: the Standard CL benchmark, or the offline generation sequence (one order)
 SEQUENCES = {"standard": STANDARD_ORDERS, "generation": {1: GENERATION_ORDER}}
 DEFAULT_BASE = "default.json"
@@ -279,7 +279,8 @@ def add_row(result: ContinualResult, evaluated: list[int], evaluations: dict[str
 def continual_trainer(config: dict, model, tokenizer, output_dir: str, seed: int, r0=None, save_steps: int = 0) -> ContinualTrainer:
     """The ContinualTrainer of a ContinualTrainer method: the PEFT config class carries the method."""
     config_class = config_classes()[config["config_class"]]
-    peft_config = config_class(task_type="CAUSAL_LM", **config["lora"], **config["method"])
+    adapter = config["lora"] if issubclass(config_class, LoraConfig) else {"target_modules": config["lora"]["target_modules"]}
+    peft_config = config_class(task_type="CAUSAL_LM", **adapter, **config["method"])
     options = {k: v for k, v in config["trainer"].items() if k != "evaluate_zero_shot"}
     options.setdefault("chat_template", "off")  # the reference prompt, as the runners outside ContinualTrainer use
     trainer = ContinualTrainer(

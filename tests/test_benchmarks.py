@@ -140,7 +140,7 @@ def test_a_run_folder_is_held_by_one_process(tmp_path):
         assert folder.is_dir()
 
 
-@pytest.mark.parametrize("method", ["seqlora", "mtl", "osf"])
+@pytest.mark.parametrize("method", ["seqlora", "mtl", "osf", "osf_continual"])
 def test_every_runner_scores_both_protocols_per_example(tmp_path, data_dir, method):
     """One training run, two protocols: the primary matrix and ``secondary["rank"]``, each with per-example
     scores (what the intervals need) and, but for the joint bound, the cached zero-shot row of its own protocol."""
