@@ -99,11 +99,12 @@ class ContinualMethod(abc.ABC):
     def check_before_training(self, model, num_tasks: int) -> None:
         """Raise a clear error for settings that would only fail in the middle of training ``num_tasks`` tasks."""
 
-    def prepare_task(self, trainer, task_index: int) -> None:
+    def prepare_task(self, trainer, task_index: int, resumed_meta: Optional[dict] = None) -> None:
         """Before task ``task_index`` starts (before :meth:`begin_task`), with the trainer at hand: its tokenizer
         (``trainer.processing_class``), tasks (``trainer.tasks``), how a task becomes training features
         (``trainer._cl_features``) and the model as the previous task left it; e.g. to synthesize rehearsal rows.
-        Also runs when a run resumes inside the task."""
+        When a run resumes inside the task, ``resumed_meta`` is the JSON part of the state the checkpoint holds
+        (loaded after this call), so work the checkpoint already carries can be skipped."""
 
     def begin_task(self, model, task_index: int, task_name: str) -> None:
         self.task_index = task_index
@@ -653,8 +654,7 @@ class SsrMethod(ReplayMethod):
     writes inputs for every earlier task, answers them, and the kept rows, encoded by the trainer exactly as real rows,
     replace the buffer (:mod:`peft_continual.synthesis`). Training then replays them as ER does. The state records
     which task's synthesis the buffer holds, and :meth:`prepare_task` skips a task whose synthesis it already holds.
-    Synthesis is seeded by the run's seed and the task: a run resumed inside a task (whose checkpoint the trainer
-    loads after :meth:`prepare_task`) synthesizes the same rows again, then the checkpoint's buffer replaces them.
+    A run resumed inside a task skips the synthesis: the checkpoint it resumes from holds that task's buffer.
     """
 
     name = "ssr"
@@ -667,9 +667,9 @@ class SsrMethod(ReplayMethod):
         self.synthesized_for = -1  # the task (index) whose synthesis the buffer holds
         self.synthesis_log: list[dict[str, Any]] = []  # the cost of every synthesis, per task and earlier task
 
-    def prepare_task(self, trainer, task_index):
-        if task_index == 0 or self.synthesized_for == task_index:
-            return
+    def prepare_task(self, trainer, task_index, resumed_meta=None):
+        if task_index == 0 or task_index in (self.synthesized_for, (resumed_meta or {}).get("synthesized_for")):
+            return  # synthesized already, or the checkpoint being resumed holds this task's buffer
         model = trainer.peft_model
         encoder = PromptEncoder(trainer.processing_class, trainer.max_source_length, trainer.chat)
         was_training = model.training

@@ -274,6 +274,12 @@ def save_method_state(method, folder: str | os.PathLike) -> None:
     Path(folder, METHOD_STATE_FILE).write_text(json.dumps(meta), encoding="utf-8")
 
 
+def read_method_meta(folder: str | os.PathLike) -> Optional[dict]:
+    """The JSON part of the method's state in a Trainer checkpoint (None where it has none)."""
+    meta_path = Path(folder, METHOD_STATE_FILE)
+    return json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else None
+
+
 def load_method_state(method, folder: str | os.PathLike, model) -> None:
     """Restore what :func:`save_method_state` wrote, if the checkpoint has it (a plain Trainer checkpoint has not)."""
     meta_path = Path(folder, METHOD_STATE_FILE)

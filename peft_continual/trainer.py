@@ -56,6 +56,7 @@ from .persistence import (
     load_adapter_weights,
     load_continual_model,
     load_method_state,
+    read_method_meta,
     read_state,
     save_continual,
     save_method_state,
@@ -449,7 +450,7 @@ class ContinualTrainerMixin:
         # A task's adapter initialisation and data order depend on the seed and its index only, not on what ran
         # before in this process: a run resumed at a task boundary continues exactly as an uninterrupted one.
         set_seed(self.continual_args.seed + index)
-        self.method.prepare_task(self, index)
+        self.method.prepare_task(self, index, resumed_meta=checkpoint and read_method_meta(checkpoint))
         self.method.begin_task(model, index, task.name)
         self.args = copy.copy(self.continual_args)  # not dataclasses.replace: that would reset the accelerator state
         self.args.output_dir = os.path.join(self.continual_args.output_dir, task_adapter_name(index, task.name))

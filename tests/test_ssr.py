@@ -221,8 +221,8 @@ def fixed_input_run(tokenizer, tmp_path_factory):
         buffers = []
         prepare = trainer.method.prepare_task
 
-        def recording_prepare(trainer_, index):
-            prepare(trainer_, index)
+        def recording_prepare(trainer_, index, **kwargs):
+            prepare(trainer_, index, **kwargs)
             buffers.append([dict(e) for e in trainer.method.buffer.examples])
 
         trainer.method.prepare_task = recording_prepare
@@ -263,6 +263,9 @@ def test_prepare_task_does_not_synthesize_twice_and_state_round_trips(fixed_inpu
     before = [dict(e) for e in method.buffer.examples]
     method.prepare_task(trainer, 2)  # a task resumed with its synthesis restored
     assert method.buffer.examples == before
+    method.synthesized_for = 1  # as a fresh process resuming inside task 3 would be, before the checkpoint loads
+    method.prepare_task(trainer, 2, resumed_meta={"synthesized_for": 2})  # the checkpoint holds task 3's buffer
+    method.synthesized_for = 2
 
     folder = trainer.save_continual(tmp_path / "final")
     base, _ = tiny_model("llama", tokenizer)
