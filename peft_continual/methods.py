@@ -20,6 +20,7 @@ import torch
 from accelerate.utils import broadcast_object_list
 from peft import LoraConfig, PeftConfig
 from peft.utils.integrations import gather_params_ctx
+from transformers.integrations import is_deepspeed_zero3_enabled
 
 from .adapters import (
     adapter_factors,
@@ -511,6 +512,8 @@ class OsfMethod(ContinualMethod):
     config_class = ContinualOSFConfig
     exports_root_adapter = False  # the base is rewritten: the root is continual_weights.safetensors
     MERGED_PREFIX = "merged_weights."
+    # Not data, but like data only needed to continue the run: an upload serves inference from continual_weights.
+    data_tensor_prefixes = (MERGED_PREFIX,)
 
     def __init__(self, config, initial_adapter):
         super().__init__(config, initial_adapter)
@@ -528,6 +531,9 @@ class OsfMethod(ContinualMethod):
             project_off_preserved(model, self.adapters[-1])
 
     def check_before_training(self, model, num_tasks):
+        if is_deepspeed_zero3_enabled():
+            raise ValueError("OSF under DeepSpeed ZeRO-3 is not supported: it decomposes, merges and saves whole target "
+                             "weights, which ZeRO-3 shards; use DDP (one process per GPU)")  # fmt: skip
         check_osf_targets(model)
         ranks = self.config.preserved_ranks
         if ranks is not None and len(ranks) < num_tasks:

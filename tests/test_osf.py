@@ -97,3 +97,12 @@ def test_saved_run_loads_without_peft_and_continues(tokenizer, tmp_path):
     assert torch.allclose(logits(again.peft_model), expected, atol=1e-5)
     result = again.train_task(synthetic_task("fruits"))
     assert again.method.merged == ["task_1_colors", "task_2_animals"] and result.num_trained == 3
+
+
+def test_an_upload_carries_the_continual_weights_not_the_training_state(tokenizer, tmp_path):
+    trainer = make_trainer(tokenizer, tmp_path)
+    trainer.train_continual([synthetic_task("colors"), synthetic_task("animals")])
+    trainer.save_continual(str(tmp_path / "upload"), include_data=False)  # what push_to_hub writes
+    kept = load_file(str(tmp_path / "upload" / "continual_state.safetensors"))
+    assert not any(k.startswith("merged_weights.") for k in kept)
+    assert (tmp_path / "upload" / "continual_weights.safetensors").is_file()
