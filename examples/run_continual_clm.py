@@ -719,7 +719,7 @@ def draw_accuracy_matrix(ax, result: ContinualResult):
 
 def draw_retention(ax, result: ContinualResult):
     """The retention tracks (columns) on the base and after each task (rows); the colour is the change from the base,
-    green where it is better, red where worse, each column on its own scale (points and nats do not compare)."""
+    green where it is better, red where worse, full at 50 points (shares) or 1 nat per token (KL)."""
     import numpy as np
 
     from peft_continual.retention import format_value
@@ -728,9 +728,8 @@ def draw_retention(ax, result: ContinualResult):
     rows = len(tracks[0].scores)
     values = np.array([[np.nan if t.scores[i] is None else t.scores[i] for t in tracks] for i in range(rows)], dtype=float)
     sign = np.array([1.0 if t.higher_is_better else -1.0 for t in tracks])
-    change = (values - values[0]) * sign
-    scale = np.nanmax(np.abs(change), axis=0, initial=0.0)
-    colour = np.divide(change, scale, out=np.zeros_like(change), where=scale > 0)
+    scale = np.array([1.0 if t.metric == "kl" else 0.5 for t in tracks])
+    colour = np.clip((values - values[0]) * sign / scale, -1, 1)
     image = ax.imshow(np.ma.masked_invalid(np.where(np.isnan(values), np.nan, colour)), cmap="RdYlGn", vmin=-1, vmax=1,
                       aspect="auto")  # fmt: skip
     for (i, j), value in np.ndenumerate(values):
@@ -965,10 +964,11 @@ def compare(results: dict[str, ContinualResult], output_dir: Path) -> None:
     retention = all(r.retention for r in results.values())
     height = size + 0.5 * (first.zero_shot is not None)
     fig = Figure(figsize=(len(results) * (size + 0.8 + 0.6 * len(first.retention) * retention) + 1.2, height * (1 + retention)))
-    grid = fig.subplots(1 + retention, len(results), squeeze=False)
+    grid = fig.subplots(1 + retention, len(results), squeeze=False, gridspec_kw={"hspace": 0.45})
     axes = list(grid[0])
-    for ax, result in zip(grid[1] if retention else [], results.values()):
+    for k, (ax, result) in enumerate(zip(grid[1] if retention else [], results.values())):
         draw_retention(ax, result)
+        ax.tick_params(labelleft=k == 0)
     for k, (ax, result) in enumerate(zip(axes, results.values())):
         image = draw_accuracy_matrix(ax, result)
         ax.tick_params(labelleft=k == 0)  # the rows are the same in every panel
