@@ -444,8 +444,8 @@ ContinualArguments = dataclasses.make_dataclass(
     [
         ("cl_method", Optional[str], field(default=None, metadata={
             "help": f"Continual-learning method. Default: {DEFAULT_METHOD}, the best on our benchmark (it keeps a replay "
-            "buffer of earlier tasks' training rows in the saved run, never uploaded by default; without stored data: "
-            "olora, lwf, or see the README's 'Which method?'), or the saved run's with --continue_from.",
+            "buffer of earlier tasks' training rows in the saved run, never uploaded by default; without stored data: osf, "
+            "or olora as a plain LoRA; see the README's 'Which method?'), or the saved run's with --continue_from.",
             "choices": list(registered_methods()),
         })),
         *((flag, Optional[spec.flag_type], spec.field) for flag, spec in METHOD_FLAGS.items()),
