@@ -693,8 +693,9 @@ class ContinualTrainerMixin:
             track.scores[row] = None if scores is None else sum(scores) / len(scores)
             track.example_scores[row] = scores
         if row == 0 and self.is_world_process_zero():
-            print(f"retention, base model ({time.perf_counter() - started:.0f} s): " + ", ".join(f"{name} {track.scores[0]:.3f}" for name, track in self.result.retention.items()
-                                                        if track.scores[0] is not None), flush=True)  # fmt: skip
+            scores = ", ".join(f"{name} {track.scores[0]:.3f}" for name, track in self.result.retention.items()
+                               if track.scores[0] is not None)  # fmt: skip
+            print(f"retention, base model ({time.perf_counter() - started:.0f} s): {scores}", flush=True)
 
     # ------------------------------------------------------------------------------------------ losses
 
