@@ -371,15 +371,14 @@ class LwfConfig(_ContinualConfigMixin, LoraConfig):
             "keeps its scale. T > 1 also matches the base's less likely tokens."
         },
     )
-    distill_positions: Literal["targets", "all"] = field(
-        default="targets",
+    distill_positions: Literal["prompt", "targets", "all"] = field(
+        default="prompt",
         metadata={
-            "help": "Positions where the KL is taken: 'targets', those predicting the current batch's answer tokens "
-            "(the tuned model's outputs on the current task's prompts are kept close to the base's); 'all', every "
-            "position predicting a real (non-padding) token, prompt tokens too (the LM head then runs on whole "
-            "sequences).",
-            "choices": ["targets", "all"],
-        },
+            "help": "Positions where the KL is taken: 'prompt', those predicting the current task's prompt tokens (the "
+            "model keeps the base's behaviour on the task's text while the task loss teaches the answers: no "
+            "conflict); 'targets', those predicting the answer tokens (a direct pull against the task loss: on the "
+            "benchmark at weight 1 it learned the tasks worst); 'all', both (the LM head then runs on whole sequences).",
+            "choices": ["prompt", "targets", "all"],        },
     )
 
     def __post_init__(self):
@@ -396,8 +395,8 @@ class LwfConfig(_ContinualConfigMixin, LoraConfig):
             "plain distributions, or more to soften them.",
         )
         _require(
-            self.distill_positions in ("targets", "all"),
-            f"distill_positions must be 'targets' or 'all', got {self.distill_positions!r}.",
+            self.distill_positions in ("prompt", "targets", "all"),
+            f"distill_positions must be 'prompt', 'targets' or 'all', got {self.distill_positions!r}.",
         )
 
 

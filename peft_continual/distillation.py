@@ -18,17 +18,17 @@ def distillation_positions(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(positions for the LM head, shared by the batch; per-row mask over them) where the distributions are compared.
 
-    A position ``t`` holds the distribution of token ``t + 1``. ``"targets"``: positions predicting an answer token
-    (``labels != IGNORE_INDEX``); ``"all"``: positions predicting a real token, prompt and answer, padding never.
-    Rows with fewer such positions than the union are masked there.
+    A position ``t`` holds the distribution of token ``t + 1``. ``"prompt"``: positions predicting a prompt token (a
+    real token without a label: where the task asks nothing new of the model); ``"targets"``: positions predicting an
+    answer token (``labels != IGNORE_INDEX``); ``"all"``: both, padding never. Rows with fewer such positions than
+    the union are masked there.
     """
-    if positions == "targets":
-        predicts = labels[:, 1:] != IGNORE_INDEX
-    elif positions == "all":
-        real = attention_mask.bool()
-        predicts = real[:, :-1] & real[:, 1:]
-    else:
-        raise ValueError(f"positions must be 'targets' or 'all', got {positions!r}")
+    real = attention_mask.bool()
+    real_next = real[:, :-1] & real[:, 1:]
+    answer_next = labels[:, 1:] != IGNORE_INDEX
+    if positions not in ("prompt", "targets", "all"):
+        raise ValueError(f"positions must be 'prompt', 'targets' or 'all', got {positions!r}")
+    predicts = {"prompt": real_next & ~answer_next, "targets": answer_next, "all": real_next}[positions]
     keep = predicts.any(0).nonzero().squeeze(-1)
     return keep, predicts[:, keep]
 

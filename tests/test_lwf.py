@@ -70,13 +70,15 @@ def test_gradient_reaches_the_student_only_and_only_at_masked_positions():
     assert (student.grad[mask].abs().sum(-1) > 0).all() and (student.grad[~mask] == 0).all()
 
 
-def test_distillation_positions_targets_and_all():
+def test_distillation_positions_prompt_targets_and_all():
     labels = torch.tensor([[IGNORE_INDEX, IGNORE_INDEX, 7, 8, IGNORE_INDEX], [IGNORE_INDEX, 5, 6, IGNORE_INDEX, IGNORE_INDEX]])
     attention = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
     keep, mask = distillation_positions(labels, attention, "targets")
     assert keep.tolist() == [0, 1, 2] and mask.tolist() == [[False, True, True], [True, True, False]]
     keep, mask = distillation_positions(labels, attention, "all")  # padding never predicts nor is predicted
     assert keep.tolist() == [0, 1, 2, 3] and mask.tolist() == [[True, True, True, True], [True, True, False, False]]
+    keep, mask = distillation_positions(labels, attention, "prompt")  # real tokens without a label: the prompt's
+    assert keep.tolist() == [0, 3] and mask.tolist() == [[True, True], [False, False]]
 
 
 # ------------------------------------------------------------------------------------------------ config
@@ -88,7 +90,7 @@ def test_distillation_positions_targets_and_all():
         ({"distill_weight": -1.0}, "distill_weight must be a finite number >= 0"),
         ({"distill_weight": float("nan")}, "distill_weight must be a finite number >= 0"),
         ({"distill_temperature": 0.0}, "distill_temperature must be a finite number > 0"),
-        ({"distill_positions": "prompt"}, "distill_positions must be 'targets' or 'all'"),
+        ({"distill_positions": "answers"}, "distill_positions must be 'prompt', 'targets' or 'all'"),
         ({"use_dora": True}, "LwfConfig does not support use_dora"),
         ({"init_lora_weights": "pissa"}, "rewrites the base model's weights"),  # the teacher would not be the base
     ],
@@ -116,7 +118,7 @@ def batch_of(tokenizer, task_name="colors", n=4):
     return ContinualCollator(tokenizer.pad_token_id)([features[i] for i in range(n)])
 
 
-@pytest.mark.parametrize("positions", ["targets", "all"])
+@pytest.mark.parametrize("positions", ["prompt", "targets", "all"])
 def test_loss_terms_is_the_kl_to_the_base_and_leaves_the_model_as_it_was(positions, tokenizer, tmp_path):
     model, targets = tiny_model("llama", tokenizer)
     config = LwfConfig(r=4, lora_alpha=8, target_modules=targets, distill_weight=3.0,
@@ -146,13 +148,12 @@ def test_loss_terms_is_the_kl_to_the_base_and_leaves_the_model_as_it_was(positio
             teacher = peft_model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
     peft_model.train()
     method.restore_adapter_state(peft_model)
-    if positions == "targets":
-        mask = torch.zeros_like(inputs["labels"], dtype=torch.bool)
-        mask[:, :-1] = inputs["labels"][:, 1:] != IGNORE_INDEX
-    else:
-        real = inputs["attention_mask"].bool()
-        mask = torch.zeros_like(real)
-        mask[:, :-1] = real[:, :-1] & real[:, 1:]
+    real = inputs["attention_mask"].bool()
+    answer = torch.zeros_like(real)
+    answer[:, :-1] = inputs["labels"][:, 1:] != IGNORE_INDEX
+    mask = torch.zeros_like(real)
+    mask[:, :-1] = real[:, :-1] & real[:, 1:]
+    mask = {"targets": answer, "all": mask, "prompt": mask & ~answer}[positions]
     expected = 3.0 * naive_kl(student, teacher, mask, 2.0)
     torch.testing.assert_close(terms["loss_distill"].double(), expected, rtol=1e-4, atol=1e-6)
 
@@ -207,7 +208,7 @@ def test_lwf_run_saves_and_continues_from_the_saved_folder(lwf_and_seqlora, toke
     resumed = ContinualTrainer.from_continual(str(folder), base, training_args(tmp_path / "more"), processing_class=tokenizer)
     assert isinstance(resumed.method, LwfMethod) and resumed.result.task_names == ["colors", "animals"]
     config = resumed.peft_model.peft_config["default"]
-    assert type(config) is LwfConfig and config.distill_weight == 10.0 and config.distill_positions == "targets"
+    assert type(config) is LwfConfig and config.distill_weight == 10.0 and config.distill_positions == "prompt"
     torch.testing.assert_close(continual_logits(resumed), continual_logits(lwf), rtol=1e-5, atol=1e-5)
     result = resumed.train_task(synthetic_task("fruits", n_train=4))
     assert result.task_names == ["colors", "animals", "fruits"]
