@@ -30,8 +30,9 @@ def load(paths: list[Path]) -> dict[str, ContinualResult]:
     for path in paths:
         data = json.loads(path.read_text(encoding="utf-8"))
         result = ContinualResult.from_dict(data)
-        if result.retention:
-            runs[path.name.split("__")[0]] = result
+        if result.retention:  # named by method, order, seed and any override but the retention one
+            parts = [part for part in path.stem.split("__") if part and "retention_tasks" not in part and part != "general"]
+            runs[" ".join(parts)] = result
     return runs
 
 
