@@ -202,3 +202,15 @@ def continual_logits(trainer):
     model = trainer.peft_model.eval()
     with torch.no_grad(), adapters_active(model, trainer.method.eval_adapters()):
         return model(input_ids=IDS).logits
+
+
+class Counting(torch.nn.Module):
+    """Stands for the DDP/FSDP/DeepSpeed wrapper Trainer hands to compute_loss: counts the forwards through it."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.module, self.calls = model, 0
+
+    def forward(self, *args, **kwargs):
+        self.calls += 1
+        return self.module(*args, **kwargs)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
-from conftest import IDS, continual_logits, synthetic_task, tiny_model, train, training_args
+from conftest import IDS, Counting, continual_logits, synthetic_task, tiny_model, train, training_args
 from peft_continual import ContinualCollator, ContinualTrainer, LwfConfig
 from peft_continual.adapters import adapter_parameters
 from peft_continual.distillation import distillation_kl, distillation_positions
@@ -213,18 +213,6 @@ def test_lwf_run_saves_and_continues_from_the_saved_folder(lwf_and_seqlora, toke
     result = resumed.train_task(synthetic_task("fruits", n_train=4))
     assert result.task_names == ["colors", "animals", "fruits"]
     assert {"loss_distill"} <= {k for entry in resumed.state.log_history for k in entry}
-
-
-class Counting(torch.nn.Module):
-    """Stands for the DDP/DeepSpeed wrapper Trainer hands to compute_loss: counts the forwards through it."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.module, self.calls = model, 0
-
-    def forward(self, *args, **kwargs):
-        self.calls += 1
-        return self.module(*args, **kwargs)
 
 
 def test_teacher_and_student_forwards_go_through_the_wrapped_model(tokenizer, tmp_path):

@@ -10,7 +10,7 @@ import transformers.trainer
 from peft import LoraConfig, get_peft_model
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from conftest import memorised_task, tiny_model, training_args
+from conftest import Counting, memorised_task, tiny_model, training_args
 from peft_continual import ContinualTrainer, IncLoraConfig, ILoraConfig, LwfConfig, NLoraConfig, OLoraConfig, ReplayConfig, SsrConfig
 from peft_continual.adapters import adapter_parameters
 from peft_continual.persistence import ContinualStateError
@@ -178,18 +178,6 @@ def test_gradient_checkpointing_with_every_method(method, tokenizer, tmp_path):
             assert not moved, adapter
         if adapter not in snapshot.trainable:
             assert all(p.grad is None for p in after), adapter
-
-
-class Counting(torch.nn.Module):
-    """Stands for the DDP/FSDP/DeepSpeed wrapper Trainer hands to compute_loss: counts the forwards through it."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.module, self.calls = model, 0
-
-    def forward(self, *args, **kwargs):
-        self.calls += 1
-        return self.module(*args, **kwargs)
 
 
 @pytest.mark.parametrize("method,forwards", [("replay", 2), ("ilora", 3)])
