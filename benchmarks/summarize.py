@@ -33,7 +33,7 @@ GENERATION_SEQUENCE = HERE / "results" / "generation" / "accuracy"  # accuracy.p
 INTERFERENCE = HERE / "results" / "interference"  # interference.py
 PLOTS = ACCURACY / "plots"
 BEGIN, END = "<!-- BEGIN GENERATED (benchmarks/summarize.py) -->", "<!-- END GENERATED -->"
-METHOD_ORDER = ["seqlora", "inclora", "olora", "nlora", "replay", "ilora", "nlora_replay", "lwf", "osf", "osf_continual", "mtl"]
+METHOD_ORDER = ["seqlora", "inclora", "olora", "nlora", "replay", "ilora", "nlora_replay", "lwf", "osf", "osf_continual", "ssr", "ssr_ilora", "self_rehearsal", "mtl"]
 # DESIGN.md section 4: T5-large average accuracy over orders 1-3 (Standard CL benchmark), from the O-LoRA/N-LoRA papers.
 PUBLISHED_T5_LARGE = {"seqlora": 43.7, "inclora": 66.4, "olora": 75.8, "nlora": 78.8, "mtl": 80.0}
 METRICS = ["average_accuracy", "backward_transfer", "forward_transfer", "forgetting"]

@@ -221,14 +221,73 @@ class ReplayConfig(_ContinualConfigMixin, LoraConfig):
         default=None,
         metadata={"help": "Examples replayed per step; default: the per-device training batch size."},
     )
+    general_rehearsal_examples: int = field(
+        default=0,
+        metadata={
+            "help": "General self-rehearsal: this many generic chat prompts (from general_rehearsal_prompts) are "
+            "answered by the base model before the first task, and those rows are replayed with the buffer's, in "
+            "every task from the first, so that the model keeps answering like the base outside the tasks. Stores "
+            "no user row. 0: off."
+        },
+    )
+    general_rehearsal_prompts: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "The pool of general self-rehearsal: a .jsonl with a 'prompt' per line or a text file with one "
+            "prompt a line. Default: the shipped pool of 240 prompts, disjoint from the retention suite (a pool "
+            "sharing a prompt with the suite is refused)."
+        },
+    )
+    general_rehearsal_answer_tokens: int = field(
+        default=64, metadata={"help": "Token budget of the base model's answer to a general self-rehearsal prompt."}
+    )
 
     def __post_init__(self):
         super().__post_init__()
         _check_lora_only(self, type(self).__name__)
-        _require(self.replay_buffer_size > 0, f"replay_buffer_size must be > 0, got {self.replay_buffer_size}.")
+        _require(
+            isinstance(self.replay_buffer_size, int) and self.replay_buffer_size >= 0,
+            f"replay_buffer_size must be an integer >= 0, got {self.replay_buffer_size!r}.",
+        )
+        _require(
+            isinstance(self.general_rehearsal_examples, int) and self.general_rehearsal_examples >= 0,
+            f"general_rehearsal_examples must be an integer >= 0 (0: off), got {self.general_rehearsal_examples!r}.",
+        )
+        _require(
+            self.replay_buffer_size > 0 or self.general_rehearsal_examples > 0,
+            "replay_buffer_size=0 keeps no task row, so there is nothing to replay: set replay_buffer_size > 0, or "
+            "general_rehearsal_examples > 0 to replay the base model's answers to general prompts only.",
+        )
         _require(
             self.replay_batch_size is None or self.replay_batch_size > 0,
             f"replay_batch_size must be > 0 (or None for the training batch size), got {self.replay_batch_size}.",
+        )
+        _require(
+            isinstance(self.general_rehearsal_answer_tokens, int) and self.general_rehearsal_answer_tokens > 0,
+            f"general_rehearsal_answer_tokens must be a positive integer, got {self.general_rehearsal_answer_tokens!r}.",
+        )
+
+
+@dataclass
+class GeneralRehearsalConfig(ReplayConfig):
+    """General self-rehearsal alone: one adapter trained task after task, each step also replaying the base model's
+    own answers to generic chat prompts (written before the first task). Keeps no task row: for replay of task rows
+    as well, use ``ReplayConfig`` (or ``SsrConfig``, data-free) with ``general_rehearsal_examples``."""
+
+    replay_buffer_size: int = field(
+        default=0, metadata={"help": "Must stay 0: this method keeps no task row (see the class docstring)."}
+    )
+    general_rehearsal_examples: int = field(
+        default=200,
+        metadata={"help": "Generic chat prompts answered by the base model and replayed in every task (> 0)."},
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        _require(
+            self.replay_buffer_size == 0,
+            f"GeneralRehearsalConfig keeps no task row, got replay_buffer_size={self.replay_buffer_size}: use "
+            "ReplayConfig(general_rehearsal_examples=...) to replay task rows and general rows together.",
         )
 
 
@@ -423,6 +482,16 @@ class SsrConfig(ReplayConfig):
     ssr_min_input_chars: int = field(
         default=3, metadata={"help": "Shortest synthetic input kept, in characters."}
     )
+    ssr_inputs_from: Literal["base", "current"] = field(
+        default="base",
+        metadata={
+            "help": "Which model writes the synthetic inputs: 'base' (its adapters disabled, as the SSR paper's base "
+            "LLM; it has taken on no task's answer format) or 'current' (the model as the previous task left it). "
+            "The answers are always the current model's. Measured on the benchmark (SmolLM2-135M-Instruct, reference "
+            "prompt): after dbpedia the current model's 64 candidates for it gave 0 usable rows.",
+            "choices": ["base", "current"],
+        },
+    )
     ssr_demonstrations: int = field(
         default=0,
         metadata={
@@ -459,6 +528,10 @@ class SsrConfig(ReplayConfig):
         _require(
             isinstance(self.ssr_min_input_chars, int) and self.ssr_min_input_chars >= 1,
             f"ssr_min_input_chars must be an integer >= 1, got {self.ssr_min_input_chars!r}.",
+        )
+        _require(
+            self.ssr_inputs_from in ("base", "current"),
+            f"ssr_inputs_from must be 'base' or 'current', got {self.ssr_inputs_from!r}.",
         )
         _require(
             isinstance(self.ssr_demonstrations, int) and self.ssr_demonstrations >= 0,

@@ -188,6 +188,13 @@ def _full_suite() -> GeneralSuite:
     return GeneralSuite(instructions, _read_jsonl("facts.jsonl"), chat)
 
 
+def suite_prompts() -> set[str]:
+    """Every prompt of the whole suite, normalised (:func:`_normalize`): what no training prompt may repeat."""
+    suite = _full_suite()
+    texts = [i["prompt"] for i in suite.instructions] + [f["question"] for f in suite.facts] + suite.chat
+    return {_normalize(t) for t in texts}
+
+
 def load_suite(limit: Optional[int] = None) -> GeneralSuite:
     """The shipped suite; ``limit`` keeps the first ``limit`` items of each part (tests, quick checks)."""
     if limit is not None and (not isinstance(limit, int) or limit <= 0):
@@ -290,10 +297,16 @@ def _chat_drift(model, base_model, prompts, answers, pad: int, batch_size: int) 
     return kl, agreement
 
 
+def chat_prompt_task(name: str = "general") -> ContinualTask:
+    """A generation task without instruction: its prompt is the user's request alone (the chat template's single
+    user turn, or the reference prompt), as the suite asks and as general self-rehearsal replays."""
+    return ContinualTask(name=name, train=None, eval=[{"prompt": "-", "completion": "-"}], kind=GENERATION)
+
+
 def _encode_prompts(tokenizer, texts: Sequence[str], chat: bool) -> tuple[list[list[int]], list[int]]:
-    """Prompt ids the package's way (the chat template's single user turn, or the reference prompt), and stops."""
+    """Prompt ids the package's way, and stops."""
     encoder = PromptEncoder(tokenizer, MAX_PROMPT_TOKENS, chat)
-    task = ContinualTask(name="general", train=None, eval=[{"prompt": "-", "completion": "-"}], kind=GENERATION)
+    task = chat_prompt_task()
     return [encoder.prompt(task, {"prompt": t, "context": ""})[1] for t in texts], encoder.stop_ids()
 
 

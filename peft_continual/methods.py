@@ -13,6 +13,7 @@ import copy
 import dataclasses
 import inspect
 import re
+import time
 from typing import Any, ClassVar, Optional
 
 import datasets
@@ -34,6 +35,7 @@ from .adapters import (
 )
 from .configs import (
     ContinualOSFConfig,
+    GeneralRehearsalConfig,
     IncLoraConfig,
     ILoraConfig,
     LwfConfig,
@@ -57,6 +59,7 @@ from .osf import (
 )
 from .regularizers import delta_w_l1, l2_penalty, orthogonality_penalty, rank_product_l1
 from .replay import ReservoirBuffer
+from .self_rehearsal import REHEARSAL_TASK_INDEX, load_rehearsal_prompts, pick_prompts, rehearsal_rows, rehearsal_task
 from .synthesis import synthesize_rows
 from .target_logits import with_target_logits
 from .tasks import GENERATION, IGNORE_INDEX, PromptEncoder
@@ -365,20 +368,58 @@ class OLoraMethod(TaskAdapterMethod):
 
 @register_method
 class ReplayMethod(SeqLoraMethod):
-    """ER: from task 2 on, loss = (CE_current + CE_replay) / 2 with a replay batch from a reservoir buffer."""
+    """ER: from task 2 on, loss = (CE_current + CE_replay) / 2 with a replay batch from a reservoir buffer.
+
+    With ``general_rehearsal_examples`` the replay batch is drawn from the buffer and the base model's answers to
+    general prompts together (:mod:`peft_continual.self_rehearsal`), written before the first task and replayed from
+    the first task on; they are kept apart from the reservoir, which would otherwise evict them.
+    """
 
     name = "replay"
     title = "ER (experience replay)"
     config_class = ReplayConfig
-    data_tensor_prefixes = ("buffer.",)
+    data_tensor_prefixes = ("buffer.", "general.")
 
     def setup(self, model, *, collator, batch_size, seed, process_index=0, num_processes=1, logits_on_targets_only=False):
         self.collator = collator
         self.logits_on_targets_only = logits_on_targets_only
         self.replay_batch_size = self.config.replay_batch_size or batch_size
+        self.seed = seed
         self.buffer = ReservoirBuffer(self.config.replay_buffer_size, seed=seed)  # identical on every process
+        self.general = ReservoirBuffer(self.config.general_rehearsal_examples, seed=seed)  # filled once, never evicts
+        self.rehearsal_prompts: list[str] = []
         self.process_index, self.num_processes = process_index, num_processes
         self.micro_step, self.step_rows = 0, []
+
+    def check_before_training(self, model, num_tasks):
+        super().check_before_training(model, num_tasks)
+        n = self.config.general_rehearsal_examples
+        if n and len(self.general) == 0:  # a bad pool fails here, before any training
+            pool = load_rehearsal_prompts(self.config.general_rehearsal_prompts)
+            self.rehearsal_prompts = pick_prompts(pool, n, seed=self.seed)
+
+    def prepare_task(self, trainer, task_index, resumed_meta=None):
+        """Before the first task trained (or the first after a restart that lost them), the base model answers the
+        general self-rehearsal prompts; a resumed checkpoint already holds these rows."""
+        if not self.rehearsal_prompts or len(self.general):
+            return
+        encoder = PromptEncoder(trainer.processing_class, trainer.max_source_length, trainer.chat)
+        started = time.perf_counter()
+        try:
+            rows = rehearsal_rows(trainer.peft_model, encoder, self.rehearsal_prompts,
+                                  batch_size=trainer.args.per_device_eval_batch_size,
+                                  answer_tokens=self.config.general_rehearsal_answer_tokens)  # fmt: skip
+        finally:
+            self.restore_adapter_state(trainer.peft_model)
+        if trainer.args.world_size > 1:  # every process replays the same rows: process zero's
+            rows = broadcast_object_list([rows], from_process=0)[0]
+        if rows:
+            features = trainer._cl_features(rehearsal_task(rows))
+            for ids, labels in zip(features["input_ids"], features["labels"]):
+                self.general.add(ids, labels, REHEARSAL_TASK_INDEX)
+        if trainer.is_world_process_zero():
+            print(f"    [general self-rehearsal] the base answered {len(rows)}/{len(self.rehearsal_prompts)} prompts "
+                  f"in {time.perf_counter() - started:.1f}s", flush=True)  # fmt: skip
 
     def replay_batch(self, device, accumulation: int = 1) -> Optional[tuple[dict[str, torch.Tensor], float, float]]:
         """This process's slice, for this micro-batch, of one replay batch per optimizer step, with its normalisers.
@@ -388,11 +429,11 @@ class ReplayMethod(SeqLoraMethod):
         positions over the whole draw, over processes x micro-batches: summed over micro-batches and averaged over
         processes, the terms equal one process's on the whole draw without accumulation.
         """
-        if len(self.buffer) == 0:
+        if len(self.buffer) + len(self.general) == 0:
             return None
         shards, micro = self.num_processes * accumulation, self.micro_step % accumulation
         if micro == 0:
-            self.step_rows = self.buffer.sample(self.replay_batch_size * shards)
+            self.step_rows = self.buffer.sample(self.replay_batch_size * shards, extra=self.general.examples)
         self.micro_step += 1
         drawn = self.step_rows
         start = (micro * self.num_processes + self.process_index) * self.replay_batch_size
@@ -424,11 +465,18 @@ class ReplayMethod(SeqLoraMethod):
 
     def state_dict(self):
         meta, tensors = super().state_dict()
-        return meta, {**tensors, **{f"buffer.{k}": v for k, v in self.buffer.state_dict().items()}}
+        for prefix, buffer in (("buffer.", self.buffer), ("general.", self.general)):
+            tensors.update({prefix + k: v for k, v in buffer.state_dict().items()})
+        return meta, tensors
 
     def load_state_dict(self, meta, tensors, model):
         super().load_state_dict(meta, tensors, model)
-        self.buffer.load_state_dict({k[len("buffer.") :]: v for k, v in tensors.items() if k.startswith("buffer.")})
+        def held(prefix):
+            return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+        self.buffer.load_state_dict(held("buffer."))
+        if held("general."):  # runs saved before general self-rehearsal existed hold none
+            self.general.load_state_dict(held("general."))
 
 
 @register_method
@@ -656,8 +704,9 @@ class LwfMethod(SeqLoraMethod):
 class SsrMethod(ReplayMethod):
     """SSR: ER whose buffer holds rows the model synthesized for the earlier tasks, never a user's row.
 
-    Before each task from the second on, the model as the previous task left it (its evaluation adapters, eval mode)
-    writes inputs for every earlier task, answers them, and the kept rows, encoded by the trainer exactly as real rows,
+    Before each task from the second on, the base model (``ssr_inputs_from='base'``, adapters disabled) writes inputs
+    for every earlier task, the model as the previous task left it (its evaluation adapters, eval mode) answers them,
+    and the kept rows, encoded by the trainer exactly as real rows,
     replace the buffer (:mod:`peft_continual.synthesis`). Training then replays them as ER does. The state records
     which task's synthesis the buffer holds, and :meth:`prepare_task` skips a task whose synthesis it already holds.
     A run resumed inside a task skips the synthesis: the checkpoint it resumes from holds that task's buffer.
@@ -669,11 +718,11 @@ class SsrMethod(ReplayMethod):
 
     def setup(self, model, **kwargs):
         super().setup(model, **kwargs)
-        self.seed = kwargs["seed"]
         self.synthesized_for = -1  # the task (index) whose synthesis the buffer holds
         self.synthesis_log: list[dict[str, Any]] = []  # the cost of every synthesis, per task and earlier task
 
     def prepare_task(self, trainer, task_index, resumed_meta=None):
+        super().prepare_task(trainer, task_index, resumed_meta)  # general self-rehearsal's rows, when asked for
         if task_index == 0 or task_index in (self.synthesized_for, (resumed_meta or {}).get("synthesized_for")):
             return  # synthesized already, or the checkpoint being resumed holds this task's buffer
         model = trainer.peft_model
@@ -681,6 +730,7 @@ class SsrMethod(ReplayMethod):
         was_training = model.training
         model.eval()
         synthesized = []
+        writer = model.disable_adapter if self.config.ssr_inputs_from == "base" else None
         try:
             with adapters_active(model, self.eval_adapters()):
                 for source, task in enumerate(trainer.tasks[:task_index]):
@@ -690,7 +740,7 @@ class SsrMethod(ReplayMethod):
                         top_p=self.config.ssr_top_p, max_new_tokens=self.config.ssr_max_new_tokens,
                         min_chars=self.config.ssr_min_input_chars, batch_size=trainer.args.per_device_eval_batch_size,
                         seed=self.seed + 1000 * task_index + source, answer_tokens=task.max_new_tokens or trainer.max_new_tokens,
-                        demonstrations=self.demonstrations(task, task_index),
+                        demonstrations=self.demonstrations(task, task_index), writer=writer,
                     )  # fmt: skip
                     synthesized.append((rows, {"task_index": task_index, "source_task": task.name, **cost}))
         finally:
@@ -754,3 +804,13 @@ class SsrILoraMethod(SsrMethod, ILoraMethod):
         """No real row enters the buffer (SSR); the slow learner resyncs as in I-LoRA."""
         if self.config.resync_slow_at_task_end:
             copy_adapter_weights(model, self.initial_adapter, self.slow)
+
+
+@register_method
+class GeneralRehearsalMethod(ReplayMethod):
+    """General self-rehearsal alone: ER whose only replayed rows are the base model's answers to general prompts
+    (its buffer keeps no task row: ``replay_buffer_size`` is 0)."""
+
+    name = "self_rehearsal"
+    title = "General self-rehearsal (the base's answers to general prompts replayed, no stored rows)"
+    config_class = GeneralRehearsalConfig

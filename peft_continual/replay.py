@@ -8,15 +8,15 @@ dict of tensors that saves to safetensors.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
 
 class ReservoirBuffer:
     def __init__(self, capacity: int, seed: int = 0):
-        if capacity <= 0:
-            raise ValueError(f"capacity must be > 0, got {capacity}")
+        if capacity < 0:
+            raise ValueError(f"capacity must be >= 0, got {capacity}")
         self.capacity = capacity
         self.examples: list[dict[str, Any]] = []
         self.num_seen = 0
@@ -36,16 +36,18 @@ class ReservoirBuffer:
         if slot < self.capacity:
             self.examples[slot] = example
 
-    def sample(self, batch_size: int) -> list[dict[str, Any]]:
-        """Draw ``batch_size`` stored examples uniformly, without replacement when the buffer is large enough."""
-        if not self.examples:
+    def sample(self, batch_size: int, extra: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
+        """Draw ``batch_size`` examples uniformly from the stored ones and ``extra`` together (rows replayed beside
+        the reservoir, e.g. general self-rehearsal's), without replacement when there are enough."""
+        pool = self.examples + list(extra)
+        if not pool:
             raise RuntimeError("the replay buffer is empty")
-        n = len(self.examples)
+        n = len(pool)
         if batch_size <= n:
             indices = torch.randperm(n, generator=self.generator)[:batch_size]
         else:
             indices = torch.randint(n, (batch_size,), generator=self.generator)
-        return [self.examples[i] for i in indices.tolist()]
+        return [pool[i] for i in indices.tolist()]
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Flat tensors (safetensors-compatible): concatenated token ids with their lengths, task ids, counters."""

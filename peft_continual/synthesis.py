@@ -1,18 +1,19 @@
 """Self-Synthesized Rehearsal (SSR, Huang et al., ACL 2024): rehearsal rows for an earlier task, written by the model.
 
 Where no training row may be kept (privacy, licences), the model stands in for the replay buffer: before a new
-task it writes new inputs for each earlier task from that task's instruction (and label set), answers them itself
-in the task's own prompt format, and the well-formed, diverse pairs are replayed as experience replay replays real
+task the base model (or, if asked, the current one) writes new inputs for each earlier task from that task's
+instruction (and label set), the current model answers them in the task's own prompt format, and the well-formed, diverse pairs are replayed as experience replay replays real
 rows. One function per step, so each is testable alone: :func:`sample_candidates` (sampling), :func:`filter_candidates`
 (plain strings, no model) and :func:`label_inputs` (greedy answers); :func:`synthesize_rows` chains them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import time
-from typing import NamedTuple, Optional, Sequence
+from typing import Callable, ContextManager, NamedTuple, Optional, Sequence
 
 import torch
 from transformers import GenerationConfig
@@ -22,8 +23,9 @@ from .tasks import GENERATION, ContinualTask, PromptEncoder
 from .tasks.prompts import chat_frame
 
 INPUT_MARKER = "Input:"
-# Where a candidate input ends: the model going on to another demonstration, or to an answer (the reference tail).
-_CANDIDATE_ENDS = re.compile(r"\n\s*(?:Input|Answer):")
+# Where a candidate input ends: the model going on to another demonstration, or to an answer or output field (the
+# reference tail; a base model also writes "Output:").
+_CANDIDATE_ENDS = re.compile(r"\n\s*(?:Input|Output|Answer|Label)\s*:")
 _MIN_ECHO_WORDS = 3  # a request line this long found inside a candidate means the candidate repeats the request
 
 
@@ -162,15 +164,19 @@ def label_inputs(
 def synthesize_rows(
     model, encoder: PromptEncoder, task: ContinualTask, n_keep: int, *, candidates_factor: float, temperature: float,
     top_p: float, max_new_tokens: int, min_chars: int, batch_size: int, seed: int, answer_tokens: int,
-    demonstrations: Sequence[str] = (),
+    demonstrations: Sequence[str] = (), writer: Optional[Callable[[], ContextManager]] = None,
 ) -> tuple[list[dict[str, str]], dict[str, float]]:  # fmt: skip
     """Up to ``n_keep`` rehearsal rows for ``task`` from ``ceil(n_keep * candidates_factor)`` sampled inputs (one
-    round: the cost is bounded), with the cost: candidates, finished, filtered (usable inputs), kept, seconds."""
+    round: the cost is bounded), with the cost: candidates, finished, filtered (usable inputs), kept, seconds.
+
+    ``writer``: a context in which ``model`` writes the inputs (e.g. its adapters disabled: the base model, as in the
+    SSR paper); the answers are always the model's as called."""
     started = time.perf_counter()
     request = synthesis_request(task, demonstrations)
     n = math.ceil(n_keep * candidates_factor)
-    candidates = sample_candidates(model, encoder, request, n, temperature=temperature, top_p=top_p,
-                                   max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed)  # fmt: skip
+    with (writer or contextlib.nullcontext)():
+        candidates = sample_candidates(model, encoder, request, n, temperature=temperature, top_p=top_p,
+                                       max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed)  # fmt: skip
     inputs = filter_candidates(candidates, request=request, min_chars=min_chars, user_texts=demonstrations)
     rows = label_inputs(model, encoder, task, inputs, batch_size=batch_size, answer_tokens=answer_tokens, limit=n_keep)
     cost = {

@@ -37,7 +37,7 @@ from peft_continual.tasks import PromptEncoder, tokenize_task
         ({"ssr_max_new_tokens": 0}, "ssr_max_new_tokens must be a positive integer"),
         ({"ssr_min_input_chars": 0}, "ssr_min_input_chars must be an integer >= 1"),
         ({"ssr_demonstrations": -1}, "ssr_demonstrations must be an integer >= 0"),
-        ({"replay_buffer_size": 0}, "replay_buffer_size must be > 0"),  # ER's own checks still run
+        ({"replay_buffer_size": 0}, "nothing to replay"),  # ER's own checks still run
         ({"use_dora": True}, "SsrConfig does not support use_dora"),
     ],
 )
@@ -55,8 +55,10 @@ def test_real_demonstrations_need_an_explicit_opt_in():
 
 def test_hyperparameters_and_config_round_trip(tokenizer, tmp_path):
     assert SsrMethod.hyperparameters()[4:] == [
-        "replay_buffer_size", "replay_batch_size", "ssr_examples_per_task", "ssr_candidates_factor", "ssr_temperature",
-        "ssr_top_p", "ssr_max_new_tokens", "ssr_min_input_chars", "ssr_demonstrations", "ssr_allow_real_demonstrations",
+        "replay_buffer_size", "replay_batch_size", "general_rehearsal_examples", "general_rehearsal_prompts",
+        "general_rehearsal_answer_tokens", "ssr_examples_per_task", "ssr_candidates_factor", "ssr_temperature",
+        "ssr_top_p", "ssr_max_new_tokens", "ssr_min_input_chars", "ssr_inputs_from", "ssr_demonstrations",
+        "ssr_allow_real_demonstrations",
     ]  # fmt: skip
     assert SsrMethod.data_tensor_prefixes == ReplayMethod.data_tensor_prefixes  # synthetic rows are not uploaded
     model, targets = tiny_model("llama", tokenizer)
@@ -94,9 +96,11 @@ def test_filter_strips_cuts_and_drops_empty_short_unfinished_and_repeated_inputs
         Candidate("A big RED car!"),  # a duplicate once normalised
         Candidate("old blue boat\nAnswer: cold"),  # the model went on to answer: cut there
         Candidate("green tree\nInput: another one"),  # ... or to another input
+        Candidate("small hat\nOutput:"),  # ... or to an output field (base models write one)
         Candidate("old blue boat"),  # a duplicate of the cut one
     ]
-    assert filter_candidates(candidates, request=request, min_chars=3) == ["a big red car", "old blue boat", "green tree"]
+    assert filter_candidates(candidates, request=request, min_chars=3) == [
+        "a big red car", "old blue boat", "green tree", "small hat"]  # fmt: skip
     assert filter_candidates([Candidate("ab")], request=request, min_chars=2) == ["ab"]
     assert filter_candidates([Candidate("rite")], request=request, min_chars=3) == ["rite"]  # not a word of "write"
     assert filter_candidates([Candidate("new input")], request=request, min_chars=3) == []  # words of the request
@@ -312,3 +316,30 @@ def test_data_free_ilora_trains_its_slow_learner_on_synthesized_rows_only(tokeni
     assert all("loss_replay" in entry and "loss_consistency" in entry for entry in second)
     slow_after = adapter_parameters(trainer.peft_model, "slow")
     assert any(not torch.equal(a, b) for a, b in zip(slow_before, slow_after))
+
+
+@pytest.mark.parametrize("inputs_from, disabled", [("base", True), ("current", False)])
+def test_inputs_are_written_by_the_base_unless_asked_otherwise_and_answered_by_the_current_model(
+    tokenizer, tmp_path, monkeypatch, inputs_from, disabled
+):
+    from peft.tuners.lora import LoraLayer
+
+    def adapters_off(model):
+        return all(m.disable_adapters for m in model.modules() if isinstance(m, LoraLayer))
+
+    seen = {}
+
+    def sampler(model, encoder, request, n, **kwargs):
+        seen["sampling"] = adapters_off(model)
+        return [Candidate(text) for text in (FIXED_INPUTS * n)[:n]]
+
+    def labeller(model, encoder, task, inputs, **kwargs):
+        seen["labelling"] = adapters_off(model)
+        return []
+
+    monkeypatch.setattr(synthesis, "sample_candidates", sampler)
+    monkeypatch.setattr(synthesis, "label_inputs", labeller)
+    trainer = ssr_trainer(tokenizer, tmp_path, ssr_inputs_from=inputs_from)
+    trainer.train_continual([memorised_task(name, 8) for name in ("colors", "animals")])
+    assert seen == {"sampling": disabled, "labelling": False}
+    assert not adapters_off(trainer.peft_model)

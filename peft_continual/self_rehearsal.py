@@ -1,0 +1,89 @@
+"""General self-rehearsal: the base model's own answers to generic chat prompts, replayed while training the tasks.
+
+Replay of task rows keeps the tasks, not the chat model (benchmarks/RESULTS.md: ER ends about as far from the base
+as SeqLoRA). Rehearsing what the base itself answers to requests unlike any task keeps the model's behaviour outside
+the tasks near the base's, and stores no user row: the rows are written by the base before the first task. The
+shipped pool (``data/general/rehearsal_prompts.jsonl``) shares no prompt and no request kind with the retention
+suite, so the suite still measures behaviour the rehearsal never showed; a user's pool that repeats a suite prompt
+is refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Optional, Sequence
+
+import datasets
+import torch
+
+from .general_ability import DATA_DIR, _kept_state, _normalize, chat_prompt_task, suite_prompts
+from .synthesis import label_inputs
+from .tasks import ContinualTask, PromptEncoder
+
+SHIPPED_POOL = DATA_DIR / "rehearsal_prompts.jsonl"
+REHEARSAL_TASK = "general"  # the rows' task name: the suite's, so both render a bare request alike
+REHEARSAL_TASK_INDEX = -1  # the task index the rows carry in a replay buffer (no trained task's)
+
+
+def load_rehearsal_prompts(path: Optional[str] = None) -> list[str]:
+    """The pool's prompts: ``path`` (a ``.jsonl`` of ``{"prompt": ...}`` rows, or a text file of one prompt a
+    line) or the shipped pool. Duplicates are dropped; a prompt of the retention suite is an error, since
+    rehearsing it would make the suite measure what was trained."""
+    source = Path(path) if path is not None else SHIPPED_POOL
+    if not source.is_file():
+        raise FileNotFoundError(
+            f"general_rehearsal_prompts={str(source)!r} is not a file: give a .jsonl with a 'prompt' per line or a "
+            "text file with one prompt a line, or leave it unset for the shipped pool"
+        )
+    lines = [line.strip() for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if source.suffix == ".jsonl":
+        try:
+            prompts = [json.loads(line)["prompt"] for line in lines]
+        except (ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"{source}: every line must be a JSON object with a 'prompt' string ({err})") from err
+    else:
+        prompts = lines
+    prompts = list(dict.fromkeys(p.strip() for p in prompts if isinstance(p, str) and p.strip()))
+    if not prompts:
+        raise ValueError(f"{source} holds no prompt")
+    shared = [p for p in prompts if _normalize(p) in suite_prompts()]
+    if shared:
+        raise ValueError(
+            f"{source}: {len(shared)} prompt(s) are also in the general-ability retention suite (e.g. {shared[:3]!r}); "
+            "rehearsing them would make the suite measure what was trained: remove them from the pool"
+        )
+    return prompts
+
+
+def pick_prompts(prompts: Sequence[str], n: int, seed: int) -> list[str]:
+    """``n`` prompts of the pool, a seeded uniform draw without replacement."""
+    if not 0 < n <= len(prompts):
+        raise ValueError(
+            f"general_rehearsal_examples={n} needs a pool of at least {n} prompts; the pool has {len(prompts)}: "
+            "lower general_rehearsal_examples or give a larger general_rehearsal_prompts file"
+        )
+    order = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(seed))[:n]
+    return [prompts[i] for i in order.tolist()]
+
+
+@torch.no_grad()
+def rehearsal_rows(
+    peft_model, encoder: PromptEncoder, prompts: Sequence[str], *, batch_size: int, answer_tokens: int
+) -> list[dict[str, str]]:
+    """Generation rows ``{"prompt", "context", "completion"}``: the base model's greedy answers (``peft_model`` with
+    its adapters disabled, eval mode) to ``prompts``, in the package's prompt format. An empty answer leaves nothing
+    to rehearse and is dropped (under the reference prompt SmolLM2-135M-Instruct ends most general prompts at once:
+    73 of the benchmark's 200 gave rows; with its chat template 20 of 20 sampled did).
+    Callers inside training re-assert their adapter state afterwards (leaving ``disable_adapter()`` can unfreeze)."""
+    with _kept_state(peft_model), peft_model.disable_adapter():
+        peft_model.eval()
+        return label_inputs(peft_model, encoder, chat_prompt_task(REHEARSAL_TASK), prompts, batch_size=batch_size,
+                            answer_tokens=answer_tokens)  # fmt: skip
+
+
+def rehearsal_task(rows: list[dict[str, str]]) -> ContinualTask:
+    """The rows as a task the trainer encodes exactly as it encodes a training task's rows."""
+    rows_set = datasets.Dataset.from_list(rows)
+    return dataclasses.replace(chat_prompt_task(REHEARSAL_TASK), train=rows_set, eval=rows_set)
