@@ -56,6 +56,36 @@ def _require(condition: bool, message: str) -> None:
         raise ValueError(message)
 
 
+# General prompts (the base model's answers to generic chat prompts, written before the first task), shared by the
+# methods that use them: general self-rehearsal (ER and its kin) and LwF's distillation on general prompts.
+def _general_prompts_field():
+    return field(
+        default=None,
+        metadata={
+            "help": "The pool of general prompts the base model answers: a .jsonl with a 'prompt' per line or a text "
+            "file with one prompt a line. Default: the shipped pool of 240 prompts, disjoint from the retention "
+            "suite (a pool sharing a prompt with the suite is refused)."
+        },
+    )
+
+
+def _general_answer_tokens_field():
+    return field(default=64, metadata={"help": "Token budget of the base model's answer to a general prompt."})
+
+
+def _check_general_prompts(config, count_field: str) -> None:
+    count = getattr(config, count_field)
+    _require(isinstance(count, int) and count >= 0, f"{count_field} must be an integer >= 0 (0: off), got {count!r}.")
+    _require(
+        config.general_prompts is None or isinstance(config.general_prompts, str),
+        f"general_prompts must be a file path or None (the shipped pool), got {config.general_prompts!r}.",
+    )
+    _require(
+        isinstance(config.general_answer_tokens, int) and config.general_answer_tokens > 0,
+        f"general_answer_tokens must be a positive integer, got {config.general_answer_tokens!r}.",
+    )
+
+
 # init_lora_weights values that change the base weights at every add_adapter (each task, I-LoRA's slow copy).
 _BASE_REWRITING_INITS = ("pissa", "olora", "corda", "loftq", "eva", "lora_ga")
 
@@ -224,23 +254,14 @@ class ReplayConfig(_ContinualConfigMixin, LoraConfig):
     general_rehearsal_examples: int = field(
         default=0,
         metadata={
-            "help": "General self-rehearsal: this many generic chat prompts (from general_rehearsal_prompts) are "
+            "help": "General self-rehearsal: this many generic chat prompts (from general_prompts) are "
             "answered by the base model before the first task, and those rows are replayed with the buffer's, in "
             "every task from the first, so that the model keeps answering like the base outside the tasks. Stores "
             "no user row. 0: off."
         },
     )
-    general_rehearsal_prompts: Optional[str] = field(
-        default=None,
-        metadata={
-            "help": "The pool of general self-rehearsal: a .jsonl with a 'prompt' per line or a text file with one "
-            "prompt a line. Default: the shipped pool of 240 prompts, disjoint from the retention suite (a pool "
-            "sharing a prompt with the suite is refused)."
-        },
-    )
-    general_rehearsal_answer_tokens: int = field(
-        default=64, metadata={"help": "Token budget of the base model's answer to a general self-rehearsal prompt."}
-    )
+    general_prompts: Optional[str] = _general_prompts_field()
+    general_answer_tokens: int = _general_answer_tokens_field()
 
     def __post_init__(self):
         super().__post_init__()
@@ -248,10 +269,6 @@ class ReplayConfig(_ContinualConfigMixin, LoraConfig):
         _require(
             isinstance(self.replay_buffer_size, int) and self.replay_buffer_size >= 0,
             f"replay_buffer_size must be an integer >= 0, got {self.replay_buffer_size!r}.",
-        )
-        _require(
-            isinstance(self.general_rehearsal_examples, int) and self.general_rehearsal_examples >= 0,
-            f"general_rehearsal_examples must be an integer >= 0 (0: off), got {self.general_rehearsal_examples!r}.",
         )
         _require(
             self.replay_buffer_size > 0 or self.general_rehearsal_examples > 0,
@@ -262,10 +279,7 @@ class ReplayConfig(_ContinualConfigMixin, LoraConfig):
             self.replay_batch_size is None or self.replay_batch_size > 0,
             f"replay_batch_size must be > 0 (or None for the training batch size), got {self.replay_batch_size}.",
         )
-        _require(
-            isinstance(self.general_rehearsal_answer_tokens, int) and self.general_rehearsal_answer_tokens > 0,
-            f"general_rehearsal_answer_tokens must be a positive integer, got {self.general_rehearsal_answer_tokens!r}.",
-        )
+        _check_general_prompts(self, "general_rehearsal_examples")
 
 
 @dataclass
@@ -440,9 +454,21 @@ class LwfConfig(_ContinualConfigMixin, LoraConfig):
             "choices": ["prompt", "targets", "all"],        },
     )
 
+    distill_general_examples: int = field(
+        default=0,
+        metadata={
+            "help": "Also take the KL (same weight and temperature) on the base model's own answers to this many "
+            "general prompts (general_prompts; written before the first task), a batch of them each step, so that "
+            "the model keeps the base's distributions outside the tasks too. Stores no user row. 0: off."
+        },
+    )
+    general_prompts: Optional[str] = _general_prompts_field()
+    general_answer_tokens: int = _general_answer_tokens_field()
+
     def __post_init__(self):
         super().__post_init__()
         _check_lora_only(self, type(self).__name__)
+        _check_general_prompts(self, "distill_general_examples")
         _require(
             math.isfinite(self.distill_weight) and self.distill_weight >= 0,
             f"distill_weight must be a finite number >= 0, got {self.distill_weight!r}: set distill_weight=0 to "

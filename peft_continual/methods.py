@@ -13,7 +13,6 @@ import copy
 import dataclasses
 import inspect
 import re
-import time
 from typing import Any, ClassVar, Optional
 
 import datasets
@@ -59,7 +58,7 @@ from .osf import (
 )
 from .regularizers import delta_w_l1, l2_penalty, orthogonality_penalty, rank_product_l1
 from .replay import ReservoirBuffer
-from .self_rehearsal import REHEARSAL_TASK_INDEX, load_rehearsal_prompts, pick_prompts, rehearsal_rows, rehearsal_task
+from .self_rehearsal import GeneralRows
 from .synthesis import synthesize_rows
 from .target_logits import with_target_logits
 from .tasks import GENERATION, IGNORE_INDEX, PromptEncoder
@@ -386,40 +385,19 @@ class ReplayMethod(SeqLoraMethod):
         self.replay_batch_size = self.config.replay_batch_size or batch_size
         self.seed = seed
         self.buffer = ReservoirBuffer(self.config.replay_buffer_size, seed=seed)  # identical on every process
-        self.general = ReservoirBuffer(self.config.general_rehearsal_examples, seed=seed)  # filled once, never evicts
-        self.rehearsal_prompts: list[str] = []
+        config = self.config
+        self.general = GeneralRows(config.general_rehearsal_examples, config.general_prompts, config.general_answer_tokens,
+                                   seed, what="general_rehearsal_examples")  # fmt: skip
         self.process_index, self.num_processes = process_index, num_processes
         self.micro_step, self.step_rows = 0, []
 
     def check_before_training(self, model, num_tasks):
         super().check_before_training(model, num_tasks)
-        n = self.config.general_rehearsal_examples
-        if n and len(self.general) == 0:  # a bad pool fails here, before any training
-            pool = load_rehearsal_prompts(self.config.general_rehearsal_prompts)
-            self.rehearsal_prompts = pick_prompts(pool, n, seed=self.seed)
+        self.general.check()
 
     def prepare_task(self, trainer, task_index, resumed_meta=None):
-        """Before the first task trained (or the first after a restart that lost them), the base model answers the
-        general self-rehearsal prompts; a resumed checkpoint already holds these rows."""
-        if not self.rehearsal_prompts or len(self.general):
-            return
-        encoder = PromptEncoder(trainer.processing_class, trainer.max_source_length, trainer.chat)
-        started = time.perf_counter()
-        try:
-            rows = rehearsal_rows(trainer.peft_model, encoder, self.rehearsal_prompts,
-                                  batch_size=trainer.args.per_device_eval_batch_size,
-                                  answer_tokens=self.config.general_rehearsal_answer_tokens)  # fmt: skip
-        finally:
-            self.restore_adapter_state(trainer.peft_model)
-        if trainer.args.world_size > 1:  # every process replays the same rows: process zero's
-            rows = broadcast_object_list([rows], from_process=0)[0]
-        if rows:
-            features = trainer._cl_features(rehearsal_task(rows))
-            for ids, labels in zip(features["input_ids"], features["labels"]):
-                self.general.add(ids, labels, REHEARSAL_TASK_INDEX)
-        if trainer.is_world_process_zero():
-            print(f"    [general self-rehearsal] the base answered {len(rows)}/{len(self.rehearsal_prompts)} prompts "
-                  f"in {time.perf_counter() - started:.1f}s", flush=True)  # fmt: skip
+        """The base answers the general self-rehearsal prompts before the first task (not again once held)."""
+        self.general.fill(trainer, self.restore_adapter_state)
 
     def replay_batch(self, device, accumulation: int = 1) -> Optional[tuple[dict[str, torch.Tensor], float, float]]:
         """This process's slice, for this micro-batch, of one replay batch per optimizer step, with its normalisers.
@@ -465,18 +443,13 @@ class ReplayMethod(SeqLoraMethod):
 
     def state_dict(self):
         meta, tensors = super().state_dict()
-        for prefix, buffer in (("buffer.", self.buffer), ("general.", self.general)):
-            tensors.update({prefix + k: v for k, v in buffer.state_dict().items()})
-        return meta, tensors
+        buffer = {f"buffer.{k}": v for k, v in self.buffer.state_dict().items()}
+        return meta, {**tensors, **buffer, **self.general.state_dict()}
 
     def load_state_dict(self, meta, tensors, model):
         super().load_state_dict(meta, tensors, model)
-        def held(prefix):
-            return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-
-        self.buffer.load_state_dict(held("buffer."))
-        if held("general."):  # runs saved before general self-rehearsal existed hold none
-            self.general.load_state_dict(held("general."))
+        self.buffer.load_state_dict({k[len("buffer.") :]: v for k, v in tensors.items() if k.startswith("buffer.")})
+        self.general.load_state_dict(tensors)
 
 
 @register_method
@@ -663,41 +636,75 @@ class LwfMethod(SeqLoraMethod):
 
     Per micro-batch: one no-grad teacher forward (eval mode, no dropout) and one student forward with gradients, on
     ``input_ids``/``attention_mask`` only, the LM head restricted to the compared positions. The trainer does not
-    pass the task forward's logits to :meth:`loss_terms`, hence the second student forward.
+    pass the task forward's logits to :meth:`loss_terms`, hence the second student forward. With
+    ``distill_general_examples`` the same KL is also taken on a batch of the base's own answers to general prompts
+    (their answer tokens), written before the first task: two more forwards per micro-batch.
     """
 
     name = "lwf"
     title = "LwF (distillation to the base model, no stored data)"
     config_class = LwfConfig
 
-    def setup(self, model, **kwargs):
-        super().setup(model, **kwargs)
+    data_tensor_prefixes = ("general.",)
+
+    def setup(self, model, *, collator, batch_size, seed, **kwargs):
+        super().setup(model, collator=collator, batch_size=batch_size, seed=seed, **kwargs)
         # transformers' causal LMs run the head on given positions only; other models give every position's logits
         self.head_on_positions = "logits_to_keep" in inspect.signature(model.get_base_model().forward).parameters
+        self.collator, self.general_batch_size = collator, batch_size
+        config = self.config
+        self.general = GeneralRows(config.distill_general_examples, config.general_prompts, config.general_answer_tokens,
+                                   seed, what="distill_general_examples")  # fmt: skip
+
+    def check_before_training(self, model, num_tasks):
+        super().check_before_training(model, num_tasks)
+        self.general.check()
+
+    def prepare_task(self, trainer, task_index, resumed_meta=None):
+        """The base answers the general prompts before the first task (not again once held)."""
+        self.general.fill(trainer, self.restore_adapter_state)
+
+    def kl_to_base(self, model, wrapped, batch: dict[str, torch.Tensor], positions: str) -> torch.Tensor:
+        """KL(base || tuned) on ``batch`` at ``positions``: a no-grad teacher forward (eval mode, no dropout, adapters
+        disabled) and a student forward, on ``input_ids``/``attention_mask`` only, the LM head on those positions."""
+        ids = batch["input_ids"]
+        attention = batch.get("attention_mask", torch.ones_like(ids))
+        keep, mask = distillation_positions(batch["labels"], attention, positions)
+        inputs = {"input_ids": ids, "attention_mask": attention}
+        if self.head_on_positions:
+            inputs["logits_to_keep"] = keep
+        was_training = wrapped.training
+        wrapped.eval()
+        try:
+            with torch.no_grad(), model.disable_adapter():
+                teacher = wrapped(**inputs).logits
+        finally:
+            wrapped.train(was_training)
+            self.restore_adapter_state(model)  # leaving disable_adapter() unfreezes every adapter
+        student = wrapped(**inputs).logits
+        if not self.head_on_positions:
+            teacher, student = teacher[:, keep], student[:, keep]
+        return distillation_kl(student, teacher, mask, self.config.distill_temperature)
 
     def loss_terms(self, model, inputs, wrapped=None, accumulation=1):
         if self.config.distill_weight == 0:
             return 1.0, {}
         wrapped = wrapped or model
-        ids = inputs["input_ids"]
-        attention = inputs.get("attention_mask", torch.ones_like(ids))
-        keep, mask = distillation_positions(inputs["labels"], attention, self.config.distill_positions)
-        batch = {"input_ids": ids, "attention_mask": attention}
-        if self.head_on_positions:
-            batch["logits_to_keep"] = keep
-        was_training = wrapped.training
-        wrapped.eval()  # the teacher's forward is deterministic (no dropout)
-        try:
-            with torch.no_grad(), model.disable_adapter():
-                teacher = wrapped(**batch).logits
-        finally:
-            wrapped.train(was_training)
-            self.restore_adapter_state(model)  # leaving disable_adapter() unfreezes every adapter
-        student = wrapped(**batch).logits
-        if not self.head_on_positions:
-            teacher, student = teacher[:, keep], student[:, keep]
-        kl = distillation_kl(student, teacher, mask, self.config.distill_temperature)
-        return 1.0, {"loss_distill": self.config.distill_weight * kl}
+        weight = self.config.distill_weight
+        terms = {"loss_distill": weight * self.kl_to_base(model, wrapped, inputs, self.config.distill_positions)}
+        if len(self.general):  # the base's answers to general prompts: the KL on the answer tokens
+            rows = self.general.rows.sample(self.general_batch_size)
+            batch = {k: v.to(inputs["input_ids"].device) for k, v in self.collator(rows).items()}
+            terms["loss_distill_general"] = weight * self.kl_to_base(model, wrapped, batch, "targets")
+        return 1.0, terms
+
+    def state_dict(self):
+        meta, tensors = super().state_dict()
+        return meta, {**tensors, **self.general.state_dict()}
+
+    def load_state_dict(self, meta, tensors, model):
+        super().load_state_dict(meta, tensors, model)
+        self.general.load_state_dict(tensors)
 
 
 @register_method

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import datasets
 import torch
+from accelerate.utils import broadcast_object_list
 
+from .replay import ReservoirBuffer
 from .general_ability import DATA_DIR, _kept_state, _normalize, chat_prompt_task, suite_prompts
 from .synthesis import label_inputs
 from .tasks import ContinualTask, PromptEncoder
@@ -34,7 +37,7 @@ def load_rehearsal_prompts(path: Optional[str] = None) -> list[str]:
     source = Path(path) if path is not None else SHIPPED_POOL
     if not source.is_file():
         raise FileNotFoundError(
-            f"general_rehearsal_prompts={str(source)!r} is not a file: give a .jsonl with a 'prompt' per line or a "
+            f"general_prompts={str(source)!r} is not a file: give a .jsonl with a 'prompt' per line or a "
             "text file with one prompt a line, or leave it unset for the shipped pool"
         )
     lines = [line.strip() for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -57,12 +60,12 @@ def load_rehearsal_prompts(path: Optional[str] = None) -> list[str]:
     return prompts
 
 
-def pick_prompts(prompts: Sequence[str], n: int, seed: int) -> list[str]:
-    """``n`` prompts of the pool, a seeded uniform draw without replacement."""
+def pick_prompts(prompts: Sequence[str], n: int, seed: int, what: str = "general_rehearsal_examples") -> list[str]:
+    """``n`` prompts of the pool, a seeded uniform draw without replacement (``what``: the setting that asked)."""
     if not 0 < n <= len(prompts):
         raise ValueError(
-            f"general_rehearsal_examples={n} needs a pool of at least {n} prompts; the pool has {len(prompts)}: "
-            "lower general_rehearsal_examples or give a larger general_rehearsal_prompts file"
+            f"{what}={n} needs a pool of at least {n} prompts; the pool has {len(prompts)}: lower {what} or give a "
+            "larger general_prompts file"
         )
     order = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(seed))[:n]
     return [prompts[i] for i in order.tolist()]
@@ -87,3 +90,56 @@ def rehearsal_task(rows: list[dict[str, str]]) -> ContinualTask:
     """The rows as a task the trainer encodes exactly as it encodes a training task's rows."""
     rows_set = datasets.Dataset.from_list(rows)
     return dataclasses.replace(chat_prompt_task(REHEARSAL_TASK), train=rows_set, eval=rows_set)
+
+
+class GeneralRows:
+    """The base model's answers to ``n`` prompts of a pool, held for a whole run: prompts picked (and the pool
+    checked) before training, answered once before the first task, kept in the run's state so that a resumed or
+    continued run never answers them again. A reservoir of capacity ``n``, so that every row stays."""
+
+    def __init__(self, n: int, pool: Optional[str], answer_tokens: int, seed: int, what: str):
+        self.rows = ReservoirBuffer(n, seed=seed)
+        self.n, self.pool, self.answer_tokens, self.seed, self.what = n, pool, answer_tokens, seed, what
+        self.prompts: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def examples(self) -> list[dict]:
+        return self.rows.examples
+
+    def check(self) -> None:
+        """Read and check the pool and pick the prompts: a bad pool fails here, before any training."""
+        if self.n and not len(self.rows):
+            self.prompts = pick_prompts(load_rehearsal_prompts(self.pool), self.n, self.seed, self.what)
+
+    def fill(self, trainer, restore_adapter_state: Callable) -> None:
+        """The base answers the picked prompts, unless the rows are held already; encoded as the trainer encodes a
+        task's rows. Every process keeps process zero's rows."""
+        if not self.prompts or len(self.rows):
+            return
+        encoder = PromptEncoder(trainer.processing_class, trainer.max_source_length, trainer.chat)
+        started = time.perf_counter()
+        try:
+            rows = rehearsal_rows(trainer.peft_model, encoder, self.prompts,
+                                  batch_size=trainer.args.per_device_eval_batch_size, answer_tokens=self.answer_tokens)  # fmt: skip
+        finally:
+            restore_adapter_state(trainer.peft_model)
+        if trainer.args.world_size > 1:
+            rows = broadcast_object_list([rows], from_process=0)[0]
+        if rows:
+            features = trainer._cl_features(rehearsal_task(rows))
+            for ids, labels in zip(features["input_ids"], features["labels"]):
+                self.rows.add(ids, labels, REHEARSAL_TASK_INDEX)
+        if trainer.is_world_process_zero():
+            print(f"    [{self.what}] the base answered {len(rows)}/{len(self.prompts)} general prompts in "
+                  f"{time.perf_counter() - started:.1f}s", flush=True)  # fmt: skip
+
+    def state_dict(self, prefix: str = "general.") -> dict[str, torch.Tensor]:
+        return {prefix + k: v for k, v in self.rows.state_dict().items()}
+
+    def load_state_dict(self, tensors: dict[str, torch.Tensor], prefix: str = "general.") -> None:
+        held = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+        if held:  # runs saved before general prompts existed hold none
+            self.rows.load_state_dict(held)

@@ -93,6 +93,8 @@ def test_distillation_positions_prompt_targets_and_all():
         ({"distill_positions": "answers"}, "distill_positions must be 'prompt', 'targets' or 'all'"),
         ({"use_dora": True}, "LwfConfig does not support use_dora"),
         ({"init_lora_weights": "pissa"}, "rewrites the base model's weights"),  # the teacher would not be the base
+        ({"distill_general_examples": -2}, "distill_general_examples must be an integer >= 0"),
+        ({"general_answer_tokens": 0}, "general_answer_tokens must be a positive integer"),
     ],
 )
 def test_invalid_configs_are_refused_with_a_clear_message(kwargs, message):
@@ -101,7 +103,8 @@ def test_invalid_configs_are_refused_with_a_clear_message(kwargs, message):
 
 
 def test_hyperparameters_and_config_round_trip(tokenizer, tmp_path):
-    assert LwfMethod.hyperparameters()[4:] == ["distill_weight", "distill_temperature", "distill_positions"]
+    assert LwfMethod.hyperparameters()[4:] == ["distill_weight", "distill_temperature", "distill_positions",
+                                               "distill_general_examples", "general_prompts", "general_answer_tokens"]
     model, targets = tiny_model("llama", tokenizer)
     config = LwfConfig(r=4, target_modules=targets, distill_weight=0.5, distill_temperature=2.0, distill_positions="all")
     get_peft_model(model, config).save_pretrained(tmp_path)
@@ -232,3 +235,82 @@ def test_teacher_and_student_forwards_go_through_the_wrapped_model(tokenizer, tm
     trainer.training_step = counted_step
     trainer.train_continual([synthetic_task("colors", n_train=8)])
     assert calls == [3, 3]
+
+
+# ------------------------------------------------------------------------------------------------ general prompts
+
+GENERAL_PROMPTS = [f"Tell me about item number {i} please." for i in range(10)]
+
+
+def general_lwf(tokenizer, tmp_path, distill_general_examples):
+    pool = tmp_path / "pool.txt"
+    pool.write_text("\n".join(GENERAL_PROMPTS))
+    config = LwfConfig(r=4, lora_alpha=8, distill_weight=1.0, distill_general_examples=distill_general_examples,
+                       general_prompts=str(pool), general_answer_tokens=6)  # fmt: skip
+    return train(tokenizer, tmp_path, config, epochs=3)
+
+
+@pytest.fixture(scope="module")
+def lwf_general(tokenizer, tmp_path_factory):
+    return general_lwf(tokenizer, tmp_path_factory.mktemp("general"), 8), general_lwf(tokenizer, tmp_path_factory.mktemp("plain"), 0)
+
+
+def general_kl(trainer, rows):
+    """KL(base || model) at the rows' answer tokens, full logits, one row at a time (independent of the method)."""
+    model = trainer.peft_model.eval()
+    values = []
+    with torch.no_grad():
+        for row in rows:
+            ids, labels = torch.tensor([row["input_ids"]]), torch.tensor(row["labels"])
+            mask = torch.zeros(1, len(labels), dtype=torch.bool)
+            mask[0, :-1] = labels[1:] != IGNORE_INDEX
+            tuned = model(input_ids=ids).logits
+            with model.disable_adapter():
+                base = model(input_ids=ids).logits
+            values.append(float(naive_kl(tuned, base, mask, 1.0)))
+    trainer.method.restore_adapter_state(model)
+    return sum(values) / len(values)
+
+
+def test_kl_on_general_prompts_keeps_the_base_there(lwf_general):
+    """The defining behaviour: with the term, the model stays closer to the base on the general rows (the base's own
+    answers) than LwF without it, the term is logged at every step from the first task, and no task row is kept."""
+    with_general, without = lwf_general
+    rows = with_general.method.general.examples
+    assert 1 <= len(rows) <= 8 and len(without.method.general) == 0
+    assert general_kl(with_general, rows) < 0.75 * general_kl(without, rows)  # measured: 0.063 vs 0.110
+    logged = [e for e in with_general.state.log_history if "loss_distill" in e]
+    assert logged and all("loss_distill_general" in e for e in logged)
+    meta, tensors = with_general.method.state_dict()
+    assert set(tensors) >= {"general.input_ids", "general.labels"}
+    assert all(k.startswith(LwfMethod.data_tensor_prefixes) for k in tensors if k.startswith("general."))
+
+
+def test_general_term_equals_an_independent_kl_on_a_general_batch(lwf_general):
+    trainer, _ = lwf_general
+    method, model = trainer.method, trainer.peft_model
+    rows = method.general.examples[:3]
+    batch = method.collator(rows)
+    model.train()
+    term = method.kl_to_base(model, model, batch, "targets")
+    model.eval()
+    with torch.no_grad():
+        tuned = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        with model.disable_adapter():
+            base = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    method.restore_adapter_state(model)
+    mask = torch.zeros_like(batch["attention_mask"], dtype=torch.bool)
+    mask[:, :-1] = batch["labels"][:, 1:] != IGNORE_INDEX
+    torch.testing.assert_close(term.double(), naive_kl(tuned, base, mask, 1.0), rtol=1e-4, atol=1e-6)
+
+
+def test_general_rows_survive_save_and_continue(lwf_general, tokenizer, tmp_path, monkeypatch):
+    from peft_continual import self_rehearsal
+
+    trainer, _ = lwf_general
+    folder = trainer.save_continual(tmp_path / "final")
+    base, _ = tiny_model("llama", tokenizer)
+    restored = ContinualTrainer.from_continual(str(folder), base, training_args(tmp_path / "more"), processing_class=tokenizer)
+    assert restored.method.general.examples == trainer.method.general.examples
+    monkeypatch.setattr(self_rehearsal, "label_inputs", lambda *a, **k: pytest.fail("answered twice"))
+    restored.train_continual([synthetic_task("fruits", n_train=4)])

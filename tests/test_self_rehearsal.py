@@ -57,7 +57,7 @@ def test_pick_is_seeded_and_bounded():
     [
         (ReplayConfig, {"replay_buffer_size": 0}, "nothing to replay"),
         (ReplayConfig, {"general_rehearsal_examples": -1}, "general_rehearsal_examples must be an integer >= 0"),
-        (ReplayConfig, {"general_rehearsal_answer_tokens": 0}, "general_rehearsal_answer_tokens must be a positive"),
+        (ReplayConfig, {"general_answer_tokens": 0}, "general_answer_tokens must be a positive"),
         (GeneralRehearsalConfig, {"replay_buffer_size": 8}, "keeps no task row"),
         (GeneralRehearsalConfig, {"general_rehearsal_examples": 0}, "nothing to replay"),
     ],
@@ -80,7 +80,7 @@ def test_buffer_samples_its_rows_and_extra_rows_together():
 def rehearsal_trainer(tokenizer, tmp_path, pool, config_class=GeneralRehearsalConfig, **config):
     model, targets = tiny_model("llama", tokenizer)
     values = dict(r=4, lora_alpha=8, target_modules=targets, general_rehearsal_examples=6,
-                  general_rehearsal_prompts=str(pool), general_rehearsal_answer_tokens=6, replay_batch_size=2)  # fmt: skip
+                  general_prompts=str(pool), general_answer_tokens=6, replay_batch_size=2)  # fmt: skip
     values.update(config)
     args = training_args(tmp_path, num_train_epochs=4, learning_rate=3e-2, per_device_train_batch_size=2)
     return ContinualTrainer(model=get_peft_model(model, config_class(**values)), args=args, processing_class=tokenizer,
@@ -142,7 +142,7 @@ def test_rows_are_the_base_s_answers_replayed_from_the_first_task_and_no_task_ro
         answer = [t for t in example["labels"] if t != IGNORE_INDEX]
         prompt = example["input_ids"][: len(example["input_ids"]) - len(answer)]
         text = trainer.processing_class.decode(prompt, skip_special_tokens=True)
-        assert any(p in text for p in method.rehearsal_prompts)
+        assert any(p in text for p in method.general.prompts)
         # the base (trained adapters disabled) still gives this answer (6 tokens, the budget): the rows are its own
         expected = base_greedy_answer(trainer, prompt, 6)
         decode = trainer.processing_class.decode
