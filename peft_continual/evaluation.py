@@ -134,11 +134,12 @@ def greedy_config(*, pad_token_id: int, stop_ids: list[int], max_new_tokens: int
 
 
 @torch.no_grad()
-def generate_batch(model, batch: PromptBatch, config: GenerationConfig) -> list[list[int]]:
-    """Greedy continuations of ``batch`` (whose cache ``generate`` extends), each cut before its first stop token."""
+def generate_batch(model, batch: PromptBatch, config: GenerationConfig, keep_stop: bool = False) -> list[list[int]]:
+    """Greedy continuations of ``batch`` (whose cache ``generate`` extends), each cut before its first stop token
+    (``keep_stop``: after it, so that the token that ended it is kept)."""
     out = model.generate(input_ids=batch.ids, attention_mask=batch.mask, generation_config=config, **batch.cache_kwargs())
     stops = set(config.eos_token_id)
-    return [row[: next((k for k, token in enumerate(row) if token in stops), len(row))]
+    return [row[: next((k + keep_stop for k, token in enumerate(row) if token in stops), len(row))]
             for row in out[:, batch.ids.shape[1] :].tolist()]  # fmt: skip
 
 

@@ -10,23 +10,20 @@ is refused.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-import datasets
 import torch
 from accelerate.utils import broadcast_object_list
 
-from .replay import ReservoirBuffer
+from .evaluation import PromptBatch, _batches, generate_batch, greedy_config
 from .general_ability import DATA_DIR, _kept_state, _normalize, chat_prompt_task, suite_prompts
-from .synthesis import label_inputs
-from .tasks import ContinualTask, PromptEncoder
+from .replay import ReservoirBuffer
+from .tasks import IGNORE_INDEX, PromptEncoder
 
 SHIPPED_POOL = DATA_DIR / "rehearsal_prompts.jsonl"
-REHEARSAL_TASK = "general"  # the rows' task name: the suite's, so both render a bare request alike
 REHEARSAL_TASK_INDEX = -1  # the task index the rows carry in a replay buffer (no trained task's)
 
 
@@ -74,22 +71,26 @@ def pick_prompts(prompts: Sequence[str], n: int, seed: int, what: str = "general
 @torch.no_grad()
 def rehearsal_rows(
     peft_model, encoder: PromptEncoder, prompts: Sequence[str], *, batch_size: int, answer_tokens: int
-) -> list[dict[str, str]]:
-    """Generation rows ``{"prompt", "context", "completion"}``: the base model's greedy answers (``peft_model`` with
-    its adapters disabled, eval mode) to ``prompts``, in the package's prompt format. An empty answer leaves nothing
-    to rehearse and is dropped (under the reference prompt SmolLM2-135M-Instruct ends most general prompts at once:
-    73 of the benchmark's 200 gave rows; with its chat template 20 of 20 sampled did).
+) -> list[dict[str, list[int]]]:
+    """Training rows ``{"input_ids", "labels"}``: each prompt in the package's prompt format, then the base model's
+    greedy answer (``peft_model`` with its adapters disabled, eval mode) token for token with the token that ended
+    it (none when ``answer_tokens`` cut it); labels on the answer only. Kept as generated ids, not re-encoded text:
+    re-encoding can change the tokens, and an empty answer (the base ends at once; under the reference prompt
+    SmolLM2-135M-Instruct does so for 41 of the quick suite's 64 chat prompts) is behaviour to rehearse as well.
     Callers inside training re-assert their adapter state afterwards (leaving ``disable_adapter()`` can unfreeze)."""
+    task = chat_prompt_task()
+    prompt_ids = [encoder.prompt(task, {"prompt": p, "context": ""})[1] for p in prompts]
+    tokenizer = encoder.tokenizer
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    config = greedy_config(pad_token_id=pad, stop_ids=encoder.stop_ids(), max_new_tokens=answer_tokens)
+    rows = []
     with _kept_state(peft_model), peft_model.disable_adapter():
         peft_model.eval()
-        return label_inputs(peft_model, encoder, chat_prompt_task(REHEARSAL_TASK), prompts, batch_size=batch_size,
-                            answer_tokens=answer_tokens)  # fmt: skip
-
-
-def rehearsal_task(rows: list[dict[str, str]]) -> ContinualTask:
-    """The rows as a task the trainer encodes exactly as it encodes a training task's rows."""
-    rows_set = datasets.Dataset.from_list(rows)
-    return dataclasses.replace(chat_prompt_task(REHEARSAL_TASK), train=rows_set, eval=rows_set)
+        for batch_rows in _batches(len(prompt_ids), batch_size):
+            batch = PromptBatch.prefill(peft_model, [prompt_ids[i] for i in batch_rows], pad, whole=False)
+            for i, answer in zip(batch_rows, generate_batch(peft_model, batch, config, keep_stop=True)):
+                rows.append({"input_ids": prompt_ids[i] + answer, "labels": [IGNORE_INDEX] * len(prompt_ids[i]) + answer})
+    return rows
 
 
 class GeneralRows:
@@ -115,8 +116,8 @@ class GeneralRows:
             self.prompts = pick_prompts(load_rehearsal_prompts(self.pool), self.n, self.seed, self.what)
 
     def fill(self, trainer, restore_adapter_state: Callable) -> None:
-        """The base answers the picked prompts, unless the rows are held already; encoded as the trainer encodes a
-        task's rows. Every process keeps process zero's rows."""
+        """The base answers the picked prompts, unless the rows are held already. Every process keeps process zero's
+        rows."""
         if not self.prompts or len(self.rows):
             return
         encoder = PromptEncoder(trainer.processing_class, trainer.max_source_length, trainer.chat)
@@ -128,12 +129,11 @@ class GeneralRows:
             restore_adapter_state(trainer.peft_model)
         if trainer.args.world_size > 1:
             rows = broadcast_object_list([rows], from_process=0)[0]
-        if rows:
-            features = trainer._cl_features(rehearsal_task(rows))
-            for ids, labels in zip(features["input_ids"], features["labels"]):
-                self.rows.add(ids, labels, REHEARSAL_TASK_INDEX)
+        for row in rows:
+            self.rows.add(row["input_ids"], row["labels"], REHEARSAL_TASK_INDEX)
         if trainer.is_world_process_zero():
-            print(f"    [{self.what}] the base answered {len(rows)}/{len(self.prompts)} general prompts in "
+            ended = sum(len([t for t in row["labels"] if t != IGNORE_INDEX]) == 1 for row in rows)
+            print(f"    [{self.what}] the base answered {len(rows)} general prompts ({ended} ended at once) in "
                   f"{time.perf_counter() - started:.1f}s", flush=True)  # fmt: skip
 
     def state_dict(self, prefix: str = "general.") -> dict[str, torch.Tensor]:

@@ -312,5 +312,5 @@ def test_general_rows_survive_save_and_continue(lwf_general, tokenizer, tmp_path
     base, _ = tiny_model("llama", tokenizer)
     restored = ContinualTrainer.from_continual(str(folder), base, training_args(tmp_path / "more"), processing_class=tokenizer)
     assert restored.method.general.examples == trainer.method.general.examples
-    monkeypatch.setattr(self_rehearsal, "label_inputs", lambda *a, **k: pytest.fail("answered twice"))
+    monkeypatch.setattr(self_rehearsal, "generate_batch", lambda *a, **k: pytest.fail("answered twice"))
     restored.train_continual([synthetic_task("fruits", n_train=4)])

@@ -115,7 +115,8 @@ def rehearsal_run(tokenizer, tmp_path_factory):
 
 
 def base_greedy_answer(trainer, prompt_ids, budget):
-    """The base's greedy answer computed here, independently: the model with its adapters disabled, token by token."""
+    """The base's greedy answer computed here, independently: the model with its adapters disabled, token by token,
+    up to and including the token that ends it."""
     model = trainer.peft_model.eval()
     ids = list(prompt_ids)
     with torch.no_grad(), model.disable_adapter():
@@ -132,7 +133,7 @@ def test_rows_are_the_base_s_answers_replayed_from_the_first_task_and_no_task_ro
     trainer, log = rehearsal_run
     method = trainer.method
     assert isinstance(method, GeneralRehearsalMethod) and len(method.buffer) == 0  # no task row kept
-    assert 1 <= len(method.general) <= 6
+    assert len(method.general) == 6 and len(method.general.prompts) == 6
     assert {e["task_index"] for e in method.general.examples} == {REHEARSAL_TASK_INDEX}
     # every step of both tasks replays (task 1 included: the rows exist before any training)
     assert {task for task, replayed in log.tasks} == {0, 1} and all(replayed for _, replayed in log.tasks)
@@ -141,12 +142,12 @@ def test_rows_are_the_base_s_answers_replayed_from_the_first_task_and_no_task_ro
         assert tuple(example["input_ids"]) not in real
         answer = [t for t in example["labels"] if t != IGNORE_INDEX]
         prompt = example["input_ids"][: len(example["input_ids"]) - len(answer)]
+        assert example["labels"][: len(prompt)] == [IGNORE_INDEX] * len(prompt)
         text = trainer.processing_class.decode(prompt, skip_special_tokens=True)
         assert any(p in text for p in method.general.prompts)
-        # the base (trained adapters disabled) still gives this answer (6 tokens, the budget): the rows are its own
-        expected = base_greedy_answer(trainer, prompt, 6)
-        decode = trainer.processing_class.decode
-        assert decode(answer, skip_special_tokens=True).strip() == decode(expected, skip_special_tokens=True).strip()
+        # the base (trained adapters disabled) still gives exactly these tokens (6 at most, the budget, or fewer
+        # and the EOS that ended them): the rows are its own, token for token
+        assert answer == base_greedy_answer(trainer, prompt, 6)
 
 
 def row_agreement(model, examples):
@@ -185,7 +186,7 @@ def test_rows_round_trip_and_are_not_regenerated(rehearsal_run, tokenizer, tmp_p
     restored = ContinualTrainer.from_continual(str(folder), base, training_args(tmp_path / "more"), processing_class=tokenizer)
     assert isinstance(restored.method, GeneralRehearsalMethod)
     assert restored.method.general.examples == trainer.method.general.examples
-    monkeypatch.setattr(self_rehearsal, "label_inputs", lambda *a, **k: pytest.fail("answered twice"))
+    monkeypatch.setattr(self_rehearsal, "generate_batch", lambda *a, **k: pytest.fail("answered twice"))
     restored.method.check_before_training(restored.peft_model, 3)
     restored.method.prepare_task(restored, 2)  # the rows are held: nothing is generated
 
@@ -213,3 +214,37 @@ def test_ssr_adds_general_rows_beside_its_synthesized_ones(tokenizer, tmp_path, 
     method = trainer.method
     assert len(method.general) >= 1 and method.synthesized_for == 1
     assert {e["task_index"] for e in method.buffer.examples} <= {0}  # synthesized for task 1, apart from general rows
+
+
+def test_an_answer_that_ends_at_once_is_a_row_and_a_cut_one_has_no_end(tokenizer, monkeypatch):
+    """Rows keep the base's tokens as generated: the end token alone when the base ends at once (behaviour to keep),
+    and no end token when the budget cut the answer."""
+    from peft_continual.tasks import PromptEncoder
+
+    eos = tokenizer.eos_token_id
+    answers = iter([[[eos], [7, 8, 9]]])
+    monkeypatch.setattr(self_rehearsal, "generate_batch", lambda model, batch, config, keep_stop: next(answers))
+    model, targets = tiny_model("llama", tokenizer)
+    from peft import LoraConfig
+
+    peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=targets))
+    rows = self_rehearsal.rehearsal_rows(peft_model, PromptEncoder(tokenizer, 64), PROMPTS[:2], batch_size=2,
+                                         answer_tokens=3)  # fmt: skip
+    assert [[t for t in r["labels"] if t != IGNORE_INDEX] for r in rows] == [[eos], [7, 8, 9]]
+    assert rows[0]["input_ids"][-1] == eos and rows[1]["input_ids"][-3:] == [7, 8, 9]
+
+
+def test_generate_batch_can_keep_the_token_that_ended_an_answer(tokenizer):
+    from peft_continual.evaluation import PromptBatch, generate_batch, greedy_config
+
+    model, _ = tiny_model("llama", tokenizer)
+    model.eval()
+    prompts = [[5, 9, 14], [3, 7]]
+    batch = PromptBatch.prefill(model, prompts, tokenizer.pad_token_id, whole=False)
+    config = greedy_config(pad_token_id=tokenizer.pad_token_id, stop_ids=[tokenizer.eos_token_id], max_new_tokens=12)
+    cut = generate_batch(model, batch, config)
+    batch = PromptBatch.prefill(model, prompts, tokenizer.pad_token_id, whole=False)
+    kept = generate_batch(model, batch, config, keep_stop=True)
+    for short, long in zip(cut, kept):
+        assert long[: len(short)] == short and len(long) - len(short) in (0, 1)
+        assert len(long) == len(short) or long[-1] == tokenizer.eos_token_id
