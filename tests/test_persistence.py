@@ -25,7 +25,7 @@ from conftest import (
     train,
     training_args,
 )
-from peft_continual import ContinualTrainer, IncLoraConfig, ILoraConfig, LwfConfig, NLoraConfig, NLoraReplayConfig, OLoraConfig, ReplayConfig, SsrConfig
+from peft_continual import ContinualTrainer, GeneralRehearsalConfig, IncLoraConfig, ILoraConfig, LwfConfig, NLoraConfig, NLoraReplayConfig, OLoraConfig, ReplayConfig, SsrConfig
 from peft_continual.adapters import adapter_parameters
 from peft_continual import hub
 from peft_continual.hub import push_folder_to_hub
@@ -500,6 +500,7 @@ ALL_METHODS = {
     "nlora_replay": NLoraReplayConfig(r=4, lora_alpha=8, collision_lambda=1.0, replay_buffer_size=6),
     "lwf": LwfConfig(r=4, lora_alpha=8, distill_weight=1.0),
     "ssr": SsrConfig(r=4, lora_alpha=8, replay_buffer_size=6, ssr_examples_per_task=4, ssr_max_new_tokens=8),
+    "self_rehearsal": GeneralRehearsalConfig(r=4, lora_alpha=8, general_rehearsal_examples=4, general_answer_tokens=4),
 }  # fmt: skip
 
 

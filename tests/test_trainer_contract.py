@@ -11,7 +11,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from conftest import Counting, memorised_task, tiny_model, training_args
-from peft_continual import ContinualTrainer, IncLoraConfig, ILoraConfig, LwfConfig, NLoraConfig, OLoraConfig, ReplayConfig, SsrConfig
+from peft_continual import ContinualTrainer, GeneralRehearsalConfig, IncLoraConfig, ILoraConfig, LwfConfig, NLoraConfig, OLoraConfig, ReplayConfig, SsrConfig
 from peft_continual.adapters import adapter_parameters
 from peft_continual.persistence import ContinualStateError
 from peft_continual.tasks import tokenize_task
@@ -30,6 +30,8 @@ METHODS = {
     "ilora": ILoraConfig(r=4, lora_alpha=8, replay_buffer_size=8, replay_batch_size=2, ema_decay=0.8),
     "lwf": LwfConfig(r=4, lora_alpha=8),
     "ssr": SsrConfig(r=4, lora_alpha=8, replay_buffer_size=8, replay_batch_size=2, ssr_examples_per_task=4, ssr_max_new_tokens=8),
+    "self_rehearsal": GeneralRehearsalConfig(r=4, lora_alpha=8, general_rehearsal_examples=4, general_answer_tokens=4,
+                                             replay_batch_size=2),
 }
 
 
