@@ -226,6 +226,8 @@ class GeneralAbilityReport:
     labels: list[str] = field(default_factory=list)
     kl: Optional[list[float]] = None
     agreement: Optional[list[float]] = None
+    # a reference's own most likely tokens at its chat answers' positions: agreement without the base's distributions
+    chat_argmax: Optional[list[list[int]]] = None
 
     PARTS = ("instructions", "instructions_loose", "facts", "leak", "kl", "agreement")
 
@@ -242,7 +244,7 @@ class GeneralAbilityReport:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "GeneralAbilityReport":
-        return cls(**data)
+        return cls(**data)  # a reference saved before chat_argmax existed has none: no agreement after merges
 
 
 @contextlib.contextmanager
@@ -276,6 +278,14 @@ def _answer_logp(model, prompts: list[list[int]], answers: list[list[int]], pad:
                    logits_to_keep=keep).logits  # fmt: skip
     logp = logits.float().log_softmax(-1)
     return [logp[i, keep - len(a) - 1 :] for i, a in enumerate(answers)]
+
+
+def _chat_argmax(model, prompts, answers, pad: int, batch_size: int) -> list[list[int]]:
+    """The model's most likely token at each position :func:`_answer_logp` scores."""
+    out = []
+    for rows in _batches(len(prompts), batch_size):
+        out += [lp.argmax(-1).tolist() for lp in _answer_logp(model, [prompts[i] for i in rows], [answers[i] for i in rows], pad)]
+    return out
 
 
 def _chat_drift(model, base_model, prompts, answers, pad: int, batch_size: int) -> tuple[list[float], list[float]]:
@@ -336,8 +346,8 @@ def evaluate_general_ability(
 
     ``reference``: the base model's report (:func:`base_reference`), evaluated with the same ``limit``, ``parts`` and
     ``chat_template``; with it, the chat part measures drift from the base on the base's answers (unless
-    ``measure_drift=False``: after adapters were merged into the base, its distributions are gone; KL and agreement
-    stay None and only the leak check reads the chat answers). The base's
+    ``measure_drift=False``: after adapters were merged into the base, its distributions are gone; KL stays None and
+    token agreement is taken against the base's most likely tokens, which its report keeps). The base's
     distributions come from ``model`` with its adapters disabled when it is a ``PeftModel`` (the caller must not
     have merged adapters into the base), else from ``base_model``. ``labels``: the trained tasks' labels, for the
     leak check. Leaving ``disable_adapter()`` can re-enable frozen adapters: ``requires_grad`` and train/eval mode
@@ -379,9 +389,14 @@ def evaluate_general_ability(
                 batch = PromptBatch.prefill(model, [prompts[i] for i in rows], pad, whole=False)
                 answer_ids[part] += generate_batch(model, batch, config)
             answers[part] = [a.strip() for a in tokenizer.batch_decode(answer_ids[part], skip_special_tokens=True)]
-        kl = agreement = None
-        if reference is not None and measure_drift and "chat" in texts:
+        kl = agreement = chat_argmax = None
+        if reference is None and "chat" in texts:  # kept, for token agreement once the base is gone (merged)
+            chat_argmax = _chat_argmax(model, prompt_ids["chat"], answer_ids["chat"], pad, batch_size)
+        elif reference is not None and measure_drift and "chat" in texts:
             kl, agreement = _chat_drift(model, base_model, prompt_ids["chat"], reference.chat_answer_ids, pad, batch_size)
+        elif reference is not None and "chat" in texts and reference.chat_argmax is not None:
+            tuned = _chat_argmax(model, prompt_ids["chat"], reference.chat_answer_ids, pad, batch_size)
+            agreement = [float(np.mean(np.equal(t, b))) for t, b in zip(tuned, reference.chat_argmax)]
     strict = loose = None
     if "instructions" in texts:
         strict, loose = map(list, zip(*(instruction_scores(a, item["constraints"])
@@ -391,7 +406,7 @@ def evaluate_general_ability(
         instructions=strict, instructions_loose=loose,
         facts=[fact_score(a, f["answers"]) for a, f in zip(answers["facts"], suite.facts)] if "facts" in texts else None,
         leak=[float(is_leak(a, labels)) for part in texts for a in answers[part]], chat_template=chat,
-        labels=list(labels), kl=kl, agreement=agreement,
+        labels=list(labels), kl=kl, agreement=agreement, chat_argmax=chat_argmax,
     )  # fmt: skip
 
 

@@ -203,3 +203,22 @@ def test_report_round_trips_through_json(tokenizer):
     report = evaluate_general_ability(peft_model, tokenizer, limit=2, max_new_tokens=4, reference=reference, labels=["a"])
     for r in (reference, report):
         assert GeneralAbilityReport.from_dict(json.loads(json.dumps(r.to_dict()))) == r
+
+
+def test_agreement_without_the_base_equals_agreement_with_it(tokenizer):
+    """After a merge the base's distributions are gone; its report keeps its most likely tokens, and agreement taken
+    against them equals agreement taken against the live base."""
+    from peft_continual.adapters import adapter_parameters
+
+    model, targets = tiny_model("llama", tokenizer)
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=targets))
+    options = dict(limit=4, max_new_tokens=6, parts=("chat",))
+    base = base_reference(peft_model, tokenizer, **options)
+    assert len(base.chat_argmax) == 4 and [len(a) for a in base.chat_argmax] == [len(a) + 1 for a in base.chat_answer_ids]
+    with torch.no_grad():
+        for p in adapter_parameters(peft_model, "default"):
+            p.normal_(0, 0.5)
+    live = evaluate_general_ability(peft_model, tokenizer, reference=base, **options)
+    kept = evaluate_general_ability(peft_model, tokenizer, reference=base, measure_drift=False, **options)
+    assert kept.kl is None and kept.agreement == live.agreement and min(live.agreement) < 1.0
+    assert GeneralAbilityReport.from_dict(base.to_dict()).chat_argmax == base.chat_argmax
