@@ -397,7 +397,7 @@ class ReplayMethod(SeqLoraMethod):
 
     def prepare_task(self, trainer, task_index, resumed_meta=None):
         """The base answers the general self-rehearsal prompts before the first task (not again once held)."""
-        self.general.fill(trainer, self.restore_adapter_state)
+        self.general.fill(trainer, self.restore_adapter_state, resumed_meta)
 
     def replay_batch(self, device, accumulation: int = 1) -> Optional[tuple[dict[str, torch.Tensor], float, float]]:
         """This process's slice, for this micro-batch, of one replay batch per optimizer step, with its normalisers.
@@ -444,7 +444,7 @@ class ReplayMethod(SeqLoraMethod):
     def state_dict(self):
         meta, tensors = super().state_dict()
         buffer = {f"buffer.{k}": v for k, v in self.buffer.state_dict().items()}
-        return meta, {**tensors, **buffer, **self.general.state_dict()}
+        return {**meta, **self.general.meta()}, {**tensors, **buffer, **self.general.state_dict()}
 
     def load_state_dict(self, meta, tensors, model):
         super().load_state_dict(meta, tensors, model)
@@ -662,7 +662,7 @@ class LwfMethod(SeqLoraMethod):
 
     def prepare_task(self, trainer, task_index, resumed_meta=None):
         """The base answers the general prompts before the first task (not again once held)."""
-        self.general.fill(trainer, self.restore_adapter_state)
+        self.general.fill(trainer, self.restore_adapter_state, resumed_meta)
 
     def kl_to_base(self, model, wrapped, batch: dict[str, torch.Tensor], positions: str) -> torch.Tensor:
         """KL(base || tuned) on ``batch`` at ``positions``: a no-grad teacher forward (eval mode, no dropout, adapters
@@ -700,7 +700,7 @@ class LwfMethod(SeqLoraMethod):
 
     def state_dict(self):
         meta, tensors = super().state_dict()
-        return meta, {**tensors, **self.general.state_dict()}
+        return {**meta, **self.general.meta()}, {**tensors, **self.general.state_dict()}
 
     def load_state_dict(self, meta, tensors, model):
         super().load_state_dict(meta, tensors, model)

@@ -98,6 +98,8 @@ class GeneralRows:
     checked) before training, answered once before the first task, kept in the run's state so that a resumed or
     continued run never answers them again. A reservoir of capacity ``n``, so that every row stays."""
 
+    META_KEY = "general_rows"
+
     def __init__(self, n: int, pool: Optional[str], answer_tokens: int, seed: int, what: str):
         self.rows = ReservoirBuffer(n, seed=seed)
         self.n, self.pool, self.answer_tokens, self.seed, self.what = n, pool, answer_tokens, seed, what
@@ -115,10 +117,11 @@ class GeneralRows:
         if self.n and not len(self.rows):
             self.prompts = pick_prompts(load_rehearsal_prompts(self.pool), self.n, self.seed, self.what)
 
-    def fill(self, trainer, restore_adapter_state: Callable) -> None:
-        """The base answers the picked prompts, unless the rows are held already. Every process keeps process zero's
-        rows."""
-        if not self.prompts or len(self.rows):
+    def fill(self, trainer, restore_adapter_state: Callable, resumed_meta: Optional[dict] = None) -> None:
+        """The base answers the picked prompts, unless the rows are held already or by the checkpoint a task resumes
+        from (``resumed_meta``: its method meta; its state is loaded after this). Every process keeps process
+        zero's rows."""
+        if not self.prompts or len(self.rows) or (resumed_meta or {}).get(self.META_KEY):
             return
         encoder = PromptEncoder(trainer.processing_class, trainer.max_source_length, trainer.chat)
         started = time.perf_counter()
@@ -135,6 +138,10 @@ class GeneralRows:
             ended = sum(len([t for t in row["labels"] if t != IGNORE_INDEX]) == 1 for row in rows)
             print(f"    [{self.what}] the base answered {len(rows)} general prompts ({ended} ended at once) in "
                   f"{time.perf_counter() - started:.1f}s", flush=True)  # fmt: skip
+
+    def meta(self) -> dict[str, int]:
+        """For the method's JSON meta: how many rows its state holds (a resumed task need not answer again)."""
+        return {self.META_KEY: len(self.rows)}
 
     def state_dict(self, prefix: str = "general.") -> dict[str, torch.Tensor]:
         return {prefix + k: v for k, v in self.rows.state_dict().items()}

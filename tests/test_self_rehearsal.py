@@ -248,3 +248,17 @@ def test_generate_batch_can_keep_the_token_that_ended_an_answer(tokenizer):
     for short, long in zip(cut, kept):
         assert long[: len(short)] == short and len(long) - len(short) in (0, 1)
         assert len(long) == len(short) or long[-1] == tokenizer.eos_token_id
+
+
+def test_a_task_resumed_from_a_checkpoint_holding_the_rows_does_not_answer_again(tokenizer, tmp_path, monkeypatch):
+    """The checkpoint's state is loaded after prepare_task: its meta says it holds the rows, so none are generated
+    (they would be replaced at once)."""
+    pool = tmp_path / "pool.txt"
+    pool.write_text("\n".join(PROMPTS))
+    trainer = rehearsal_trainer(tokenizer, tmp_path, pool)
+    method = trainer.method
+    method.check_before_training(trainer.peft_model, 1)
+    assert method.state_dict()[0]["general_rows"] == 0
+    monkeypatch.setattr(self_rehearsal, "generate_batch", lambda *a, **k: pytest.fail("answered for nothing"))
+    method.prepare_task(trainer, 0, resumed_meta={"general_rows": 6})
+    assert len(method.general) == 0
