@@ -12,6 +12,7 @@ import abc
 import copy
 import dataclasses
 import inspect
+import json
 import re
 from typing import Any, ClassVar, Optional
 
@@ -156,9 +157,18 @@ class ContinualMethod(abc.ABC):
     def end_task(self, model, task_index: int, train_features) -> None:
         pass
 
+    def hyperparameter_values(self) -> dict[str, Any]:
+        """The config's hyper-parameters as JSON values (sets as sorted lists): a resumed run must match them."""
+        values = {}
+        for key in self.hyperparameters():
+            value = getattr(self.config, key)
+            values[key] = sorted(value) if isinstance(value, (set, frozenset)) else value
+        return json.loads(json.dumps(values))
+
     def state_dict(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         """(JSON-able metadata, tensors): everything beyond the adapters needed to continue later."""
-        return {"task_index": self.task_index, "initial_adapter": self.initial_adapter}, {}
+        meta = {"task_index": self.task_index, "initial_adapter": self.initial_adapter}
+        return {**meta, "hyperparameters": self.hyperparameter_values()}, {}
 
     def load_state_dict(self, meta: dict[str, Any], tensors: dict[str, torch.Tensor], model) -> None:
         """Restore what :meth:`state_dict` saved, onto ``model`` whose adapters were reloaded."""

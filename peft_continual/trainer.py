@@ -425,6 +425,7 @@ class ContinualTrainerMixin:
                 f"{type(self.method.config).__name__} run over {expected}: resume with the same method and tasks, "
                 "or use another output_dir"
             )
+        self._cl_check_hyperparameters(state["method_state"], folder)
         differences = base_differences((state.get("base_model") or {}).get("fingerprint"), self.base_fingerprint)
         if differences:
             raise ContinualStateError(
@@ -442,6 +443,17 @@ class ContinualTrainerMixin:
             print(f"Resuming from {folder}: {finished}/{len(tasks)} task(s) already trained", flush=True)
         return finished
 
+    def _cl_check_hyperparameters(self, saved_meta: dict, folder: str) -> None:
+        """A run resumes with the hyper-parameters it was trained with; runs saved before they were recorded pass."""
+        saved, current = saved_meta.get("hyperparameters") or {}, self.method.hyperparameter_values()
+        changed = {k: (v, current[k]) for k, v in saved.items() if k in current and current[k] != v}
+        if changed:
+            listed = ", ".join(f"{k}={old!r} there, {new!r} now" for k, (old, new) in changed.items())
+            raise ContinualStateError(
+                f"{folder!r} was trained with other hyper-parameters ({listed}): resume with the saved ones, or use "
+                "another output_dir for a new run"
+            )
+
     def _cl_train_task(self, index: int, task: ContinualTask, features, checkpoint: Optional[str] = None) -> None:
         T = len(self.tasks)
         if self.is_world_process_zero():
@@ -450,7 +462,10 @@ class ContinualTrainerMixin:
         # A task's adapter initialisation and data order depend on the seed and its index only, not on what ran
         # before in this process: a run resumed at a task boundary continues exactly as an uninterrupted one.
         set_seed(self.continual_args.seed + index)
-        self.method.prepare_task(self, index, resumed_meta=checkpoint and read_method_meta(checkpoint))
+        resumed_meta = checkpoint and read_method_meta(checkpoint)
+        if resumed_meta:
+            self._cl_check_hyperparameters(resumed_meta, checkpoint)
+        self.method.prepare_task(self, index, resumed_meta=resumed_meta)
         self.method.begin_task(model, index, task.name)
         self.args = copy.copy(self.continual_args)  # not dataclasses.replace: that would reset the accelerator state
         self.args.output_dir = os.path.join(self.continual_args.output_dir, task_adapter_name(index, task.name))

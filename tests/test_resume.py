@@ -140,16 +140,16 @@ def test_sigkill_inside_or_between_tasks_resumes_to_the_same_run(method, killed_
         assert result["accuracy_matrix"] == reference["accuracy_matrix"], place
 
 
-def test_resuming_with_other_tasks_or_another_base_is_refused(tokenizer, tmp_path):
+def test_resuming_with_other_tasks_another_base_or_other_hyperparameters_is_refused(tokenizer, tmp_path):
     from peft import get_peft_model
 
     from conftest import memorised_task, tiny_model, training_args
     from peft_continual import ContinualTrainer, NLoraConfig
     from peft_continual.persistence import ContinualStateError
 
-    def trainer(seed=0):
+    def trainer(seed=0, **config):
         model, targets = tiny_model("llama", tokenizer, seed=seed)
-        return ContinualTrainer(model=get_peft_model(model, NLoraConfig(r=4, target_modules=targets)),
+        return ContinualTrainer(model=get_peft_model(model, NLoraConfig(r=4, target_modules=targets, **config)),
                                 args=training_args(tmp_path, num_train_epochs=1), processing_class=tokenizer)  # fmt: skip
 
     trainer().train_continual([memorised_task("colors", 4)])
@@ -157,3 +157,8 @@ def test_resuming_with_other_tasks_or_another_base_is_refused(tokenizer, tmp_pat
         trainer().train_continual([memorised_task("fruits", 4)], resume_from_checkpoint=True)
     with pytest.raises(ContinualStateError, match=r"not the base model .* its weights differ in \["):  # same shapes
         trainer(seed=1).train_continual([memorised_task("colors", 4)], resume_from_checkpoint=True)
+    with pytest.raises(ContinualStateError, match=r"other hyper-parameters \(collision_lambda=.* there, 0.7 now\)"):
+        trainer(collision_lambda=0.7).train_continual([memorised_task("colors", 4)], resume_from_checkpoint=True)
+    resumed = trainer()  # the same hyper-parameters resume; so does a checkpoint that recorded none (older runs)
+    resumed._cl_check_hyperparameters({"task_index": 0}, "old-checkpoint")
+    resumed.train_continual([memorised_task("colors", 4)], resume_from_checkpoint=True)
