@@ -44,6 +44,9 @@ from .tasks.formats import GENERATION
 DATA_DIR = Path(__file__).resolve().parent / "data" / "general"
 SUITE_PARTS = ("instructions", "facts", "chat")
 MAX_PROMPT_TOKENS = 256  # the suite's prompts are one or two sentences; this only guards odd tokenizers
+# General prompts are short: generating for them in batches of at least this many costs little memory and, on CPU,
+# half the time of batches of 8 (measured on the quick suite: 28.4 s -> 15.2 s).
+SHORT_PROMPT_BATCH = 32
 
 # ----------------------------------------------------------------------------------------------- constraints
 

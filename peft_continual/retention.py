@@ -156,11 +156,10 @@ class GeneralRetention(RetentionSource):
     of the tuned model for the leak check, which reads an answer's start). ``"general:full"`` is the whole suite,
     instructions with verifiable constraints included (64-token answers, the dominant cost), as
     :func:`evaluate_general_ability` runs it. The suite's prompts are short, so it runs in batches of at least
-    ``BATCH_SIZE`` whatever the tasks' evaluation batch: little memory, and half the CPU time of batches of 8.
+    ``SHORT_PROMPT_BATCH`` whatever the tasks' evaluation batch.
     """
 
     QUICK = {"parts": ("facts", "chat"), "max_new_tokens": 32, "short_answer_tokens": 16, "leak_answer_tokens": 8}
-    BATCH_SIZE = 32
 
     def __init__(self, limit: Optional[int]):
         self.limit = limit
@@ -169,11 +168,11 @@ class GeneralRetention(RetentionSource):
         self.reference = None  # the base's GeneralAbilityReport, from the first measurement or a saved run
 
     def measure(self, trainer, *, base, stage):
-        from .general_ability import evaluate_general_ability
+        from .general_ability import SHORT_PROMPT_BATCH, evaluate_general_ability
 
         labels = sorted({label for task in trainer.tasks for label in task.labels})
         options = {"limit": self.limit, "chat_template": "on" if trainer.chat else "off", "labels": labels,
-                   "batch_size": max(trainer.args.per_device_eval_batch_size, self.BATCH_SIZE), **self.options}  # fmt: skip
+                   "batch_size": max(trainer.args.per_device_eval_batch_size, SHORT_PROMPT_BATCH), **self.options}  # fmt: skip
         model, tokenizer = trainer.peft_model, trainer.processing_class
         if base:  # the trainer has disabled the adapters: this is the base model
             self.reference = report = evaluate_general_ability(model, tokenizer, **options)

@@ -19,7 +19,7 @@ import torch
 from accelerate.utils import broadcast_object_list
 
 from .evaluation import PromptBatch, _batches, generate_batch, greedy_config
-from .general_ability import DATA_DIR, _kept_state, _normalize, chat_prompt_task, suite_prompts
+from .general_ability import DATA_DIR, SHORT_PROMPT_BATCH, _kept_state, _normalize, chat_prompt_task, suite_prompts
 from .replay import ReservoirBuffer
 from .tasks import IGNORE_INDEX, PromptEncoder
 
@@ -127,7 +127,8 @@ class GeneralRows:
         started = time.perf_counter()
         try:
             rows = rehearsal_rows(trainer.peft_model, encoder, self.prompts,
-                                  batch_size=trainer.args.per_device_eval_batch_size, answer_tokens=self.answer_tokens)  # fmt: skip
+                                  batch_size=max(trainer.args.per_device_eval_batch_size, SHORT_PROMPT_BATCH),
+                                  answer_tokens=self.answer_tokens)  # fmt: skip
         finally:
             restore_adapter_state(trainer.peft_model)
         if trainer.args.world_size > 1:
