@@ -4,7 +4,7 @@ A run of ``accuracy.py`` with ``--set 'trainer.retention_tasks=["general"]'`` ke
 quick general suite scored on the base model and after every task (``result.retention``). This prints, per run, the
 tasks' AA / BWT next to each retention measure after the last task (change from the base, 95 % paired interval over
 the items), then paired contrasts between methods on the same items (every run scores the same suite items against
-the same base model, so their per-item scores pair).
+the same base model, so their per-item scores pair), with the tasks' AA and BWT paired on the test examples.
 
     python benchmarks/retention.py results/sweeps/*retention_tasks*.json
 
@@ -20,20 +20,30 @@ from pathlib import Path
 from common import markdown_table
 from peft_continual.metrics import ContinualResult
 from peft_continual.retention import format_change, format_value
-from peft_continual.statistics import paired_item_difference
+from peft_continual.statistics import MissingExampleScores, RunScores, paired_comparison, paired_item_difference
 
 MEASURES = ("general/facts", "general/kl", "general/agreement", "general/leak")
 
 
-def load(paths: list[Path]) -> dict[str, ContinualResult]:
+def load(paths: list[Path]) -> dict[str, tuple[ContinualResult, dict]]:
+    """Runs with a retention block, by name: (result, the raw JSON, whose benchmark block and scores pair runs)."""
     runs = {}
     for path in paths:
         data = json.loads(path.read_text(encoding="utf-8"))
         result = ContinualResult.from_dict(data)
         if result.retention:  # named by method, order, seed and any override but the retention one
             parts = [part for part in path.stem.split("__") if part and "retention_tasks" not in part and part != "general"]
-            runs[" ".join(parts)] = result
+            runs[" ".join(parts)] = (result, data)
     return runs
+
+
+def task_contrast(a: dict, b: dict) -> dict | None:
+    """A − B on the tasks (AA, BWT), paired on the test examples; None unless both share order, seed and scores."""
+    same = all(a["benchmark"][k] == b["benchmark"][k] for k in ("order", "seed"))
+    try:
+        return paired_comparison([[RunScores.from_result(a)]], [[RunScores.from_result(b)]]) if same else None
+    except MissingExampleScores:
+        return None
 
 
 def pct(value) -> str:
@@ -48,7 +58,7 @@ def main() -> None:
         raise SystemExit("no result with a retention block among the files given")
     header = ["run", "AA", "BWT", *(f"{m.split('/')[1]} (base → final, change [95 %])" for m in MEASURES)]
     rows = []
-    for name, result in runs.items():
+    for name, (result, _) in runs.items():
         cells = []
         for measure in MEASURES:
             track = result.retention.get(measure)
@@ -60,8 +70,15 @@ def main() -> None:
     contrasts = []
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
+            tasks = task_contrast(runs[a][1], runs[b][1])
+            for metric, label in (("average_accuracy", "AA (tasks)"), ("backward_transfer", "BWT (tasks)")):
+                d = tasks and tasks.get(metric)
+                if d is not None:
+                    verdict = "significant" if d.significant else "not significant"
+                    contrasts.append([f"{a} − {b}", label, f"{100 * d.estimate:+.1f} [{100 * d.low:+.1f}, "
+                                      f"{100 * d.high:+.1f}]", verdict])  # fmt: skip
             for measure in MEASURES:
-                ta, tb = runs[a].retention.get(measure), runs[b].retention.get(measure)
+                ta, tb = runs[a][0].retention.get(measure), runs[b][0].retention.get(measure)
                 if not ta or not tb or ta.example_scores[-1] is None or tb.example_scores[-1] is None:
                     continue
                 d = paired_item_difference(ta.example_scores[-1], tb.example_scores[-1])
