@@ -39,7 +39,8 @@ def load(paths: list[Path]) -> dict[str, tuple[ContinualResult, dict]]:
 
 def task_contrast(a: dict, b: dict) -> dict | None:
     """A − B on the tasks (AA, BWT), paired on the test examples; None unless both share order, seed and scores."""
-    same = all(a["benchmark"][k] == b["benchmark"][k] for k in ("order", "seed"))
+    where_a, where_b = a.get("benchmark") or {}, b.get("benchmark") or {}
+    same = bool(where_a) and all(where_a.get(k) == where_b.get(k) for k in ("order", "seed"))
     try:
         return paired_comparison([[RunScores.from_result(a)]], [[RunScores.from_result(b)]]) if same else None
     except MissingExampleScores:

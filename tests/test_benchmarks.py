@@ -679,7 +679,8 @@ def test_retention_table_pairs_runs_on_the_same_items(tmp_path, capsys, monkeypa
                                          [[0.0] * 4, [0.1] * 4, kl_after], "general"),  # fmt: skip
         }
         path = tmp_path / f"{name}_order1_seed0__trainer.retention_tasks=general.json"
-        path.write_text(result.to_json())
+        data = {**json.loads(result.to_json()), "benchmark": {"method": name, "order": 1, "seed": 0}}
+        path.write_text(json.dumps(data))
         return path
 
     paths = [run("seqlora", [0, 0, 0, 0], [0.4, 0.5, 0.6, 0.5]), run("replay", [1, 1, 0, 0], [0.2, 0.3, 0.2, 0.3])]
@@ -689,3 +690,4 @@ def test_retention_table_pairs_runs_on_the_same_items(tmp_path, capsys, monkeypa
     assert "| seqlora_order1_seed0 | 50.0 | -25.0 | 75.0 → 0.0 (-75.0 [" in out
     assert "| seqlora_order1_seed0 − replay_order1_seed0 | facts | -50.0 [" in out
     assert "| seqlora_order1_seed0 − replay_order1_seed0 | kl | +0.250 [+0.200, +0.350] | significant |" in out
+    assert "| seqlora_order1_seed0 − replay_order1_seed0 | AA (tasks) | +0.0 [+0.0, +0.0] | not significant |" in out
