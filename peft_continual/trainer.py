@@ -465,7 +465,9 @@ class ContinualTrainerMixin:
         resumed_meta = checkpoint and read_method_meta(checkpoint)
         if resumed_meta:
             self._cl_check_hyperparameters(resumed_meta, checkpoint)
-        self.method.prepare_task(self, index, resumed_meta=resumed_meta)
+        started = time.perf_counter()
+        self.method.prepare_task(self, index, resumed_meta=resumed_meta)  # e.g. SSR's synthesis: timed apart
+        prepare_seconds = time.perf_counter() - started
         self.method.begin_task(model, index, task.name)
         self.args = copy.copy(self.continual_args)  # not dataclasses.replace: that would reset the accelerator state
         self.args.output_dir = os.path.join(self.continual_args.output_dir, task_adapter_name(index, task.name))
@@ -498,8 +500,8 @@ class ContinualTrainerMixin:
         self._cl_log_scores(evaluated, accuracies)
         self.result.details.append({
             "task": task.name, "train_examples": len(features), "train_loss": output.training_loss,
-            "steps": output.global_step, "train_seconds": round(train_seconds, 2),
-            "retention_seconds": round(retention_seconds, 2),
+            "steps": output.global_step, "prepare_seconds": round(prepare_seconds, 2),
+            "train_seconds": round(train_seconds, 2), "retention_seconds": round(retention_seconds, 2),
             "eval_examples": [len(self.tasks[j].eval) for j in evaluated],
             "training_arguments": training_arguments(self.continual_args),  # as this task trained (the model card)
         })  # fmt: skip

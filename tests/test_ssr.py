@@ -200,6 +200,8 @@ def test_real_sampler_runs_end_to_end_and_logs_its_cost(tokenizer, tmp_path):
         assert entry["candidates"] == math.ceil(4 * 2.5) and 0 <= entry["kept"] <= min(entry["filtered"], 4)
         assert entry["filtered"] <= entry["finished"] <= entry["candidates"] and entry["seconds"] >= 0
     assert trainer.method.synthesized_for == 2
+    prepare = [d["prepare_seconds"] for d in trainer.result.details]  # synthesis time, apart from training
+    assert prepare[0] < min(prepare[1:]) and min(prepare[1:]) > 0
     real = real_row_ids(trainer)
     assert all(tuple(e["input_ids"]) not in real for e in trainer.method.buffer.examples)
 
