@@ -54,7 +54,13 @@ def pct(value) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("results", nargs="+", type=Path, help="result JSONs of runs with retention tasks")
-    runs = load(parser.parse_args().results)
+    parser.add_argument("--against", nargs="+", metavar="RUN", default=None,
+                        help="contrast every run with these runs only (names as the table prints them); default: every pair")
+    args = parser.parse_args()
+    runs = load(args.results)
+    unknown = set(args.against or ()) - set(runs)
+    if unknown:
+        raise SystemExit(f"--against: no run named {sorted(unknown)}; runs: {sorted(runs)}")
     if not runs:
         raise SystemExit("no result with a retention block among the files given")
     header = ["run", "AA", "BWT", *(f"{m.split('/')[1]} (base → final, change [95 %])" for m in MEASURES)]
@@ -69,23 +75,24 @@ def main() -> None:
     print(markdown_table(header, rows))
     names = list(runs)
     contrasts = []
-    for i, a in enumerate(names):
-        for b in names[i + 1 :]:
-            tasks = task_contrast(runs[a][1], runs[b][1])
-            for metric, label in (("average_accuracy", "AA (tasks)"), ("backward_transfer", "BWT (tasks)")):
-                d = tasks and tasks.get(metric)
-                if d is not None:
-                    verdict = "significant" if d.significant else "not significant"
-                    contrasts.append([f"{a} − {b}", label, f"{100 * d.estimate:+.1f} [{100 * d.low:+.1f}, "
-                                      f"{100 * d.high:+.1f}]", verdict])  # fmt: skip
-            for measure in MEASURES:
-                ta, tb = runs[a][0].retention.get(measure), runs[b][0].retention.get(measure)
-                if not ta or not tb or ta.example_scores[-1] is None or tb.example_scores[-1] is None:
-                    continue
-                d = paired_item_difference(ta.example_scores[-1], tb.example_scores[-1])
+    pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]] if args.against is None else \
+        [(a, b) for b in args.against for a in names if a != b]  # fmt: skip
+    for a, b in pairs:
+        tasks = task_contrast(runs[a][1], runs[b][1])
+        for metric, label in (("average_accuracy", "AA (tasks)"), ("backward_transfer", "BWT (tasks)")):
+            d = tasks and tasks.get(metric)
+            if d is not None:
                 verdict = "significant" if d.significant else "not significant"
-                contrasts.append([f"{a} − {b}", measure.split("/")[1], f"{format_value(ta, d.estimate, True)} "
-                                  f"[{format_value(ta, d.low, True)}, {format_value(ta, d.high, True)}]", verdict])  # fmt: skip
+                contrasts.append([f"{a} − {b}", label, f"{100 * d.estimate:+.1f} [{100 * d.low:+.1f}, "
+                                  f"{100 * d.high:+.1f}]", verdict])  # fmt: skip
+        for measure in MEASURES:
+            ta, tb = runs[a][0].retention.get(measure), runs[b][0].retention.get(measure)
+            if not ta or not tb or ta.example_scores[-1] is None or tb.example_scores[-1] is None:
+                continue
+            d = paired_item_difference(ta.example_scores[-1], tb.example_scores[-1])
+            verdict = "significant" if d.significant else "not significant"
+            contrasts.append([f"{a} − {b}", measure.split("/")[1], f"{format_value(ta, d.estimate, True)} "
+                              f"[{format_value(ta, d.low, True)}, {format_value(ta, d.high, True)}]", verdict])  # fmt: skip
     if contrasts:
         print()
         print(markdown_table(["pair", "measure", "difference after the last task [95 %]", "verdict"], contrasts))
