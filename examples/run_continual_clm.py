@@ -445,7 +445,8 @@ ContinualArguments = dataclasses.make_dataclass(
         ("cl_method", Optional[str], field(default=None, metadata={
             "help": f"Continual-learning method. Default: {DEFAULT_METHOD}, the best on our benchmark (it keeps a replay "
             "buffer of earlier tasks' training rows in the saved run, never uploaded by default; without stored data: osf, "
-            "or olora as a plain LoRA; see the README's 'Which method?'), or the saved run's with --continue_from.",
+            "or ssr as a plain LoRA; to keep the chat model's general ability add --general_rehearsal_examples 200; see "
+            "the README's 'Which method?'), or the saved run's with --continue_from.",
             "choices": list(registered_methods()),
         })),
         *((flag, Optional[spec.flag_type], spec.field) for flag, spec in METHOD_FLAGS.items()),
