@@ -451,7 +451,8 @@ class LwfConfig(_ContinualConfigMixin, LoraConfig):
             "model keeps the base's behaviour on the task's text while the task loss teaches the answers: no "
             "conflict); 'targets', those predicting the answer tokens (a direct pull against the task loss: on the "
             "benchmark at weight 1 it learned the tasks worst); 'all', both (the LM head then runs on whole sequences).",
-            "choices": ["prompt", "targets", "all"],        },
+            "choices": ["prompt", "targets", "all"],
+        },
     )
 
     distill_general_examples: int = field(

@@ -393,9 +393,8 @@ class ReplayMethod(SeqLoraMethod):
         self.collator = collator
         self.logits_on_targets_only = logits_on_targets_only
         self.replay_batch_size = self.config.replay_batch_size or batch_size
-        self.seed = seed
-        self.buffer = ReservoirBuffer(self.config.replay_buffer_size, seed=seed)  # identical on every process
-        config = self.config
+        self.seed, config = seed, self.config
+        self.buffer = ReservoirBuffer(config.replay_buffer_size, seed=seed)  # identical on every process
         self.general = GeneralRows(config.general_rehearsal_examples, config.general_prompts, config.general_answer_tokens,
                                    seed, what="general_rehearsal_examples")  # fmt: skip
         self.process_index, self.num_processes = process_index, num_processes
@@ -703,7 +702,7 @@ class LwfMethod(SeqLoraMethod):
         weight = self.config.distill_weight
         terms = {"loss_distill": weight * self.kl_to_base(model, wrapped, inputs, self.config.distill_positions)}
         if len(self.general):  # the base's answers to general prompts: the KL on the answer tokens
-            rows = self.general.rows.sample(self.general_batch_size)
+            rows = self.general.sample(self.general_batch_size)
             batch = {k: v.to(inputs["input_ids"].device) for k, v in self.collator(rows).items()}
             terms["loss_distill_general"] = weight * self.kl_to_base(model, wrapped, batch, "targets")
         return 1.0, terms

@@ -48,7 +48,8 @@ def load_rehearsal_prompts(path: Optional[str] = None) -> list[str]:
     prompts = list(dict.fromkeys(p.strip() for p in prompts if isinstance(p, str) and p.strip()))
     if not prompts:
         raise ValueError(f"{source} holds no prompt")
-    shared = [p for p in prompts if _normalize(p) in suite_prompts()]
+    suite = suite_prompts()
+    shared = [p for p in prompts if _normalize(p) in suite]
     if shared:
         raise ValueError(
             f"{source}: {len(shared)} prompt(s) are also in the general-ability retention suite (e.g. {shared[:3]!r}); "
@@ -139,6 +140,10 @@ class GeneralRows:
             ended = sum(len([t for t in row["labels"] if t != IGNORE_INDEX]) == 1 for row in rows)
             print(f"    [{self.what}] the base answered {len(rows)} general prompts ({ended} ended at once) in "
                   f"{time.perf_counter() - started:.1f}s", flush=True)  # fmt: skip
+
+    def sample(self, n: int) -> list[dict]:
+        """``n`` rows drawn uniformly (the same draw on every process: same seed)."""
+        return self.rows.sample(n)
 
     def meta(self) -> dict[str, int]:
         """For the method's JSON meta: how many rows its state holds (a resumed task need not answer again)."""

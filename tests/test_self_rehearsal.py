@@ -235,19 +235,25 @@ def test_an_answer_that_ends_at_once_is_a_row_and_a_cut_one_has_no_end(tokenizer
 
 
 def test_generate_batch_can_keep_the_token_that_ended_an_answer(tokenizer):
+    """A stop token the model surely emits (its own third greedy token): cut before it by default, kept with
+    ``keep_stop``; an answer the budget cut has no stop either way."""
     from peft_continual.evaluation import PromptBatch, generate_batch, greedy_config
 
     model, _ = tiny_model("llama", tokenizer)
     model.eval()
-    prompts = [[5, 9, 14], [3, 7]]
-    batch = PromptBatch.prefill(model, prompts, tokenizer.pad_token_id, whole=False)
-    config = greedy_config(pad_token_id=tokenizer.pad_token_id, stop_ids=[tokenizer.eos_token_id], max_new_tokens=12)
-    cut = generate_batch(model, batch, config)
-    batch = PromptBatch.prefill(model, prompts, tokenizer.pad_token_id, whole=False)
-    kept = generate_batch(model, batch, config, keep_stop=True)
-    for short, long in zip(cut, kept):
-        assert long[: len(short)] == short and len(long) - len(short) in (0, 1)
-        assert len(long) == len(short) or long[-1] == tokenizer.eos_token_id
+    prompts, pad = [[5, 9, 14], [3, 7]], tokenizer.pad_token_id
+
+    def run(stop, keep_stop=False):
+        batch = PromptBatch.prefill(model, prompts, pad, whole=False)
+        config = greedy_config(pad_token_id=pad, stop_ids=[stop], max_new_tokens=8)
+        return generate_batch(model, batch, config, keep_stop=keep_stop)
+
+    free = run(tokenizer.eos_token_id)
+    stop = free[0][2]
+    cut, kept = run(stop), run(stop, keep_stop=True)
+    assert cut[0] == free[0][: free[0].index(stop)] and kept[0] == cut[0] + [stop]
+    for short, long in zip(cut[1:], kept[1:]):
+        assert long == short + [stop] if stop in long else long == short
 
 
 def test_a_task_resumed_from_a_checkpoint_holding_the_rows_does_not_answer_again(tokenizer, tmp_path, monkeypatch):
