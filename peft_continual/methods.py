@@ -381,7 +381,8 @@ class ReplayMethod(SeqLoraMethod):
 
     With ``general_rehearsal_examples`` the replay batch is drawn from the buffer and the base model's answers to
     general prompts together (:mod:`peft_continual.self_rehearsal`), written before the first task and replayed from
-    the first task on; they are kept apart from the reservoir, which would otherwise evict them.
+    the first task on (their share of a batch: ``general_rehearsal_share``); they are kept apart from the reservoir,
+    which would otherwise evict them.
     """
 
     name = "replay"
@@ -420,7 +421,8 @@ class ReplayMethod(SeqLoraMethod):
             return None
         shards, micro = self.num_processes * accumulation, self.micro_step % accumulation
         if micro == 0:
-            self.step_rows = self.buffer.sample(self.replay_batch_size * shards, extra=self.general.examples)
+            self.step_rows = self.buffer.sample(self.replay_batch_size * shards, extra=self.general.examples,
+                                                extra_share=self.config.general_rehearsal_share)  # fmt: skip
         self.micro_step += 1
         drawn = self.step_rows
         start = (micro * self.num_processes + self.process_index) * self.replay_batch_size

@@ -8,7 +8,7 @@ dict of tensors that saves to safetensors.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 
@@ -36,17 +36,30 @@ class ReservoirBuffer:
         if slot < self.capacity:
             self.examples[slot] = example
 
-    def sample(self, batch_size: int, extra: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
-        """Draw ``batch_size`` examples uniformly from the stored ones and ``extra`` together (rows replayed beside
-        the reservoir, e.g. general self-rehearsal's), without replacement when there are enough."""
-        pool = self.examples + list(extra)
-        if not pool:
+    def sample(
+        self, batch_size: int, extra: Sequence[dict[str, Any]] = (), extra_share: Optional[float] = None
+    ) -> list[dict[str, Any]]:
+        """Draw ``batch_size`` examples from the stored ones and ``extra`` (rows replayed beside the reservoir, e.g.
+        general self-rehearsal's), without replacement within each source when there are enough.
+
+        ``extra_share=None`` draws uniformly from both together, so that ``extra``'s share of a batch is its share of
+        the rows. A share in (0, 1] makes each drawn row an ``extra`` one with that probability instead, whatever the
+        sizes (all of them while the reservoir is empty), in shuffled order.
+        """
+        if not self.examples and not extra:
             raise RuntimeError("the replay buffer is empty")
+        if extra_share is None or not self.examples or not extra:
+            return self._draw(self.examples + list(extra), batch_size)
+        from_extra = int((torch.rand(batch_size, generator=self.generator) < extra_share).sum())
+        drawn = self._draw(list(extra), from_extra) + self._draw(self.examples, batch_size - from_extra)
+        return [drawn[i] for i in torch.randperm(batch_size, generator=self.generator).tolist()]
+
+    def _draw(self, pool: list[dict[str, Any]], count: int) -> list[dict[str, Any]]:
         n = len(pool)
-        if batch_size <= n:
-            indices = torch.randperm(n, generator=self.generator)[:batch_size]
+        if count <= n:
+            indices = torch.randperm(n, generator=self.generator)[:count]
         else:
-            indices = torch.randint(n, (batch_size,), generator=self.generator)
+            indices = torch.randint(n, (count,), generator=self.generator)
         return [pool[i] for i in indices.tolist()]
 
     def state_dict(self) -> dict[str, torch.Tensor]:

@@ -60,6 +60,9 @@ def test_pick_is_seeded_and_bounded():
         (ReplayConfig, {"general_answer_tokens": 0}, "general_answer_tokens must be a positive"),
         (GeneralRehearsalConfig, {"replay_buffer_size": 8}, "keeps no task row"),
         (GeneralRehearsalConfig, {"general_rehearsal_examples": 0}, "nothing to replay"),
+        (ReplayConfig, {"general_rehearsal_examples": 4, "general_rehearsal_share": 0.0}, r"must be in \(0, 1\]"),
+        (ReplayConfig, {"general_rehearsal_examples": 4, "general_rehearsal_share": 1.5}, r"must be in \(0, 1\]"),
+        (ReplayConfig, {"general_rehearsal_share": 0.25}, "needs general_rehearsal_examples > 0"),
     ],
 )
 def test_invalid_configs_are_refused(config_class, kwargs, message):
@@ -75,6 +78,28 @@ def test_buffer_samples_its_rows_and_extra_rows_together():
     assert sorted(e["input_ids"][0] for e in buffer.sample(3, extra=extra)) == [0, 1, 2]
     with pytest.raises(RuntimeError, match="empty"):
         buffer.sample(1)
+
+
+def test_a_share_sets_the_extra_rows_part_of_a_draw_whatever_the_sizes():
+    buffer = ReservoirBuffer(10, seed=0)
+    for i in range(10):
+        buffer.add([i], [i], 0)
+    extra = [{"input_ids": [100 + i], "labels": [0], "task_index": -1} for i in range(90)]
+
+    def extra_fraction(share, draws=400, size=8):
+        rows = [e for _ in range(draws) for e in buffer.sample(size, extra=extra, extra_share=share)]
+        return sum(e["input_ids"][0] >= 100 for e in rows) / len(rows)
+
+    assert extra_fraction(None) == pytest.approx(0.9, abs=0.02)  # uniform over all rows: their own share
+    assert extra_fraction(0.25) == pytest.approx(0.25, abs=0.02)  # binomial: 3200 rows, sd 0.008
+    assert extra_fraction(1.0) == 1.0
+    task_rows = [e["input_ids"][0] for e in buffer.sample(10, extra=extra, extra_share=0.5) if e["input_ids"][0] < 100]
+    assert len(set(task_rows)) == len(task_rows)  # without replacement within a source
+    positions = [i for _ in range(200) for i, e in enumerate(buffer.sample(4, extra=extra, extra_share=0.5))
+                 if e["input_ids"][0] >= 100]  # fmt: skip
+    assert all(positions.count(i) > 50 for i in range(4))  # shuffled: micro-batch slices get their share too
+    empty = ReservoirBuffer(10, seed=0)
+    assert all(e["input_ids"][0] >= 100 for e in empty.sample(8, extra=extra, extra_share=0.1))  # no task row yet
 
 
 def rehearsal_trainer(tokenizer, tmp_path, pool, config_class=GeneralRehearsalConfig, **config):
@@ -214,6 +239,30 @@ def test_ssr_adds_general_rows_beside_its_synthesized_ones(tokenizer, tmp_path, 
     method = trainer.method
     assert len(method.general) >= 1 and method.synthesized_for == 1
     assert {e["task_index"] for e in method.buffer.examples} <= {0}  # synthesized for task 1, apart from general rows
+
+
+@pytest.mark.parametrize("share", [None, 1.0])
+def test_the_share_reaches_the_replay_batches_of_a_run(tokenizer, tmp_path, share):
+    pool = tmp_path / "pool.txt"
+    pool.write_text("\n".join(PROMPTS))
+    trainer = rehearsal_trainer(tokenizer, tmp_path, pool, ReplayConfig, replay_buffer_size=16,
+                                general_rehearsal_share=share)  # fmt: skip
+    method, drawn = trainer.method, []
+    sample = method.buffer.sample
+
+    def logged(*args, **kwargs):
+        rows = sample(*args, **kwargs)
+        drawn.append((method.task_index, [row in method.general.examples for row in rows]))
+        return rows
+
+    method.buffer.sample = logged
+    trainer.train_continual([memorised_task(name, 8) for name in ("colors", "animals")])
+    second = [is_general for task, flags in drawn if task == 1 for is_general in flags]
+    assert second and len(method.general) == 6
+    if share == 1.0:
+        assert all(second)
+    else:  # uniform over 8 task rows and 6 general ones
+        assert 0 < sum(second) < len(second)
 
 
 def test_an_answer_that_ends_at_once_is_a_row_and_a_cut_one_has_no_end(tokenizer, monkeypatch):

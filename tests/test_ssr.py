@@ -55,8 +55,8 @@ def test_real_demonstrations_need_an_explicit_opt_in():
 
 def test_hyperparameters_and_config_round_trip(tokenizer, tmp_path):
     assert SsrMethod.hyperparameters()[4:] == [
-        "replay_buffer_size", "replay_batch_size", "general_rehearsal_examples", "general_prompts",
-        "general_answer_tokens", "ssr_examples_per_task", "ssr_candidates_factor", "ssr_temperature",
+        "replay_buffer_size", "replay_batch_size", "general_rehearsal_examples", "general_rehearsal_share",
+        "general_prompts", "general_answer_tokens", "ssr_examples_per_task", "ssr_candidates_factor", "ssr_temperature",
         "ssr_top_p", "ssr_max_new_tokens", "ssr_min_input_chars", "ssr_inputs_from", "ssr_demonstrations",
         "ssr_allow_real_demonstrations",
     ]  # fmt: skip
