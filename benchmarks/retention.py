@@ -8,6 +8,9 @@ the same base model, so their per-item scores pair), with the tasks' AA and BWT 
 
     python benchmarks/retention.py results/sweeps/*retention_tasks*.json
 
+Runs of several seeds (same method, order and settings) are one row: means over the seeds, intervals by bootstrap
+over seeds and items; contrasts pair the seeds both sides have.
+
 Prints markdown (the RESULTS.md section "What each method does to the base model's general ability").
 """
 
@@ -15,40 +18,59 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
+
+import numpy as np
 
 from common import markdown_table
 from peft_continual.metrics import ContinualResult
-from peft_continual.retention import format_change, format_value
+from peft_continual.retention import format_value
 from peft_continual.statistics import MissingExampleScores, RunScores, paired_comparison, paired_item_difference
 
 MEASURES = ("general/facts", "general/kl", "general/agreement", "general/leak")
 
 
-def load(paths: list[Path]) -> dict[str, tuple[ContinualResult, dict]]:
-    """Runs with a retention block, by name: (result, the raw JSON, whose benchmark block and scores pair runs)."""
-    runs = {}
+def load(paths: list[Path]) -> dict[str, dict[int, tuple[ContinualResult, dict]]]:
+    """Runs with a retention block, by name (method, order and any override but the retention one), then by seed:
+    (result, the raw JSON, whose benchmark block and scores pair runs)."""
+    groups: dict[str, dict[int, tuple[ContinualResult, dict]]] = {}
     for path in paths:
         data = json.loads(path.read_text(encoding="utf-8"))
         result = ContinualResult.from_dict(data)
-        if result.retention:  # named by method, order, seed and any override but the retention one
+        if result.retention:
             parts = [part for part in path.stem.split("__") if part and "retention_tasks" not in part and part != "general"]
-            runs[" ".join(parts)] = (result, data)
-    return runs
+            name = re.sub(r"_seed\d+$", "", " ".join(parts[:1])) + "".join(f" {part}" for part in parts[1:])
+            groups.setdefault(name, {})[(data.get("benchmark") or {}).get("seed", 0)] = (result, data)
+    return {name: dict(sorted(runs.items())) for name, runs in groups.items()}
 
 
-def task_contrast(a: dict, b: dict) -> dict | None:
-    """A − B on the tasks (AA, BWT), paired on the test examples; None unless both share order, seed and scores."""
-    where_a, where_b = a.get("benchmark") or {}, b.get("benchmark") or {}
-    same = bool(where_a) and all(where_a.get(k) == where_b.get(k) for k in ("order", "seed"))
+def task_contrast(a: list[dict], b: list[dict]) -> dict | None:
+    """A − B on the tasks (AA, BWT), paired on seeds and test examples; None unless each pair shares order and seed
+    and has scores."""
+    same = all(x.get("benchmark") and all(x["benchmark"].get(k) == y.get("benchmark", {}).get(k) for k in ("order", "seed"))
+               for x, y in zip(a, b))  # fmt: skip
     try:
-        return paired_comparison([[RunScores.from_result(a)]], [[RunScores.from_result(b)]]) if same else None
+        return paired_comparison([[RunScores.from_result(x) for x in a]], [[RunScores.from_result(y) for y in b]]) \
+            if same else None  # fmt: skip
     except MissingExampleScores:
         return None
 
 
+def finals(runs: list[ContinualResult], measure: str, row: int = -1) -> np.ndarray | None:
+    """Seeds x items: each run's per-item scores of a measure on the base (row 0) or after the last task (-1)."""
+    tracks = [run.retention.get(measure) for run in runs]
+    if any(t is None or t.example_scores[row] is None for t in tracks):
+        return None
+    return np.array([t.example_scores[row] for t in tracks], dtype=np.float64)
+
+
 def pct(value) -> str:
     return "–" if value is None else f"{100 * value:.1f}"
+
+
+def interval(track, d) -> str:
+    return f"{format_value(track, d.estimate, True)} [{format_value(track, d.low, True)}, {format_value(track, d.high, True)}]"
 
 
 def main() -> None:
@@ -57,45 +79,54 @@ def main() -> None:
     parser.add_argument("--against", nargs="+", metavar="RUN", default=None,
                         help="contrast every run with these runs only (names as the table prints them); default: every pair")
     args = parser.parse_args()
-    runs = load(args.results)
-    unknown = set(args.against or ()) - set(runs)
+    groups = load(args.results)
+    unknown = set(args.against or ()) - set(groups)
     if unknown:
-        raise SystemExit(f"--against: no run named {sorted(unknown)}; runs: {sorted(runs)}")
-    if not runs:
+        raise SystemExit(f"--against: no run named {sorted(unknown)}; runs: {sorted(groups)}")
+    if not groups:
         raise SystemExit("no result with a retention block among the files given")
-    header = ["run", "AA", "BWT", *(f"{m.split('/')[1]} (base → final, change [95 %])" for m in MEASURES)]
+    header = ["run", "seeds", "AA", "BWT", *(f"{m.split('/')[1]} (base → final, change [95 %])" for m in MEASURES)]
     rows = []
-    for name, (result, _) in runs.items():
+    for name, runs in groups.items():
+        results = [result for result, _ in runs.values()]
         cells = []
         for measure in MEASURES:
-            track = result.retention.get(measure)
-            cells.append("–" if track is None else
-                         f"{format_value(track, track.scores[0])} → {format_value(track, track.scores[-1])} ({format_change(track)})")
-        rows.append([name, pct(result.average_accuracy), f"{100 * result.backward_transfer:+.1f}", *cells])
+            base, final = finals(results, measure, 0), finals(results, measure)
+            track = results[0].retention.get(measure)
+            cells.append("–" if base is None or final is None else
+                         f"{format_value(track, base.mean())} → {format_value(track, final.mean())} "
+                         f"({interval(track, paired_item_difference(final, base))})")  # fmt: skip
+        aa, bwt = (np.mean([getattr(r, m) for r in results]) for m in ("average_accuracy", "backward_transfer"))
+        rows.append([name, ",".join(map(str, runs)), pct(aa), f"{100 * bwt:+.1f}", *cells])
     print(markdown_table(header, rows))
-    names = list(runs)
+    names = list(groups)
     contrasts = []
     pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]] if args.against is None else \
         [(a, b) for b in args.against for a in names if a != b]  # fmt: skip
     for a, b in pairs:
-        tasks = task_contrast(runs[a][1], runs[b][1])
-        for metric, label in (("average_accuracy", "AA (tasks)"), ("backward_transfer", "BWT (tasks)")):
+        seeds = [seed for seed in groups[a] if seed in groups[b]]
+        if not seeds:
+            continue
+        runs_a, runs_b = ([groups[name][seed] for seed in seeds] for name in (a, b))
+        label = ",".join(map(str, seeds))
+        tasks = task_contrast([data for _, data in runs_a], [data for _, data in runs_b])
+        for metric, what in (("average_accuracy", "AA (tasks)"), ("backward_transfer", "BWT (tasks)")):
             d = tasks and tasks.get(metric)
             if d is not None:
                 verdict = "significant" if d.significant else "not significant"
-                contrasts.append([f"{a} − {b}", label, f"{100 * d.estimate:+.1f} [{100 * d.low:+.1f}, "
+                contrasts.append([f"{a} − {b}", label, what, f"{100 * d.estimate:+.1f} [{100 * d.low:+.1f}, "
                                   f"{100 * d.high:+.1f}]", verdict])  # fmt: skip
         for measure in MEASURES:
-            ta, tb = runs[a][0].retention.get(measure), runs[b][0].retention.get(measure)
-            if not ta or not tb or ta.example_scores[-1] is None or tb.example_scores[-1] is None:
+            final_a, final_b = finals([r for r, _ in runs_a], measure), finals([r for r, _ in runs_b], measure)
+            if final_a is None or final_b is None:
                 continue
-            d = paired_item_difference(ta.example_scores[-1], tb.example_scores[-1])
+            d = paired_item_difference(final_a, final_b)
             verdict = "significant" if d.significant else "not significant"
-            contrasts.append([f"{a} − {b}", measure.split("/")[1], f"{format_value(ta, d.estimate, True)} "
-                              f"[{format_value(ta, d.low, True)}, {format_value(ta, d.high, True)}]", verdict])  # fmt: skip
+            contrasts.append([f"{a} − {b}", label, measure.split("/")[1],
+                              interval(runs_a[0][0].retention[measure], d), verdict])  # fmt: skip
     if contrasts:
         print()
-        print(markdown_table(["pair", "measure", "difference after the last task [95 %]", "verdict"], contrasts))
+        print(markdown_table(["pair", "seeds", "measure", "difference after the last task [95 %]", "verdict"], contrasts))
 
 
 if __name__ == "__main__":

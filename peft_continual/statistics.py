@@ -352,14 +352,22 @@ def _difference(estimate: float, replicates: np.ndarray, tail: float) -> Differe
     return Difference(float(estimate), float(low), float(high), float(p_value))
 
 
-def paired_item_difference(scores_a: Sequence[float], scores_b: Sequence[float], *, confidence: float = 0.95,
+def paired_item_difference(scores_a: Sequence, scores_b: Sequence, *, confidence: float = 0.95,
                            num_resamples: int = 2000, seed: int = 0) -> Difference:  # fmt: skip
-    """Mean of ``scores_a - scores_b`` over items scored by both (one run each: no seeds), with a paired bootstrap
-    over the items."""
+    """Mean of ``scores_a - scores_b`` over items scored by both, with a paired bootstrap.
+
+    One run each: 1-D scores, one per item. Several seeds: rows are seeds (row s of A pairs with row s of B) over
+    the same items (e.g. a fixed suite), drawn as this module draws runs on a shared test set: each replicate draws
+    the items once for every seed, then the seeds with replacement.
+    """
     tail = _check_confidence(confidence)
-    diff = np.asarray(scores_a, dtype=np.float64) - np.asarray(scores_b, dtype=np.float64)
-    counts = _counts(np.random.default_rng(seed), num_resamples, len(diff))
-    return _difference(diff.mean(), counts @ diff / len(diff), tail)
+    diff = np.atleast_2d(np.asarray(scores_a, dtype=np.float64) - np.asarray(scores_b, dtype=np.float64))
+    seeds, n = diff.shape
+    rng = np.random.default_rng(seed)
+    per_seed = _counts(rng, num_resamples, n) @ diff.T / n  # (B, seeds)
+    if seeds > 1:
+        per_seed = per_seed * _counts(rng, num_resamples, seeds)
+    return _difference(diff.mean(), per_seed.mean(axis=1), tail)
 
 
 def bootstrap_metrics(runs: Strata, *, confidence: float = 0.95, num_resamples: int = 2000,

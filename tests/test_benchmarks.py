@@ -664,12 +664,13 @@ def test_interference_ablates_each_later_adapter_and_measures_its_output_on_earl
 
 
 def test_retention_table_pairs_runs_on_the_same_items(tmp_path, capsys, monkeypatch):
-    """benchmarks/retention.py: each run's retention after its last task, and paired contrasts between runs."""
+    """benchmarks/retention.py: each method's retention after its last task (seeds together), and paired contrasts
+    between methods on the seeds both have."""
     import retention
     from peft_continual.metrics import ContinualResult
     from peft_continual.retention import RetentionTrack
 
-    def run(name, facts_after, kl_after):
+    def run(name, facts_after, kl_after, seed=0):
         result = ContinualResult(task_names=["a", "b"], accuracy_matrix=[[0.5, None], [0.25, 0.75]],
                                  task_metrics=["accuracy"] * 2, example_scores=[[[1.0, 0.0], None], [[0.0, 1.0], [1.0, 1.0]]])  # fmt: skip
         result.retention = {
@@ -678,16 +679,18 @@ def test_retention_table_pairs_runs_on_the_same_items(tmp_path, capsys, monkeypa
             "general/kl": RetentionTrack("general/kl", "kl", False, [0.0, 0.1, sum(kl_after) / 4],
                                          [[0.0] * 4, [0.1] * 4, kl_after], "general"),  # fmt: skip
         }
-        path = tmp_path / f"{name}_order1_seed0__trainer.retention_tasks=general.json"
-        data = {**json.loads(result.to_json()), "benchmark": {"method": name, "order": 1, "seed": 0}}
+        path = tmp_path / f"{name}_order1_seed{seed}__trainer.retention_tasks=general.json"
+        data = {**json.loads(result.to_json()), "benchmark": {"method": name, "order": 1, "seed": seed}}
         path.write_text(json.dumps(data))
         return path
 
-    paths = [run("seqlora", [0, 0, 0, 0], [0.4, 0.5, 0.6, 0.5]), run("replay", [1, 1, 0, 0], [0.2, 0.3, 0.2, 0.3])]
+    paths = [run("seqlora", [0, 0, 0, 0], [0.4, 0.5, 0.6, 0.5]), run("replay", [1, 1, 0, 0], [0.2, 0.3, 0.2, 0.3]),
+             run("replay", [1, 1, 1, 0], [0.2, 0.2, 0.2, 0.2], seed=1)]  # fmt: skip
     monkeypatch.setattr(sys, "argv", ["retention.py", *map(str, paths)])
     retention.main()
     out = capsys.readouterr().out
-    assert "| seqlora_order1_seed0 | 50.0 | -25.0 | 75.0 → 0.0 (-75.0 [" in out
-    assert "| seqlora_order1_seed0 − replay_order1_seed0 | facts | -50.0 [" in out
-    assert "| seqlora_order1_seed0 − replay_order1_seed0 | kl | +0.250 [+0.200, +0.350] | significant |" in out
-    assert "| seqlora_order1_seed0 − replay_order1_seed0 | AA (tasks) | +0.0 [+0.0, +0.0] | not significant |" in out
+    assert "| seqlora_order1 | 0 | 50.0 | -25.0 | 75.0 → 0.0 (-75.0 [" in out
+    assert "| replay_order1 | 0,1 | 50.0 | -25.0 | 75.0 → 62.5 (-12.5 [" in out  # facts after: 50 % and 75 %
+    assert "| seqlora_order1 − replay_order1 | 0 | facts | -50.0 [" in out  # seed 0 only: seqlora has no seed 1
+    assert "| seqlora_order1 − replay_order1 | 0 | kl | +0.250 [+0.200, +0.350] | significant |" in out
+    assert "| seqlora_order1 − replay_order1 | 0 | AA (tasks) | +0.0 [+0.0, +0.0] | not significant |" in out

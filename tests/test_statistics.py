@@ -469,3 +469,23 @@ def test_paired_item_difference_matches_a_naive_bootstrap_over_items():
     assert got.p_value == pytest.approx(p_value)
     constant = paired_item_difference([1.0, 2.0, 3.0], [0.5, 1.5, 2.5])
     assert (constant.estimate, constant.low, constant.high, constant.significant) == (0.5, 0.5, 0.5, True)
+
+
+def test_paired_item_difference_over_seeds_draws_items_once_then_seeds():
+    """Seeds x shared items, against a naive loop: each replicate draws the items (the same for every seed), then
+    the seeds with replacement; one seed is the plain paired bootstrap over items."""
+    from peft_continual.statistics import paired_item_difference
+
+    rng = np.random.default_rng(5)
+    a, b = rng.random((3, 20)), rng.random((3, 20)) + np.array([[0.0], [0.5], [1.0]])  # seeds differ a lot
+    got = paired_item_difference(a, b, num_resamples=400, seed=2)
+    draws, means = np.random.default_rng(2), []
+    items = draws.integers(0, 20, size=(400, 20))
+    seeds = draws.integers(0, 3, size=(400, 3))
+    for r in range(400):
+        means.append(np.mean([(a[s, items[r]] - b[s, items[r]]).mean() for s in seeds[r]]))
+    low, high = np.quantile(means, [0.025, 0.975])
+    assert got.estimate == pytest.approx((a - b).mean()) and (got.low, got.high) == pytest.approx((low, high))
+    one_seed = paired_item_difference(a[:1], b[:1], num_resamples=400, seed=2)
+    assert one_seed == paired_item_difference(a[0], b[0], num_resamples=400, seed=2)
+    assert got.high - got.low > 2 * (one_seed.high - one_seed.low)  # the seeds' spread is in it
