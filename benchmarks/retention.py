@@ -26,7 +26,8 @@ import numpy as np
 from common import markdown_table
 from peft_continual.metrics import ContinualResult
 from peft_continual.retention import format_value
-from peft_continual.statistics import MissingExampleScores, RunScores, paired_comparison, paired_item_difference
+from peft_continual.statistics import (MissingExampleScores, RunScores, bootstrap_metrics, paired_comparison,
+                                       paired_item_difference)  # fmt: skip
 
 MEASURES = ("general/facts", "general/kl", "general/agreement", "general/leak")
 
@@ -73,11 +74,47 @@ def interval(track, d) -> str:
     return f"{format_value(track, d.estimate, True)} [{format_value(track, d.low, True)}, {format_value(track, d.high, True)}]"
 
 
+def trade_off_plot(groups: dict[str, dict[int, tuple[ContinualResult, dict]]], path: Path) -> None:
+    """Tasks against general ability: each run's AA (x) and token agreement with the base after its last task (y),
+    with 95 % intervals over seeds and test examples / items: where a method sits between the two."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(10, 5))
+    markers = "osD^vP*Xhp<>"
+    for k, (name, runs) in enumerate(groups.items()):
+        results, datas = [r for r, _ in runs.values()], [d for _, d in runs.values()]
+        agreement = finals(results, "general/agreement")
+        if agreement is None:
+            continue
+        try:
+            aa = bootstrap_metrics([RunScores.from_result(d) for d in datas])["average_accuracy"]
+        except MissingExampleScores:
+            continue
+        y = paired_item_difference(agreement, np.zeros_like(agreement))
+        ax.errorbar(100 * aa.estimate, 100 * y.estimate, xerr=[[100 * (aa.estimate - aa.low)], [100 * (aa.high - aa.estimate)]],
+                    yerr=[[100 * (y.estimate - y.low)], [100 * (y.high - y.estimate)]], fmt=markers[k % len(markers)],
+                    capsize=3, label=f"{name} (seeds {','.join(map(str, runs))})")  # fmt: skip
+    ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=7)
+    ax.set_xlabel("AA on the tasks (%)")
+    ax.set_ylabel("token agreement with the base after the last task (%)")
+    ax.set_title("Tasks vs general ability (95 % intervals)", fontsize=10)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    fig.savefig(staging, dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    staging.replace(path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("results", nargs="+", type=Path, help="result JSONs of runs with retention tasks")
     parser.add_argument("--against", nargs="+", metavar="RUN", default=None,
                         help="contrast every run with these runs only (names as the table prints them); default: every pair")
+    parser.add_argument("--plot", type=Path, default=None, metavar="PNG",
+                        help="also draw AA against token agreement with the base, one point per run, to this file")
     args = parser.parse_args()
     groups = load(args.results)
     unknown = set(args.against or ()) - set(groups)
@@ -99,6 +136,8 @@ def main() -> None:
         aa, bwt = (np.mean([getattr(r, m) for r in results]) for m in ("average_accuracy", "backward_transfer"))
         rows.append([name, ",".join(map(str, runs)), pct(aa), f"{100 * bwt:+.1f}", *cells])
     print(markdown_table(header, rows))
+    if args.plot:
+        trade_off_plot(groups, args.plot)
     names = list(groups)
     contrasts = []
     pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]] if args.against is None else \

@@ -678,6 +678,8 @@ def test_retention_table_pairs_runs_on_the_same_items(tmp_path, capsys, monkeypa
                                             [[1, 1, 1, 0], [1, 1, 0, 0], facts_after], "general"),  # fmt: skip
             "general/kl": RetentionTrack("general/kl", "kl", False, [0.0, 0.1, sum(kl_after) / 4],
                                          [[0.0] * 4, [0.1] * 4, kl_after], "general"),  # fmt: skip
+            "general/agreement": RetentionTrack("general/agreement", "agreement", True, [1.0, 0.5, 0.5],
+                                                [[1.0] * 4, [0.5] * 4, [0.5] * 4], "general"),  # fmt: skip
         }
         path = tmp_path / f"{name}_order1_seed{seed}__trainer.retention_tasks=general.json"
         data = {**json.loads(result.to_json()), "benchmark": {"method": name, "order": 1, "seed": seed}}
@@ -686,8 +688,10 @@ def test_retention_table_pairs_runs_on_the_same_items(tmp_path, capsys, monkeypa
 
     paths = [run("seqlora", [0, 0, 0, 0], [0.4, 0.5, 0.6, 0.5]), run("replay", [1, 1, 0, 0], [0.2, 0.3, 0.2, 0.3]),
              run("replay", [1, 1, 1, 0], [0.2, 0.2, 0.2, 0.2], seed=1)]  # fmt: skip
-    monkeypatch.setattr(sys, "argv", ["retention.py", *map(str, paths)])
+    plot = tmp_path / "plots" / "trade_off.png"
+    monkeypatch.setattr(sys, "argv", ["retention.py", *map(str, paths), "--plot", str(plot)])
     retention.main()
+    assert plot.read_bytes()[:4] == b"\x89PNG" and not list(plot.parent.glob(".*"))  # written whole, no staging left
     out = capsys.readouterr().out
     assert "| seqlora_order1 | 0 | 50.0 | -25.0 | 75.0 → 0.0 (-75.0 [" in out
     assert "| replay_order1 | 0,1 | 50.0 | -25.0 | 75.0 → 62.5 (-12.5 [" in out  # facts after: 50 % and 75 %
