@@ -658,11 +658,12 @@ class LwfMethod(SeqLoraMethod):
 
     data_tensor_prefixes = ("general.",)
 
-    def setup(self, model, *, collator, batch_size, seed, **kwargs):
+    def setup(self, model, *, collator, batch_size, seed, process_index=0, num_processes=1, **kwargs):
         super().setup(model, collator=collator, batch_size=batch_size, seed=seed, **kwargs)
         # transformers' causal LMs run the head on given positions only; other models give every position's logits
         self.head_on_positions = "logits_to_keep" in inspect.signature(model.get_base_model().forward).parameters
         self.collator, self.general_batch_size = collator, batch_size
+        self.process_index, self.num_processes = process_index, num_processes
         config = self.config
         self.general = GeneralRows(config.distill_general_examples, config.general_prompts, config.general_answer_tokens,
                                    seed, what="distill_general_examples")  # fmt: skip
@@ -704,7 +705,9 @@ class LwfMethod(SeqLoraMethod):
         weight = self.config.distill_weight
         terms = {"loss_distill": weight * self.kl_to_base(model, wrapped, inputs, self.config.distill_positions)}
         if len(self.general):  # the base's answers to general prompts: the KL on the answer tokens
-            rows = self.general.sample(self.general_batch_size)
+            # one draw for all processes (same seed), each taking its own slice, as a replay batch is split
+            size, start = self.general_batch_size, self.process_index * self.general_batch_size
+            rows = self.general.sample(size * self.num_processes)[start : start + size]
             batch = {k: v.to(inputs["input_ids"].device) for k, v in self.collator(rows).items()}
             terms["loss_distill_general"] = weight * self.kl_to_base(model, wrapped, batch, "targets")
         return 1.0, terms

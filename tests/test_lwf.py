@@ -304,6 +304,31 @@ def test_general_term_equals_an_independent_kl_on_a_general_batch(lwf_general):
     torch.testing.assert_close(term.double(), naive_kl(tuned, base, mask, 1.0), rtol=1e-4, atol=1e-6)
 
 
+def test_each_process_distils_its_own_slice_of_one_general_draw(lwf_general, monkeypatch):
+    """Under DDP every process draws the same general rows (same seed) and takes its own slice, as replay does, so
+    N processes distil N batches' worth of general rows, not N copies of one."""
+    method = lwf_general[0].method
+    seen = []
+    monkeypatch.setattr(method, "kl_to_base",
+                        lambda model, wrapped, batch, positions: seen.append(batch) or torch.zeros(()))  # fmt: skip
+    monkeypatch.setattr(method, "general_batch_size", 2)
+    generator = method.general.rows.generator
+    state = generator.get_state()
+    expected = method.collator(method.general.sample(4))
+    for process in (0, 1):
+        generator.set_state(state)
+        monkeypatch.setattr(method, "process_index", process)
+        monkeypatch.setattr(method, "num_processes", 2)
+        method.loss_terms(None, {"input_ids": torch.zeros(1, 1, dtype=torch.long)}, wrapped=object())
+    generator.set_state(state)
+
+    def rows(batch):  # the rows' real tokens, padding dropped
+        return [ids[mask.bool()].tolist() for ids, mask in zip(batch["input_ids"], batch["attention_mask"])]
+
+    assert len(seen) == 4  # each call distils the task batch, then the general one
+    assert rows(seen[1]) + rows(seen[3]) == rows(expected) and rows(seen[1]) != rows(seen[3])
+
+
 def test_general_rows_survive_save_and_continue(lwf_general, tokenizer, tmp_path, monkeypatch):
     from peft_continual import self_rehearsal
 
