@@ -94,9 +94,10 @@ def trade_off_plot(groups: dict[str, dict[int, tuple[ContinualResult, dict]]], p
         except MissingExampleScores:
             continue
         y = paired_item_difference(agreement, np.zeros_like(agreement))
-        ax.errorbar(100 * aa.estimate, 100 * y.estimate, xerr=[[100 * (aa.estimate - aa.low)], [100 * (aa.high - aa.estimate)]],
-                    yerr=[[100 * (y.estimate - y.low)], [100 * (y.high - y.estimate)]], fmt=markers[k % len(markers)],
-                    capsize=3, label=f"{name} (seeds {','.join(map(str, runs))})")  # fmt: skip
+        xerr = [[100 * (aa.estimate - aa.low)], [100 * (aa.high - aa.estimate)]]
+        yerr = [[100 * (y.estimate - y.low)], [100 * (y.high - y.estimate)]]
+        ax.errorbar(100 * aa.estimate, 100 * y.estimate, xerr=xerr, yerr=yerr, fmt=markers[k % len(markers)], capsize=3,
+                    color=plt.cm.tab20((2 * k + k // 10) % 20), label=f"{name} (seeds {','.join(map(str, runs))})")
     ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=7)
     ax.set_xlabel("AA on the tasks (%)")
     ax.set_ylabel("token agreement with the base after the last task (%)")

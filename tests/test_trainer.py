@@ -172,7 +172,7 @@ def test_replay_batches_hold_earlier_tasks_and_never_eval_rows(tokenizer, tmp_pa
     t1.eval = t1.eval.map(lambda row: {"text": row["text"] + " (held out)"})  # eval rows distinct from training rows
     drawn = []
     sample = trainer.method.buffer.sample
-    trainer.method.buffer.sample = lambda n, extra=(): drawn.append(sample(n, extra)) or drawn[-1]
+    trainer.method.buffer.sample = lambda *args, **kwargs: drawn.append(sample(*args, **kwargs)) or drawn[-1]
     trainer.train_task(t1)
     assert drawn == []  # task 1: nothing to replay
     assert len(trainer.method.buffer) == len(t1.train)  # every training example offered once, eval never
@@ -197,7 +197,7 @@ def test_nlora_with_replay_keeps_frozen_adapters_replays_earlier_tasks_and_adds_
     t1, t2, t3 = memorise_tasks(n=8)
     drawn = []
     sample = method.buffer.sample
-    method.buffer.sample = lambda n, extra=(): drawn.append((method.task_index, sample(n, extra))) or drawn[-1][1]
+    method.buffer.sample = lambda *args, **kwargs: drawn.append((method.task_index, sample(*args, **kwargs))) or drawn[-1][1]
     trainer.train_task(t1)
     after_task_1 = lora_state(model, "task_1_colors")
     assert drawn == [] and len(method.buffer) == len(t1.train)
