@@ -58,7 +58,7 @@ def task_contrast(a: list[dict], b: list[dict]) -> dict | None:
         return None
 
 
-def finals(runs: list[ContinualResult], measure: str, row: int = -1) -> np.ndarray | None:
+def item_scores(runs: list[ContinualResult], measure: str, row: int = -1) -> np.ndarray | None:
     """Seeds x items: each run's per-item scores of a measure on the base (row 0) or after the last task (-1)."""
     tracks = [run.retention.get(measure) for run in runs]
     if any(t is None or t.example_scores[row] is None for t in tracks):
@@ -86,14 +86,14 @@ def trade_off_plot(groups: dict[str, dict[int, tuple[ContinualResult, dict]]], p
     markers = "osD^vP*Xhp<>"
     for k, (name, runs) in enumerate(groups.items()):
         results, datas = [r for r, _ in runs.values()], [d for _, d in runs.values()]
-        agreement = finals(results, "general/agreement")
+        agreement = item_scores(results, "general/agreement")
         if agreement is None:
             continue
         try:
             aa = bootstrap_metrics([RunScores.from_result(d) for d in datas])["average_accuracy"]
         except MissingExampleScores:
             continue
-        y = paired_item_difference(agreement, np.zeros_like(agreement))
+        y = paired_item_difference(agreement, np.zeros_like(agreement))  # the mean's interval: its difference from 0
         xerr = [[100 * (aa.estimate - aa.low)], [100 * (aa.high - aa.estimate)]]
         yerr = [[100 * (y.estimate - y.low)], [100 * (y.high - y.estimate)]]
         ax.errorbar(100 * aa.estimate, 100 * y.estimate, xerr=xerr, yerr=yerr, fmt=markers[k % len(markers)], capsize=3,
@@ -129,7 +129,7 @@ def main() -> None:
         results = [result for result, _ in runs.values()]
         cells = []
         for measure in MEASURES:
-            base, final = finals(results, measure, 0), finals(results, measure)
+            base, final = item_scores(results, measure, 0), item_scores(results, measure)
             track = results[0].retention.get(measure)
             cells.append("–" if base is None or final is None else
                          f"{format_value(track, base.mean())} → {format_value(track, final.mean())} "
@@ -157,7 +157,7 @@ def main() -> None:
                 contrasts.append([f"{a} − {b}", label, what, f"{100 * d.estimate:+.1f} [{100 * d.low:+.1f}, "
                                   f"{100 * d.high:+.1f}]", verdict])  # fmt: skip
         for measure in MEASURES:
-            final_a, final_b = finals([r for r, _ in runs_a], measure), finals([r for r, _ in runs_b], measure)
+            final_a, final_b = item_scores([r for r, _ in runs_a], measure), item_scores([r for r, _ in runs_b], measure)
             if final_a is None or final_b is None:
                 continue
             d = paired_item_difference(final_a, final_b)

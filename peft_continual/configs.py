@@ -266,7 +266,7 @@ class ReplayConfig(_ContinualConfigMixin, LoraConfig):
             "help": "Share of each replay batch taken from the general rehearsal rows once the buffer holds task "
             "rows, in (0, 1]. None: drawn uniformly with the buffer's rows, so their share is their share of all "
             "rows: 200 general rows beside 500 stored task rows make 29 %, beside SSR's few synthesized rows most "
-            "of the batch (on our benchmark that cost SSR 5 AA points)."
+            "of the batch (on our benchmark a quarter instead changed neither SSR's tasks nor its general ability)."
         },
     )
     general_prompts: Optional[str] = _general_prompts_field()
