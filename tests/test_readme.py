@@ -102,7 +102,7 @@ def test_adding_a_method_snippet_registers_a_working_method(tmp_path, tokenizer,
     from conftest import training_args, tiny_model
     from peft_continual import ContinualTrainer, methods
 
-    monkeypatch.setattr(methods, "_REGISTRY", dict(methods._REGISTRY))  # the snippet registers into a copy
+    monkeypatch.setattr(methods.base, "_REGISTRY", dict(methods.base._REGISTRY))  # the snippet registers into a copy
     (code,) = python_blocks("Adding a method")
     namespace = {"__name__": "readme_method"}
     exec(compile(code, "README.md", "exec"), namespace)

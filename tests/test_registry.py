@@ -51,7 +51,7 @@ class ToyMethod(SeqLoraMethod):
 @pytest.fixture
 def toy_registered(monkeypatch):
     """``@register_method`` on ToyMethod, on a copy of the registry so that other tests never see it."""
-    monkeypatch.setattr(methods, "_REGISTRY", dict(methods._REGISTRY))
+    monkeypatch.setattr(methods.base, "_REGISTRY", dict(methods.base._REGISTRY))
     register_method(ToyMethod)
 
 
@@ -73,7 +73,7 @@ def test_a_new_method_is_one_config_class_and_one_method_class(toy_registered, t
         files[-1].write_text("".join(json.dumps(r) + "\n" for r in synthetic_rows(name, 12, seed=0)))
     script = load_script()
     help_text = script.build_parser().format_help()
-    assert "--cl_method {seqlora,inclora,nlora,olora,replay,ilora,osf,nlora_replay,lwf,ssr,ssr_ilora,self_rehearsal,toy}" in help_text
+    assert "--cl_method {seqlora,inclora,nlora,olora,replay,ilora,nlora_replay,osf,lwf,ssr,ssr_ilora,self_rehearsal,toy}" in help_text
     flat = " ".join(help_text.split())
     assert "toy: Weight of the squared norm of the adapter's weights. Default: 0.25." in flat
     # argparse breaks the long list of owners in the middle: compare without whitespace
@@ -169,7 +169,7 @@ def test_a_value_of_the_wrong_type_is_a_clear_error():
 
 
 def test_registration_errors(monkeypatch):
-    monkeypatch.setattr(methods, "_REGISTRY", dict(methods._REGISTRY))
+    monkeypatch.setattr(methods.base, "_REGISTRY", dict(methods.base._REGISTRY))
 
     class Unnamed(SeqLoraMethod):
         config_class = ToyConfig
@@ -191,7 +191,7 @@ def test_registration_errors(monkeypatch):
 
 
 def test_builtin_methods_and_their_titles():
-    assert list(registered_methods()) == ["seqlora", "inclora", "nlora", "olora", "replay", "ilora", "osf", "nlora_replay",
+    assert list(registered_methods()) == ["seqlora", "inclora", "nlora", "olora", "replay", "ilora", "nlora_replay", "osf",
                                           "lwf", "ssr", "ssr_ilora", "self_rehearsal"]  # fmt: skip
     assert registered_methods()["seqlora"].config_class is LoraConfig
     lora_methods = [m for name, m in registered_methods().items() if name != "osf"]

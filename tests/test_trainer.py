@@ -256,8 +256,8 @@ def test_ilora_ema_after_each_optimizer_step(tokenizer, tmp_path, monkeypatch):
         def on_optimizer_step(self, args, state, control, **kwargs):
             fast_after_each_step.append(lora_state(model, "default"))
 
-    updates, ema_update = [], peft_continual.methods.ema_update
-    monkeypatch.setattr(peft_continual.methods, "ema_update", lambda *a, **k: updates.append(1) or ema_update(*a, **k))
+    updates, ema_update = [], peft_continual.methods.rehearsal.ema_update
+    monkeypatch.setattr(peft_continual.methods.rehearsal, "ema_update", lambda *a, **k: updates.append(1) or ema_update(*a, **k))
     trainer.add_callback(Record())
     trainer.train_task(memorised_task("colors", 8))
     assert trainer.state.global_step == 8 and len(updates) == 8 and len(fast_after_each_step) == 8
