@@ -107,7 +107,7 @@ class Measure:
 
     metric: str
     higher_is_better: bool
-    example_scores: Optional[list[float]]  # None: not measurable at this point (e.g. KL after merging into the base)
+    example_scores: Optional[list[float]]  # None: not measurable at this point (KL after a merge, without a saved top-k)
 
 
 class RetentionSource(abc.ABC):

@@ -4,6 +4,7 @@ models (no downloads)."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -18,6 +19,8 @@ from peft_continual.general_ability import (
     _encode_prompts,
     base_reference,
     check_constraint,
+    kl_from_sketch,
+    sketch_distribution,
     drift,
     fact_score,
     instruction_scores,
@@ -205,9 +208,41 @@ def test_report_round_trips_through_json(tokenizer):
         assert GeneralAbilityReport.from_dict(json.loads(json.dumps(r.to_dict()))) == r
 
 
-def test_agreement_without_the_base_equals_agreement_with_it(tokenizer):
-    """After a merge the base's distributions are gone; its report keeps its most likely tokens, and agreement taken
-    against them equals agreement taken against the live base."""
+def _sketch(logp: torch.Tensor, k: int, samples: int, seed: int = 0, monkeypatch=None) -> dict[str, torch.Tensor]:
+    monkeypatch.setattr(general_ability, "REFERENCE_TOP_K", k)
+    monkeypatch.setattr(general_ability, "REFERENCE_TAIL_SAMPLES", samples)
+    return sketch_distribution(logp, torch.Generator().manual_seed(seed))
+
+
+def test_kl_from_a_sketch_against_hand_computed_cases_and_the_exact_kl(monkeypatch):
+    # base (0.7, 0.2, 0.1), model (0.1, 0.3, 0.6); kept: token 0 (top 1), then tail draws of tokens 1 and 2
+    base, model = torch.tensor([[0.7, 0.2, 0.1]]).log(), torch.tensor([[0.1, 0.3, 0.6]]).log()
+    sketch = {"top_ids": torch.tensor([[0]]), "top_logp": base[:, :1], "tail_ids": torch.tensor([[1, 2]]),
+              "tail_logp": base[:, 1:]}  # fmt: skip
+    expected = 0.7 * math.log(0.7 / 0.1) + 0.3 * (math.log(0.2 / 0.3) + math.log(0.1 / 0.6)) / 2
+    assert float(kl_from_sketch(sketch, model)) == pytest.approx(expected, rel=1e-5)
+    generator = torch.Generator().manual_seed(0)
+    base = torch.randn(4, 50, generator=generator).log_softmax(-1)  # flat enough for the tail to hold most mass
+    model = torch.randn(4, 50, generator=generator).log_softmax(-1)
+    exact = (base.exp() * (base - model)).sum(-1).double()
+    whole = _sketch(base, 50, 20, monkeypatch=monkeypatch)  # the whole distribution kept: exact, no draws
+    assert whole["tail_ids"].shape == (4, 0) and torch.allclose(kl_from_sketch(whole, model), exact, atol=1e-4)
+    # the tail's part is unbiased: many draws, or the mean over seeds of few, come to the exact KL
+    many = kl_from_sketch(_sketch(base, 5, 20000, monkeypatch=monkeypatch), model)
+    assert torch.allclose(many, exact, rtol=0.02)
+    few = torch.stack([kl_from_sketch(_sketch(base, 5, 20, seed, monkeypatch), model) for seed in range(300)]).mean(0)
+    assert torch.allclose(few, exact, rtol=0.03)
+    # the top tokens alone (no tail) would miss it: the tail's part is real here, so the checks above are not vacuous
+    top_only = kl_from_sketch({**_sketch(base, 5, 20, monkeypatch=monkeypatch), "tail_ids": torch.zeros(4, 0, dtype=torch.long),
+                               "tail_logp": torch.zeros(4, 0)}, model)  # fmt: skip
+    assert not torch.allclose(top_only, exact, rtol=0.1)
+    assert torch.allclose(kl_from_sketch(_sketch(base, 5, 20, monkeypatch=monkeypatch), base), torch.zeros(4).double(), atol=1e-4)
+
+
+def test_agreement_and_kl_without_the_base_against_the_live_base(tokenizer, monkeypatch):
+    """After a merge the base's distributions are gone; its report keeps its most likely tokens, so agreement taken
+    against them equals agreement against the live base, and a sketch of its distributions, from which the KL comes
+    close to the exact one, and equal to it when the sketch keeps the whole vocabulary."""
     from peft_continual.adapters import adapter_parameters
 
     model, targets = tiny_model("llama", tokenizer)
@@ -215,10 +250,22 @@ def test_agreement_without_the_base_equals_agreement_with_it(tokenizer):
     options = dict(limit=4, max_new_tokens=6, parts=("chat",))
     base = base_reference(peft_model, tokenizer, **options)
     assert len(base.chat_argmax) == 4 and [len(a) for a in base.chat_argmax] == [len(a) + 1 for a in base.chat_answer_ids]
+    assert [len(p[0]) for p in base.chat_sketch["top_ids"]] == [general_ability.REFERENCE_TOP_K] * 4
+    assert [len(p[0]) for p in base.chat_sketch["tail_ids"]] == [general_ability.REFERENCE_TAIL_SAMPLES] * 4
+    assert base_reference(peft_model, tokenizer, **options).chat_sketch == base.chat_sketch  # the same draws
+    monkeypatch.setattr(general_ability, "REFERENCE_TOP_K", model.config.vocab_size)
+    whole = base_reference(peft_model, tokenizer, **options)  # the base's whole distributions kept
     with torch.no_grad():
         for p in adapter_parameters(peft_model, "default"):
             p.normal_(0, 0.5)
     live = evaluate_general_ability(peft_model, tokenizer, reference=base, **options)
     kept = evaluate_general_ability(peft_model, tokenizer, reference=base, measure_drift=False, **options)
-    assert kept.kl is None and kept.agreement == live.agreement and min(live.agreement) < 1.0
-    assert GeneralAbilityReport.from_dict(base.to_dict()).chat_argmax == base.chat_argmax
+    assert kept.agreement == live.agreement and min(live.agreement) < 1.0
+    assert sum(kept.kl) == pytest.approx(sum(live.kl), rel=0.2) and kept.kl != live.kl
+    from_whole = evaluate_general_ability(peft_model, tokenizer, reference=whole, measure_drift=False, **options)
+    assert from_whole.kl == pytest.approx(live.kl, abs=1e-4)  # the kept log-probabilities are rounded to 5 decimals
+    assert GeneralAbilityReport.from_dict(json.loads(json.dumps(base.to_dict()))) == base
+    saved_before = {k: v for k, v in base.to_dict().items() if k != "chat_sketch"}
+    older = evaluate_general_ability(peft_model, tokenizer, reference=GeneralAbilityReport.from_dict(saved_before),
+                                     measure_drift=False, **options)  # fmt: skip
+    assert older.kl is None and older.agreement == live.agreement  # a reference saved without a sketch
