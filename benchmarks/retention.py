@@ -9,7 +9,9 @@ the same base model, so their per-item scores pair), with the tasks' AA and BWT 
     python benchmarks/retention.py results/sweeps/*retention_tasks*.json
 
 Runs of several seeds (same method, order and settings) are one row: means over the seeds, intervals by bootstrap
-over seeds and items; contrasts pair the seeds both sides have.
+over seeds and items; contrasts pair the seeds both sides have. A run without retention tasks (an earlier run of the
+same benchmark, e.g. ``results/generation/accuracy/replay_order1_seed0.json``) is a row "NAME (tasks only)" that
+joins the task contrasts only.
 
 Prints markdown (the RESULTS.md section "What each method does to the base model's general ability").
 """
@@ -33,16 +35,16 @@ MEASURES = ("general/facts", "general/kl", "general/agreement", "general/leak")
 
 
 def load(paths: list[Path]) -> dict[str, dict[int, tuple[ContinualResult, dict]]]:
-    """Runs with a retention block, by name (method, order and any override but the retention one), then by seed:
-    (result, the raw JSON, whose benchmark block and scores pair runs)."""
+    """Runs by name (method, order and any override but the retention one; "(tasks only)" for a run without a
+    retention block), then by seed: (result, the raw JSON, whose benchmark block and scores pair runs)."""
     groups: dict[str, dict[int, tuple[ContinualResult, dict]]] = {}
     for path in paths:
         data = json.loads(path.read_text(encoding="utf-8"))
         result = ContinualResult.from_dict(data)
-        if result.retention:
-            parts = [part for part in path.stem.split("__") if part and "retention_tasks" not in part and part != "general"]
-            name = re.sub(r"_seed\d+$", "", " ".join(parts[:1])) + "".join(f" {part}" for part in parts[1:])
-            groups.setdefault(name, {})[(data.get("benchmark") or {}).get("seed", 0)] = (result, data)
+        parts = [part for part in path.stem.split("__") if part and "retention_tasks" not in part and part != "general"]
+        name = re.sub(r"_seed\d+$", "", " ".join(parts[:1])) + "".join(f" {part}" for part in parts[1:])
+        name += "" if result.retention else " (tasks only)"
+        groups.setdefault(name, {})[(data.get("benchmark") or {}).get("seed", 0)] = (result, data)
     return {name: dict(sorted(runs.items())) for name, runs in groups.items()}
 
 
@@ -111,7 +113,8 @@ def trade_off_plot(groups: dict[str, dict[int, tuple[ContinualResult, dict]]], p
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("results", nargs="+", type=Path, help="result JSONs of runs with retention tasks")
+    parser.add_argument("results", nargs="+", type=Path,
+                        help="result JSONs of runs with retention tasks (and, for the task contrasts, runs without)")
     parser.add_argument("--against", nargs="+", metavar="RUN", default=None,
                         help="contrast every run with these runs only (names as the table prints them); default: every pair")
     parser.add_argument("--plot", type=Path, default=None, metavar="PNG",
@@ -121,7 +124,7 @@ def main() -> None:
     unknown = set(args.against or ()) - set(groups)
     if unknown:
         raise SystemExit(f"--against: no run named {sorted(unknown)}; runs: {sorted(groups)}")
-    if not groups:
+    if not any(result.retention for runs in groups.values() for result, _ in runs.values()):
         raise SystemExit("no result with a retention block among the files given")
     header = ["run", "seeds", "AA", "BWT", *(f"{m.split('/')[1]} (base → final, change [95 %])" for m in MEASURES)]
     rows = []

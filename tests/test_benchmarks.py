@@ -688,6 +688,11 @@ def test_retention_table_pairs_runs_on_the_same_items(tmp_path, capsys, monkeypa
 
     paths = [run("seqlora", [0, 0, 0, 0], [0.4, 0.5, 0.6, 0.5]), run("replay", [1, 1, 0, 0], [0.2, 0.3, 0.2, 0.3]),
              run("replay", [1, 1, 1, 0], [0.2, 0.2, 0.2, 0.2], seed=1)]  # fmt: skip
+    earlier = json.loads(paths[0].read_text())  # a run without retention tasks: task contrasts only
+    earlier.pop("retention")
+    earlier["example_scores"][1][0] = [1.0, 1.0]  # its final model kept task a
+    paths.append(tmp_path / "ilora_order1_seed0.json")
+    paths[-1].write_text(json.dumps({**earlier, "benchmark": {"method": "ilora", "order": 1, "seed": 0}}))
     plot = tmp_path / "plots" / "trade_off.png"
     monkeypatch.setattr(sys, "argv", ["retention.py", *map(str, paths), "--plot", str(plot)])
     retention.main()
@@ -698,3 +703,6 @@ def test_retention_table_pairs_runs_on_the_same_items(tmp_path, capsys, monkeypa
     assert "| seqlora_order1 − replay_order1 | 0 | facts | -50.0 [" in out  # seed 0 only: seqlora has no seed 1
     assert "| seqlora_order1 − replay_order1 | 0 | kl | +0.250 [+0.200, +0.350] | significant |" in out
     assert "| seqlora_order1 − replay_order1 | 0 | AA (tasks) | +0.0 [+0.0, +0.0] | not significant |" in out
+    assert "| ilora_order1 (tasks only) | 0 | 50.0 | -25.0 | – | – | – |" in out  # the matrix's mean, not the scores
+    assert "| seqlora_order1 − ilora_order1 (tasks only) | 0 | AA (tasks) | -25.0 [" in out
+    assert not [line for line in out.splitlines() if "ilora" in line and ("facts" in line or "| kl |" in line)]
