@@ -50,10 +50,10 @@ def measure(model, tokenizer, chat: bool) -> dict[str, list]:
         with model.disable_adapter():
             base = _answer_logp(model, batch_prompts, batch_answers, pad)
         for b, t in zip(base, tuned):
-            out["exact"].append(float((b.exp() * (b - t)).sum(-1).mean()))
+            out["exact"].append(float((b.exp() * (b - t)).sum(-1).mean().clamp(min=0)))  # as the suite reports them
             for draw, generator in enumerate(generators):
                 sketch = sketch_distribution(b, generator)
-                out["sketch"][draw].append(float(kl_from_sketch(sketch, t).mean()))
+                out["sketch"][draw].append(float(kl_from_sketch(sketch, t).mean().clamp(min=0)))
             top = {**sketch, "tail_ids": sketch["tail_ids"][:, :0], "tail_logp": sketch["tail_logp"][:, :0]}
             out["top_only"].append(float(kl_from_sketch(top, t).mean()))
             out["top_mass"].append(float(sketch["top_logp"].exp().sum(-1).mean()))
