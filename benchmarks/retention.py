@@ -117,6 +117,9 @@ def main() -> None:
                         help="result JSONs of runs with retention tasks (and, for the task contrasts, runs without)")
     parser.add_argument("--against", nargs="+", metavar="RUN", default=None,
                         help="contrast every run with these runs only (names as the table prints them); default: every pair")
+    parser.add_argument("--contrast_measures", nargs="+", metavar="MEASURE", default=None,
+                        choices=[m.split("/")[1] for m in MEASURES],
+                        help="retention measures the contrasts show (default: all; the run table always shows all)")
     parser.add_argument("--plot", type=Path, default=None, metavar="PNG",
                         help="also draw AA against token agreement with the base, one point per run, to this file")
     args = parser.parse_args()
@@ -144,8 +147,11 @@ def main() -> None:
         trade_off_plot(groups, args.plot)
     names = list(groups)
     contrasts = []
-    pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]] if args.against is None else \
-        [(a, b) for b in args.against for a in names if a != b]  # fmt: skip
+    if args.against is None:
+        pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]]
+    else:  # a pair of two --against runs once, in the order they were given
+        pairs = [(a, b) for j, b in enumerate(args.against) for a in names if a != b and a not in args.against[:j]]
+    shown = [m for m in MEASURES if args.contrast_measures is None or m.split("/")[1] in args.contrast_measures]
     for a, b in pairs:
         seeds = [seed for seed in groups[a] if seed in groups[b]]
         if not seeds:
@@ -159,7 +165,7 @@ def main() -> None:
                 verdict = "significant" if d.significant else "not significant"
                 contrasts.append([f"{a} − {b}", label, what, f"{100 * d.estimate:+.1f} [{100 * d.low:+.1f}, "
                                   f"{100 * d.high:+.1f}]", verdict])  # fmt: skip
-        for measure in MEASURES:
+        for measure in shown:
             final_a, final_b = item_scores([r for r, _ in runs_a], measure), item_scores([r for r, _ in runs_b], measure)
             if final_a is None or final_b is None:
                 continue

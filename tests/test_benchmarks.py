@@ -706,3 +706,32 @@ def test_retention_table_pairs_runs_on_the_same_items(tmp_path, capsys, monkeypa
     assert "| ilora_order1 (tasks only) | 0 | 50.0 | -25.0 | – | – | – |" in out  # the matrix's mean, not the scores
     assert "| seqlora_order1 − ilora_order1 (tasks only) | 0 | AA (tasks) | -25.0 [" in out
     assert not [line for line in out.splitlines() if "ilora" in line and ("facts" in line or "| kl |" in line)]
+
+
+def test_retention_contrasts_against_two_runs_once_and_chosen_measures(tmp_path, capsys, monkeypatch):
+    """benchmarks/retention.py --against A B contrasts A with B once (not also B with A), and --contrast_measures
+    keeps only the measures named in the contrasts while the run table keeps them all."""
+    import retention
+    from peft_continual.metrics import ContinualResult
+    from peft_continual.retention import RetentionTrack
+
+    paths = []
+    for name, facts in (("seqlora", [0, 0, 1, 0]), ("osf", [1, 0, 1, 0]), ("ssr", [1, 1, 1, 0])):
+        result = ContinualResult(task_names=["a", "b"], accuracy_matrix=[[0.5, None], [0.25, 0.75]],
+                                 task_metrics=["accuracy"] * 2, example_scores=[[[1.0, 0.0], None], [[0.0, 1.0], [1.0, 1.0]]])  # fmt: skip
+        result.retention = {
+            "general/facts": RetentionTrack("general/facts", "facts", True, [0.75, 0.75, sum(facts) / 4],
+                                            [[1, 1, 1, 0], [1, 1, 1, 0], facts], "general"),  # fmt: skip
+            "general/leak": RetentionTrack("general/leak", "leak", False, [0.0] * 3, [[0] * 4] * 3, "general"),
+        }
+        paths.append(tmp_path / f"{name}_order1_seed0__trainer.retention_tasks=general.json")
+        paths[-1].write_text(json.dumps({**json.loads(result.to_json()),
+                                         "benchmark": {"method": name, "order": 1, "seed": 0}}))  # fmt: skip
+    argv = ["retention.py", *map(str, paths), "--against", "seqlora_order1", "osf_order1", "--contrast_measures", "facts"]
+    monkeypatch.setattr(sys, "argv", argv)
+    retention.main()
+    out = capsys.readouterr().out
+    pairs = [line.split(" | ")[0].lstrip("| ") for line in out.splitlines() if " − " in line and "| facts |" in line]
+    assert pairs == ["osf_order1 − seqlora_order1", "ssr_order1 − seqlora_order1", "ssr_order1 − osf_order1"]
+    assert "| leak |" not in out and "leak (base → final" in out  # the run table keeps every measure
+    assert "| osf_order1 − seqlora_order1 | 0 | facts | +25.0 [" in out
