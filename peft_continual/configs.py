@@ -507,9 +507,10 @@ class LwfConfig(_ContinualConfigMixin, LoraConfig):
 
 @dataclass
 class SsrConfig(ReplayConfig):
-    """SSR (Huang et al., ACL 2024): ER without data. Before each task the model writes new inputs for every earlier
-    task from its instruction, answers them itself, and the well-formed, diverse pairs fill the replay buffer (fresh
-    each task); no user row is stored. ``replay_buffer_size`` caps the synthetic rows of all earlier tasks together."""
+    """SSR (Huang et al., ACL 2024): ER without data. After each task the model writes new inputs for it from its
+    instruction, answers them itself, and the well-formed, diverse pairs join the replay buffer, replayed in every
+    later task; no user row is stored. ``replay_buffer_size`` caps the synthetic rows of all earlier tasks together
+    (a reservoir, as ER's)."""
 
     ssr_examples_per_task: int = field(
         default=32, metadata={"help": "Synthetic rows kept per earlier task (at most)."}
@@ -536,6 +537,17 @@ class SsrConfig(ReplayConfig):
             "The answers are always the current model's. Measured on the benchmark (SmolLM2-135M-Instruct, reference "
             "prompt): after dbpedia the current model's 64 candidates for it gave 0 usable rows.",
             "choices": ["base", "current"],
+        },
+    )
+    ssr_resynthesize: bool = field(
+        default=False,
+        metadata={
+            "help": "False (the SSR paper's procedure): each task's rows are synthesized once, before the next task, "
+            "answered by the model that has just learned it, and kept in the buffer for every later task: one "
+            "synthesis per task. True: before every task the rows of every earlier task are synthesized again and "
+            "answered by the current model, so a task it has begun to forget is rehearsed with its forgetful answers, "
+            "and the cost grows with the number of earlier tasks (this library's SSR until the benchmark compared "
+            "the two: benchmarks/RESULTS.md)."
         },
     )
     ssr_demonstrations: int = field(
@@ -578,6 +590,10 @@ class SsrConfig(ReplayConfig):
         _require(
             self.ssr_inputs_from in ("base", "current"),
             f"ssr_inputs_from must be 'base' or 'current', got {self.ssr_inputs_from!r}.",
+        )
+        _require(
+            isinstance(self.ssr_resynthesize, bool),
+            f"ssr_resynthesize must be True or False, got {self.ssr_resynthesize!r}.",
         )
         _require(
             isinstance(self.ssr_demonstrations, int) and self.ssr_demonstrations >= 0,

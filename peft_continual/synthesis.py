@@ -1,9 +1,9 @@
 """Self-Synthesized Rehearsal (SSR, Huang et al., ACL 2024): rehearsal rows for an earlier task, written by the model.
 
-Where no training row may be kept (privacy, licences), the model stands in for the replay buffer: before a new
-task the base model (or, if asked, the current one) writes new inputs for each earlier task from that task's
-instruction (and label set), the current model answers them in the task's own prompt format, and the well-formed, diverse pairs are replayed as experience replay replays real
-rows. One function per step, so each is testable alone: :func:`sample_candidates` (sampling), :func:`filter_candidates`
+Where no training row may be kept (privacy, licences), the model stands in for the replay buffer: once a task is
+learned, the base model (or, if asked, the trained one) writes new inputs for it from its instruction (and label
+set), the model that has just learned it answers them in the task's own prompt format, and the well-formed, diverse
+pairs are replayed in later tasks as experience replay replays real rows. One function per step, so each is testable alone: :func:`sample_candidates` (sampling), :func:`filter_candidates`
 (plain strings, no model) and :func:`label_inputs` (greedy answers); :func:`synthesize_rows` chains them.
 """
 

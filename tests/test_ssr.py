@@ -37,6 +37,7 @@ from peft_continual.tasks import PromptEncoder, tokenize_task
         ({"ssr_max_new_tokens": 0}, "ssr_max_new_tokens must be a positive integer"),
         ({"ssr_min_input_chars": 0}, "ssr_min_input_chars must be an integer >= 1"),
         ({"ssr_demonstrations": -1}, "ssr_demonstrations must be an integer >= 0"),
+        ({"ssr_resynthesize": "yes"}, "ssr_resynthesize must be True or False"),
         ({"replay_buffer_size": 0}, "nothing to replay"),  # ER's own checks still run
         ({"use_dora": True}, "SsrConfig does not support use_dora"),
     ],
@@ -57,8 +58,8 @@ def test_hyperparameters_and_config_round_trip(tokenizer, tmp_path):
     assert SsrMethod.hyperparameters()[4:] == [
         "replay_buffer_size", "replay_batch_size", "general_rehearsal_examples", "general_rehearsal_share",
         "general_prompts", "general_answer_tokens", "ssr_examples_per_task", "ssr_candidates_factor", "ssr_temperature",
-        "ssr_top_p", "ssr_max_new_tokens", "ssr_min_input_chars", "ssr_inputs_from", "ssr_demonstrations",
-        "ssr_allow_real_demonstrations",
+        "ssr_top_p", "ssr_max_new_tokens", "ssr_min_input_chars", "ssr_inputs_from", "ssr_resynthesize",
+        "ssr_demonstrations", "ssr_allow_real_demonstrations",
     ]  # fmt: skip
     assert SsrMethod.data_tensor_prefixes == ReplayMethod.data_tensor_prefixes  # synthetic rows are not uploaded
     model, targets = tiny_model("llama", tokenizer)
@@ -195,7 +196,7 @@ def test_real_sampler_runs_end_to_end_and_logs_its_cost(tokenizer, tmp_path):
     trainer = ssr_trainer(tokenizer, tmp_path, ssr_examples_per_task=4, ssr_candidates_factor=2.5)
     trainer.train_continual([synthetic_task(name, n_train=8) for name in ("colors", "animals", "fruits")])
     log = trainer.method.synthesis_log
-    assert [(e["task_index"], e["source_task"]) for e in log] == [(1, "colors"), (2, "colors"), (2, "animals")]
+    assert [(e["task_index"], e["source_task"]) for e in log] == [(1, "colors"), (2, "animals")]  # one per task
     for entry in log:
         assert entry["candidates"] == math.ceil(4 * 2.5) and 0 <= entry["kept"] <= min(entry["filtered"], 4)
         assert entry["filtered"] <= entry["finished"] <= entry["candidates"] and entry["seconds"] >= 0
@@ -239,9 +240,11 @@ def fixed_input_run(tokenizer, tmp_path_factory):
 
 def test_buffer_holds_synthesized_rows_only_and_replays_from_task_two(fixed_input_run):
     trainer, logs, buffers, calls = fixed_input_run
-    assert len(calls) == 3  # colors before task 2; colors and animals before task 3
+    assert len(calls) == 2  # colors before task 2, animals before task 3: each task's rows synthesized once
     assert buffers[0] == [] and buffers[1] and buffers[2]
-    assert {e["task_index"] for e in buffers[1]} == {0} and {e["task_index"] for e in buffers[2]} <= {0, 1}
+    # colors' rows, answered by the model that had just learned colors, are kept as they were; animals' join them
+    assert buffers[2][: len(buffers[1])] == buffers[1] and {e["task_index"] for e in buffers[1]} == {0}
+    assert {e["task_index"] for e in buffers[2][len(buffers[1]) :]} == {1}
     real = real_row_ids(trainer)
     tokenizer = trainer.processing_class
     for examples, names in ((buffers[1], ["colors"]), (buffers[2], ["colors", "animals"])):
@@ -260,6 +263,29 @@ def test_buffer_holds_synthesized_rows_only_and_replays_from_task_two(fixed_inpu
     first, second = [e for e in trainer.method.synthesis_log if e["task_index"] == 1][0], trainer.method.synthesis_log[1]
     assert first["candidates"] == 12 and first["finished"] == 12 and first["filtered"] == len(FIXED_INPUTS)
     assert 1 <= first["kept"] <= 6 and second["task_index"] == 2
+
+
+def test_resynthesize_rewrites_every_earlier_task_before_every_task(tokenizer, tmp_path, monkeypatch):
+    """``ssr_resynthesize=True``: before task 3 colors is synthesized again (answered by the model after task 2) and
+    the buffer is rebuilt from both tasks' new rows."""
+    requests, buffers = [], []
+    monkeypatch.setattr(synthesis, "sample_candidates",
+                        lambda model, encoder, request, n, **kw: requests.append(request) or
+                        [Candidate(t) for t in (FIXED_INPUTS * n)[:n]])  # fmt: skip
+    trainer = ssr_trainer(tokenizer, tmp_path, ssr_resynthesize=True)
+    prepare = trainer.method.prepare_task
+
+    def recording_prepare(trainer_, index, **kwargs):
+        prepare(trainer_, index, **kwargs)
+        buffers.append(trainer.method.buffer)
+
+    trainer.method.prepare_task = recording_prepare
+    trainer.train_continual([memorised_task(name, 8) for name in ("colors", "animals", "fruits")])
+    log = trainer.method.synthesis_log
+    assert [(e["task_index"], e["source_task"]) for e in log] == [(1, "colors"), (2, "colors"), (2, "animals")]
+    assert len(requests) == 3 and requests[0] == requests[1] != requests[2]
+    assert buffers[2] is not buffers[1] and {e["task_index"] for e in buffers[2].examples} == {0, 1}
+    assert buffers[2].num_seen == len(buffers[2])  # a fresh reservoir: only the new rows were offered
 
 
 def test_prepare_task_does_not_synthesize_twice_and_state_round_trips(fixed_input_run, tokenizer, tmp_path, monkeypatch):

@@ -27,11 +27,13 @@ class SsrMethod(ReplayMethod):
     """SSR: ER whose buffer holds rows the model synthesized for the earlier tasks, never a user's row.
 
     Before each task from the second on, the base model (``ssr_inputs_from='base'``, adapters disabled) writes inputs
-    for every earlier task, the model as the previous task left it (its evaluation adapters, eval mode) answers them,
-    and the kept rows, encoded by the trainer exactly as real rows,
-    replace the buffer (:mod:`peft_continual.synthesis`). Training then replays them as ER does. The state records
-    which task's synthesis the buffer holds, and :meth:`prepare_task` skips a task whose synthesis it already holds.
-    A run resumed inside a task skips the synthesis: the checkpoint it resumes from holds that task's buffer.
+    for the task just learned, the model as that task left it (its evaluation adapters, eval mode) answers them, and
+    the kept rows, encoded by the trainer exactly as real rows, join the buffer for every later task, as ER's
+    ``end_task`` adds the real ones (:mod:`peft_continual.synthesis`). As in the SSR paper, each task's rows are
+    answered by the model at its best on that task, and a run pays one synthesis per task. ``ssr_resynthesize``
+    instead rewrites the buffer before every task from all earlier tasks, answered by the current model. The state
+    records which task's synthesis the buffer holds, and :meth:`prepare_task` skips a task whose synthesis it already
+    holds. A run resumed inside a task skips the synthesis: the checkpoint it resumes from holds that task's buffer.
     """
 
     name = "ssr"
@@ -47,6 +49,7 @@ class SsrMethod(ReplayMethod):
         super().prepare_task(trainer, task_index, resumed_meta)  # general self-rehearsal's rows, when asked for
         if task_index == 0 or task_index in (self.synthesized_for, (resumed_meta or {}).get("synthesized_for")):
             return  # synthesized already, or the checkpoint being resumed holds this task's buffer
+        sources = range(task_index) if self.config.ssr_resynthesize else range(task_index - 1, task_index)
         model = trainer.peft_model
         encoder = PromptEncoder(trainer.processing_class, trainer.max_source_length, trainer.chat)
         was_training = model.training
@@ -55,7 +58,8 @@ class SsrMethod(ReplayMethod):
         writer = model.disable_adapter if self.config.ssr_inputs_from == "base" else None
         try:
             with adapters_active(model, self.eval_adapters()):
-                for source, task in enumerate(trainer.tasks[:task_index]):
+                for source in sources:
+                    task = trainer.tasks[source]
                     rows, cost = synthesize_rows(
                         model, encoder, task, self.config.ssr_examples_per_task,
                         candidates_factor=self.config.ssr_candidates_factor, temperature=self.config.ssr_temperature,
@@ -70,8 +74,10 @@ class SsrMethod(ReplayMethod):
             self.restore_adapter_state(model)
         if trainer.args.world_size > 1:  # every process replays the same rows: process zero's
             synthesized = broadcast_object_list([synthesized], from_process=0)[0]
-        buffer = ReservoirBuffer(self.config.replay_buffer_size, seed=self.seed + task_index)
-        for source, (rows, _) in enumerate(synthesized):
+        buffer = self.buffer
+        if self.config.ssr_resynthesize:  # the earlier tasks' rows are replaced, not added to
+            buffer = ReservoirBuffer(self.config.replay_buffer_size, seed=self.seed + task_index)
+        for source, (rows, _) in zip(sources, synthesized):
             if rows:  # the copy holds the synthetic rows only: the real ones cannot reach the buffer
                 rows_set = datasets.Dataset.from_list(rows)
                 features = trainer._cl_features(dataclasses.replace(trainer.tasks[source], train=rows_set, eval=rows_set))
@@ -100,7 +106,7 @@ class SsrMethod(ReplayMethod):
         return [task.train[i][column] for i in picked.tolist()]
 
     def end_task(self, model, task_index, train_features):
-        """Unlike ER, the finished task's rows are not kept: its rehearsal rows are synthesized before later tasks."""
+        """Unlike ER, the finished task's rows are not kept: its rehearsal rows are synthesized before the next task."""
 
     def state_dict(self):
         meta, tensors = super().state_dict()
