@@ -513,12 +513,12 @@ class SsrConfig(ReplayConfig):
     (a reservoir, as ER's)."""
 
     ssr_examples_per_task: int = field(
-        default=32, metadata={"help": "Synthetic rows kept per earlier task (at most)."}
+        default=32, metadata={"help": "Synthetic rows kept per task (at most)."}
     )
     ssr_candidates_factor: float = field(
         default=2.0,
         metadata={
-            "help": "Inputs sampled per earlier task, as a multiple of ssr_examples_per_task (room for the filter)."
+            "help": "Inputs sampled per task, as a multiple of ssr_examples_per_task (room for the filter)."
         },
     )
     ssr_temperature: float = field(default=0.9, metadata={"help": "Sampling temperature of synthetic inputs."})

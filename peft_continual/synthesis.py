@@ -3,8 +3,9 @@
 Where no training row may be kept (privacy, licences), the model stands in for the replay buffer: once a task is
 learned, the base model (or, if asked, the trained one) writes new inputs for it from its instruction (and label
 set), the model that has just learned it answers them in the task's own prompt format, and the well-formed, diverse
-pairs are replayed in later tasks as experience replay replays real rows. One function per step, so each is testable alone: :func:`sample_candidates` (sampling), :func:`filter_candidates`
-(plain strings, no model) and :func:`label_inputs` (greedy answers); :func:`synthesize_rows` chains them.
+pairs are replayed in later tasks as experience replay replays real rows. One function per step, so each is
+testable alone: :func:`sample_candidates` (sampling), :func:`filter_candidates` (plain strings, no model) and
+:func:`label_inputs` (greedy answers); :func:`synthesize_rows` chains them.
 """
 
 from __future__ import annotations
