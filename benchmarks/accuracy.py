@@ -74,7 +74,7 @@ from peft_continual.trainer import PREDICTIONS_DIR, tasks_to_evaluate
 HERE = Path(__file__).resolve().parent
 EXPERIMENTS, RESULTS, RUNS = HERE / "experiments", HERE / "results", HERE / "runs"
 MAX_SUFFIX = 200  # of a sweep result's file name (the overrides)
-METHODS = ["seqlora", "inclora", "olora", "nlora", "replay", "ilora", "nlora_replay", "lwf", "mtl", "osf", "osf_continual", "ssr", "ssr_ilora", "self_rehearsal"]
+METHODS = ["seqlora", "inclora", "olora", "nlora", "replay", "ilora", "nlora_replay", "lwf", "mtl", "osf", "osf_continual", "ssr", "self_rehearsal"]
 # data.sequence -> its task orders: the Standard CL benchmark, or the offline generation sequence (one order)
 SEQUENCES = {"standard": STANDARD_ORDERS, "generation": {1: GENERATION_ORDER}}
 DEFAULT_BASE = "default.json"

@@ -1,7 +1,7 @@
 """Continual learning of language models with PEFT: N-LoRA, O-LoRA, I-LoRA and replay on the HF stack."""
 
 from .collision import collision_report
-from .configs import ContinualOSFConfig, GeneralRehearsalConfig, IncLoraConfig, ILoraConfig, LwfConfig, NLoraConfig, NLoraReplayConfig, OLoraConfig, ReplayConfig, SsrConfig, SsrILoraConfig
+from .configs import ContinualOSFConfig, GeneralRehearsalConfig, IncLoraConfig, ILoraConfig, LwfConfig, NLoraConfig, NLoraReplayConfig, OLoraConfig, ReplayConfig, SsrConfig
 from .evaluation import TaskEvaluation, evaluate_protocols, evaluate_task
 from .general_ability import evaluate_general_ability
 from .metrics import ContinualResult
@@ -50,7 +50,6 @@ __all__ = [
     "STANDARD_ORDERS",
     "GeneralRehearsalConfig",
     "SsrConfig",
-    "SsrILoraConfig",
     "TaskEvaluation",
     "TaskSpecError",
     "collision_report",

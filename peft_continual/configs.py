@@ -18,7 +18,6 @@ Method by config class:
 ``ContinualOSFConfig``  OSF (peft's ``OSFConfig``): per task, train off the top singular subspace, merge, grow it
 ``LwfConfig``           LwF: one adapter + a KL to the base model's next-token distributions (no stored data)
 ``SsrConfig``           SSR: ER whose buffer holds rows the model synthesizes for earlier tasks (no stored rows)
-``SsrILoraConfig``      data-free I-LoRA: I-LoRA's slow learner and consistency loss on SSR's synthesized rows
 ======================  ========================================================================
 """
 
@@ -605,10 +604,3 @@ class SsrConfig(ReplayConfig):
             "every task, which SSR exists to avoid: set ssr_allow_real_demonstrations=True to opt in explicitly, or "
             "ssr_demonstrations=0.",
         )
-
-
-@dataclass
-class SsrILoraConfig(SsrConfig, ILoraConfig):
-    """Data-free I-LoRA: I-LoRA's slow learner and consistency loss, fed by SSR's synthesized rows instead of stored
-    ones. Not published (no public code offers it): an experiment, kept only if the evidence shows it earns its place.
-    Its fields are SSR's and I-LoRA's, with their defaults and meanings."""

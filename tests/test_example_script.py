@@ -188,7 +188,7 @@ def test_demo_model_is_loaded_offline(script, monkeypatch):
 
 
 def test_hyperparameter_of_another_method(script, tmp_path, no_model, task_files):
-    with pytest.raises(SystemExit, match="--ema_decay is a hyper-parameter of ilora/ssr_ilora, not of --cl_method nlora"):
+    with pytest.raises(SystemExit, match="--ema_decay is a hyper-parameter of ilora, not of --cl_method nlora"):
         script.main(model_argv(tmp_path, "--continual_tasks", *task_files, "--cl_method", "nlora", "--ema_decay", "0.9"))
     with pytest.raises(ValueError, match="--collision_lambda is a hyper-parameter of nlora/nlora_replay, not of --cl_method seqlora"):
         script.build_peft_config(script.ContinualArguments(cl_method="seqlora", collision_lambda=[1.0]))

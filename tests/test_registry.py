@@ -73,11 +73,11 @@ def test_a_new_method_is_one_config_class_and_one_method_class(toy_registered, t
         files[-1].write_text("".join(json.dumps(r) + "\n" for r in synthetic_rows(name, 12, seed=0)))
     script = load_script()
     help_text = script.build_parser().format_help()
-    assert "--cl_method {seqlora,inclora,nlora,olora,replay,ilora,nlora_replay,osf,lwf,ssr,ssr_ilora,self_rehearsal,toy}" in help_text
+    assert "--cl_method {seqlora,inclora,nlora,olora,replay,ilora,nlora_replay,osf,lwf,ssr,self_rehearsal,toy}" in help_text
     flat = " ".join(help_text.split())
     assert "toy: Weight of the squared norm of the adapter's weights. Default: 0.25." in flat
     # argparse breaks the long list of owners in the middle: compare without whitespace
-    assert "LoraAlpha.Default:32(seqlora/inclora/nlora/olora/replay/ilora/nlora_replay/lwf/ssr/ssr_ilora/self_rehearsal),16(toy).".lower() in "".join(flat.split()).lower()
+    assert "LoraAlpha.Default:32(seqlora/inclora/nlora/olora/replay/ilora/nlora_replay/lwf/ssr/self_rehearsal),16(toy).".lower() in "".join(flat.split()).lower()
     with pytest.raises(SystemExit):  # the flag has the config field's type
         script.parse_args(["--model_name_or_path", "m", "--continual_tasks", "x", "--toy_weight", "heavy"])
     assert "argument --toy_weight/--toy-weight: invalid float value: 'heavy'" in capsys.readouterr().err
@@ -192,7 +192,7 @@ def test_registration_errors(monkeypatch):
 
 def test_builtin_methods_and_their_titles():
     assert list(registered_methods()) == ["seqlora", "inclora", "nlora", "olora", "replay", "ilora", "nlora_replay", "osf",
-                                          "lwf", "ssr", "ssr_ilora", "self_rehearsal"]  # fmt: skip
+                                          "lwf", "ssr", "self_rehearsal"]  # fmt: skip
     assert registered_methods()["seqlora"].config_class is LoraConfig
     lora_methods = [m for name, m in registered_methods().items() if name != "osf"]
     assert all(m.title and m.hyperparameters()[:4] == ["r", "lora_alpha", "lora_dropout", "target_modules"]

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 TESTS = Path(__file__).resolve().parent
 
-METHODS = ["seqlora", "inclora", "nlora", "olora", "replay", "ilora", "nlora_replay", "lwf", "ssr", "osf", "ssr_ilora",
+METHODS = ["seqlora", "inclora", "nlora", "olora", "replay", "ilora", "nlora_replay", "lwf", "ssr", "osf",
            "self_rehearsal"]
 
 # One process imports everything once, then forks a fresh child per run, so that each run starts from the same
@@ -27,7 +27,7 @@ SCRIPT = textwrap.dedent(
     from peft import LoraConfig, get_peft_model
     from transformers import TrainerCallback
     from conftest import make_tokenizer, memorised_task, tiny_model, training_args
-    from peft_continual import ContinualOSFConfig, ContinualTrainer, GeneralRehearsalConfig, IncLoraConfig, ILoraConfig, LwfConfig, NLoraConfig, NLoraReplayConfig, OLoraConfig, ReplayConfig, SsrConfig, SsrILoraConfig
+    from peft_continual import ContinualOSFConfig, ContinualTrainer, GeneralRehearsalConfig, IncLoraConfig, ILoraConfig, LwfConfig, NLoraConfig, NLoraReplayConfig, OLoraConfig, ReplayConfig, SsrConfig
 
     tokenizer = make_tokenizer()
 
@@ -43,8 +43,6 @@ SCRIPT = textwrap.dedent(
                    "lwf": LwfConfig(**common, distill_weight=1.0, distill_general_examples=4, general_answer_tokens=4),
                    "ssr": SsrConfig(**common, **replay, ssr_examples_per_task=4, ssr_max_new_tokens=8),
                    "osf": ContinualOSFConfig(target_modules=targets, project_updates=True),
-                   "ssr_ilora": SsrILoraConfig(**common, **replay, ema_decay=0.8, ssr_examples_per_task=4,
-                                               ssr_max_new_tokens=8),
                    "self_rehearsal": GeneralRehearsalConfig(**common, general_rehearsal_examples=4, general_answer_tokens=4,
                                                             replay_batch_size=2)}}[method]
         args = training_args(out, num_train_epochs=1, learning_rate=1e-2, save_strategy="steps", save_steps=1,

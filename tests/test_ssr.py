@@ -320,32 +320,6 @@ def test_demonstrations_need_the_rows_and_are_never_replayed(tokenizer, tmp_path
         trainer.method.demonstrations(task, 1)
 
 
-def test_data_free_ilora_trains_its_slow_learner_on_synthesized_rows_only(tokenizer, tmp_path, monkeypatch):
-    """SSR's synthesis feeds I-LoRA: the buffer holds no user row, the replay and consistency terms run from task 2,
-    the slow learner moves (EMA) and is what evaluates."""
-    from peft_continual import SsrILoraConfig
-    from peft_continual.adapters import adapter_parameters
-
-    monkeypatch.setattr(synthesis, "sample_candidates",
-                        lambda model, encoder, request, n, **kw: [Candidate(t) for t in (FIXED_INPUTS * n)[:n]])  # fmt: skip
-    model, targets = tiny_model("llama", tokenizer)
-    config = SsrILoraConfig(r=4, lora_alpha=8, target_modules=targets, ssr_examples_per_task=6, ssr_max_new_tokens=12,
-                            replay_batch_size=2, ema_decay=0.8)  # fmt: skip
-    args = training_args(tmp_path, num_train_epochs=4, learning_rate=3e-2, per_device_train_batch_size=2)
-    trainer = ContinualTrainer(model=get_peft_model(model, config), args=args, processing_class=tokenizer, max_source_length=64)
-    logs = LogsPerTask()
-    trainer.add_callback(logs)
-    slow_before = [p.detach().clone() for p in adapter_parameters(trainer.peft_model, "slow")]
-    trainer.train_continual([memorised_task(name, 8) for name in ("colors", "animals")])
-    assert trainer.method.name == "ssr_ilora" and trainer.method.eval_adapters() == ["slow"]
-    real = real_row_ids(trainer)
-    assert trainer.method.buffer.examples and all(tuple(e["input_ids"]) not in real for e in trainer.method.buffer.examples)
-    second = logs.logs[sorted(logs.logs)[1]]
-    assert all("loss_replay" in entry and "loss_consistency" in entry for entry in second)
-    slow_after = adapter_parameters(trainer.peft_model, "slow")
-    assert any(not torch.equal(a, b) for a, b in zip(slow_before, slow_after))
-
-
 @pytest.mark.parametrize("inputs_from, disabled", [("base", True), ("current", False)])
 def test_inputs_are_written_by_the_base_unless_asked_otherwise_and_answered_by_the_current_model(
     tokenizer, tmp_path, monkeypatch, inputs_from, disabled

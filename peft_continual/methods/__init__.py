@@ -11,12 +11,12 @@ from .lora import NLoraMethod, OLoraMethod, SeqLoraMethod, TaskAdapterMethod, ta
 from .rehearsal import ILoraMethod, NLoraReplayMethod, ReplayMethod
 from .osf import OsfMethod
 from .lwf import LwfMethod
-from .ssr import GeneralRehearsalMethod, SsrILoraMethod, SsrMethod
+from .ssr import GeneralRehearsalMethod, SsrMethod
 
 __all__ = [
     "LORA_HYPERPARAMETERS", "ContinualMethod", "build_method", "config_classes", "register_method",
     "registered_methods", "task_adapter_name", "SeqLoraMethod", "TaskAdapterMethod", "NLoraMethod", "OLoraMethod",
-    "ReplayMethod", "ILoraMethod", "NLoraReplayMethod", "OsfMethod", "LwfMethod", "SsrMethod", "SsrILoraMethod",
+    "ReplayMethod", "ILoraMethod", "NLoraReplayMethod", "OsfMethod", "LwfMethod", "SsrMethod",
     "GeneralRehearsalMethod",
 ]
 

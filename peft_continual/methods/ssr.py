@@ -1,5 +1,5 @@
-"""Rehearsal of rows the model writes itself, no user row kept: SSR (inputs synthesized for each earlier task),
-data-free I-LoRA (I-LoRA on those rows) and general self-rehearsal (the base's answers to general prompts).
+"""Rehearsal of rows the model writes itself, no user row kept: SSR (inputs synthesized for each earlier task)
+and general self-rehearsal (the base's answers to general prompts).
 
 The synthesis lives in :mod:`peft_continual.synthesis`, the general rows in :mod:`peft_continual.self_rehearsal`.
 """
@@ -13,13 +13,13 @@ import datasets
 import torch
 from accelerate.utils import broadcast_object_list
 
-from ..adapters import adapters_active, copy_adapter_weights
-from ..configs import GeneralRehearsalConfig, SsrConfig, SsrILoraConfig
+from ..adapters import adapters_active
+from ..configs import GeneralRehearsalConfig, SsrConfig
 from ..replay import ReservoirBuffer
 from ..synthesis import synthesize_rows
 from ..tasks import GENERATION, PromptEncoder
 from .base import register_method
-from .rehearsal import ILoraMethod, ReplayMethod
+from .rehearsal import ReplayMethod
 
 
 @register_method
@@ -116,22 +116,6 @@ class SsrMethod(ReplayMethod):
         super().load_state_dict(meta, tensors, model)
         self.synthesized_for = int(meta.get("synthesized_for", -1))
         self.synthesis_log = list(meta.get("synthesis_log", []))
-
-
-@register_method
-class SsrILoraMethod(SsrMethod, ILoraMethod):
-    """Data-free I-LoRA: SSR's synthesis fills the buffer (written and answered by the slow learner, the evaluation
-    model) and I-LoRA trains on it: replay loss, consistency with the slow learner, EMA after every step. The hooks
-    compose by the class order; only ``end_task`` needs both halves spelled out."""
-
-    name = "ssr_ilora"
-    title = "Data-free I-LoRA (I-LoRA on SSR's synthesized rows; an experiment)"
-    config_class = SsrILoraConfig
-
-    def end_task(self, model, task_index, train_features):
-        """No real row enters the buffer (SSR); the slow learner resyncs as in I-LoRA."""
-        if self.config.resync_slow_at_task_end:
-            copy_adapter_weights(model, self.initial_adapter, self.slow)
 
 
 @register_method
