@@ -40,7 +40,8 @@ METRICS = ["average_accuracy", "backward_transfer", "forward_transfer", "forgett
 METRIC_NAMES = {"average_accuracy": "AA", "backward_transfer": "BWT", "forward_transfer": "FWT", "forgetting": "forgetting"}
 PROTOCOL_NAMES = {"generate": "generation + normalised exact match", "rank": "label ranking"}
 # Paired comparisons shown (A, B): the issue's target chain and claims, N-LoRA against IncLoRA (the penalty alone:
-# same task adapters), the data-free methods against OSF (the strongest one), every method against SeqLoRA, then N-LoRA + ER against each of its halves.
+# same task adapters), methods against OSF (the strongest that keeps no rows), every method against SeqLoRA, then
+# N-LoRA + ER against each of its halves.
 COMPARISONS = [("nlora", "olora"), ("olora", "inclora"), ("inclora", "seqlora"), ("nlora", "inclora"), ("ilora", "replay"),
                ("nlora", "osf"), ("olora", "osf"), ("ilora", "osf"), ("replay", "osf"), ("nlora", "replay"), ("olora", "seqlora"), ("nlora", "seqlora"),
                ("replay", "seqlora"), ("ilora", "seqlora"), ("osf", "seqlora"), ("mtl", "nlora"),
