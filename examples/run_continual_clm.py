@@ -653,16 +653,17 @@ def load_tasks(data_args: DataTrainingArguments, seed: int, demo: bool = False):
 
 
 def load_retention(data_args: DataTrainingArguments, seed: int, demo: bool = False) -> Optional[list]:
-    """The --retention_tasks, checked (suite names, lm-eval and its tasks, data) before any model is loaded: the
-    suite and lm-eval specs as given, task specs resolved as --continual_tasks are (their evaluation split is used)."""
+    """The --retention_tasks' sources, checked (suite names, lm-eval and its tasks, data) before any model is loaded;
+    task specs are resolved as --continual_tasks are (their evaluation split is used). Built once for every compared
+    method: what a source keeps of the base (the general suite's base answers) serves them all."""
     if data_args.retention_tasks is None:
         return None
     builtin = [s for s in data_args.retention_tasks if s == GENERAL or s.startswith((GENERAL + ":", LM_EVAL))]
     task_specs = [s for s in data_args.retention_tasks if s not in builtin]
     specs = [*builtin, *(load_tasks(dataclasses.replace(data_args, continual_tasks=task_specs, task_metrics=None), seed, demo)
                          if task_specs else [])]  # fmt: skip
-    build_retention_sources(specs, lm_eval_include_path=data_args.lm_eval_include_path, lm_eval_limit=data_args.lm_eval_limit)
-    return specs
+    return build_retention_sources(specs, lm_eval_include_path=data_args.lm_eval_include_path,
+                                   lm_eval_limit=data_args.lm_eval_limit)  # fmt: skip
 
 
 def load_model(model_args: ModelArguments, demo: bool):
@@ -818,7 +819,8 @@ def train_method(model_args, data_args, cl_args, training_args, tasks, peft_conf
                  retention=None) -> ContinualResult:  # fmt: skip
     """One continual run into ``training_args.output_dir``: train, save, write the matrix as JSON and heatmap.
 
-    ``zero_shot``: a result on the same tasks whose zero-shot rows (the same base model) this run reuses.
+    ``zero_shot``: a result on the same tasks whose zero-shot rows (the same base model) this run reuses, and its
+    retention tracks' base row, with ``retention``, the sources that measured it.
     """
     set_seed(training_args.seed)
     try:
@@ -859,6 +861,9 @@ def train_method(model_args, data_args, cl_args, training_args, tasks, peft_conf
         for protocol, result in trainer.result.by_protocol().items():
             source = zero_shot.by_protocol()[protocol]
             result.zero_shot, result.zero_shot_example_scores = source.zero_shot, source.zero_shot_example_scores
+    if zero_shot is not None and retention:  # one set of retention sources serves every method: it keeps what it needs of the base
+        trainer.result.retention = {name: dataclasses.replace(track, scores=track.scores[:1], example_scores=track.example_scores[:1])
+                                    for name, track in zero_shot.retention.items()}  # fmt: skip
     result = trainer.train_continual(tasks, resume_from_checkpoint=resume_requested(training_args))
 
     output_dir = Path(training_args.output_dir)

@@ -28,6 +28,7 @@ the top tokens and sampled on the rest (:func:`kl_from_sketch`, unbiased).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import re
 from dataclasses import asdict, dataclass, field
@@ -38,19 +39,23 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from .evaluation import PromptBatch, _batches, generate_batch, greedy_config
+from .evaluation import PromptBatch, _batches, forward_shared_prefix, generate_batch, greedy_config
 from .scoring import normalize_answer
 from .statistics import Difference, paired_item_difference
-from .tasks import ContinualTask, left_pad, use_chat_template
+from .tasks import ContinualTask, use_chat_template
 from .tasks.encoding import PromptEncoder
 from .tasks.formats import GENERATION
 
 DATA_DIR = Path(__file__).resolve().parent / "data" / "general"
 SUITE_PARTS = ("instructions", "facts", "chat")
 MAX_PROMPT_TOKENS = 256  # the suite's prompts are one or two sentences; this only guards odd tokenizers
-# General prompts are short: generating for them in batches of at least this many costs little memory and, on CPU,
-# half the time of batches of 8 (measured on the quick suite: 28.4 s -> 15.2 s).
+# General prompts are short: running them in batches of at least this many costs little memory and, on CPU, half the
+# time of batches of 8 (measured on the quick suite: 28.4 s -> 15.2 s). It bounds the teacher-forced passes of the
+# chat part, whose logits are [batch, answer tokens, vocabulary].
 SHORT_PROMPT_BATCH = 32
+# Their short answers are generated in batches of at least this many: each decoding step's fixed cost is shared by
+# more rows, and the cache stays small (on CPU: 8.5 s -> 6.1 s for the quick suite's answers against batches of 32).
+SHORT_ANSWER_BATCH = 64
 # The sketch of the base's distribution kept per position of its chat answers, for the KL once the base is merged
 # away. On SmolLM2-135M-Instruct's answers its top 20 tokens hold 88-89 % of its mass (their part alone falls 12-40 %
 # short of the exact KL); with 20 draws from the rest the estimate's mean over the quick suite is within 2 % of the
@@ -243,6 +248,9 @@ class GeneralAbilityReport:
     chat_argmax: Optional[list[list[int]]] = None
     # and a sketch of its distributions there (sketch_distribution, per prompt): KL without them (kl_from_sketch)
     chat_sketch: Optional[dict[str, list]] = None
+    # in memory only (not saved): what entered its output head at those positions, per prompt ([positions, hidden]),
+    # so that the exact KL of a later model needs the base's head alone, not a second pass of the base (_head_logp)
+    chat_head_inputs: Optional[list[torch.Tensor]] = field(default=None, repr=False, compare=False)
 
     PARTS = ("instructions", "instructions_loose", "facts", "leak", "kl", "agreement")
 
@@ -255,7 +263,9 @@ class GeneralAbilityReport:
         return {p: float(np.mean(v)) if v else float("nan") for p, v in self.scores().items()}
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(dataclasses.replace(self, chat_head_inputs=None))
+        del data["chat_head_inputs"]  # tensors of a model in memory: a resumed run passes the base again instead
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "GeneralAbilityReport":
@@ -282,17 +292,54 @@ def _is_peft(model) -> bool:
     return isinstance(model, PeftModel)
 
 
+@contextlib.contextmanager
+def _last_head_input(model):
+    """The input of the model's output head at its last call (``[batch, positions, hidden]``), in a one-item list."""
+    captured, head = [], model.get_output_embeddings()
+    if head is None:  # nothing captured: the base is passed again
+        yield captured
+        return
+
+    def keep(module, args):
+        captured[:] = [args[0]]
+
+    handle = head.register_forward_pre_hook(keep)
+    try:
+        yield captured
+    finally:
+        handle.remove()
+
+
 @torch.no_grad()
-def _answer_logp(model, prompts: list[list[int]], answers: list[list[int]], pad: int) -> list[torch.Tensor]:
+def _answer_logp(model, prompts: list[list[int]], answers: list[list[int]], pad: int,
+                 head_inputs: Optional[list] = None) -> list[torch.Tensor]:  # fmt: skip
     """Teacher-forced log-distributions at the len(answer) + 1 positions after each prompt: those predicting each
-    answer token, and the one after the whole answer (where the answer's end is predicted)."""
-    device = next(model.parameters()).device
-    ids, mask = (t.to(device) for t in left_pad([p + a for p, a in zip(prompts, answers)], pad))
-    keep = max(len(a) for a in answers) + 1
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                   logits_to_keep=keep).logits  # fmt: skip
-    logp = logits.float().log_softmax(-1)
+    answer token, and the one after the whole answer (where the answer's end is predicted).
+
+    ``head_inputs``: a list to extend with what entered the output head at those positions, per prompt, when the head
+    alone reproduces the model's logits from it (not so for models that rescale or cap their logits after the head);
+    else it is left as it was and ``False`` is appended."""
+    keep = max(len(a) for a in answers) + 1  # the shared prefix stops inside every prompt: all kept positions are fed
+    with _last_head_input(model) if head_inputs is not None else contextlib.nullcontext() as captured:
+        out = forward_shared_prefix(model, [p + a for p, a in zip(prompts, answers)], pad, logits_to_keep=keep,
+                                    limit=min(len(p) for p in prompts) - 1)[-1]  # fmt: skip
+    logp = out.logits.float().log_softmax(-1)
+    if head_inputs is not None:  # checked on the first row: a rescaling or cap after the head shows on any
+        hidden = captured[0] if captured and captured[0].shape[:2] == out.logits.shape[:2] else None
+        if hidden is not None and torch.allclose(model.get_output_embeddings()(hidden[:1]).float(),
+                                                 out.logits[:1].float(), rtol=1e-4, atol=1e-4):  # fmt: skip
+            head_inputs.extend(hidden[i, keep - len(a) - 1 :].clone() for i, a in enumerate(answers))
+        else:
+            head_inputs.append(False)
     return [logp[i, keep - len(a) - 1 :] for i, a in enumerate(answers)]
+
+
+def _head_logp(model, base_model, head_inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The base's log-distributions from what entered its output head (:func:`_answer_logp`'s ``head_inputs``): the
+    head of ``base_model``, or of ``model`` with its adapters disabled."""
+    with model.disable_adapter() if base_model is None else contextlib.nullcontext():
+        head = (model if base_model is None else base_model).get_output_embeddings()
+        return [head(hidden).float().log_softmax(-1) for hidden in head_inputs]
 
 
 SKETCH_KEYS = ("top_ids", "top_logp", "tail_ids", "tail_logp")
@@ -325,26 +372,34 @@ def kl_from_sketch(sketch: dict[str, torch.Tensor], logp: torch.Tensor) -> torch
     return top + rest * (tail_logp - logp.gather(-1, sketch["tail_ids"]).double()).mean(-1)
 
 
-def _chat_reference(model, prompts, answers, pad: int, batch_size: int) -> tuple[list[list[int]], dict[str, list]]:
+def _chat_reference(model, prompts, answers, pad: int, batch_size: int):
     """What the base's report keeps of its distributions at the positions :func:`_answer_logp` scores, per prompt:
-    the most likely token, and a sketch of the distribution (the same draws for the same model and answers)."""
+    the most likely token, a sketch of the distribution (the same draws for the same model and answers), and (in
+    memory, None where the head does not reproduce the logits) what entered the output head there."""
     argmax, sketches, generator = [], {key: [] for key in SKETCH_KEYS}, torch.Generator().manual_seed(0)
+    head_inputs = []
     for rows in _batches(len(prompts), batch_size):
-        for lp in _answer_logp(model, [prompts[i] for i in rows], [answers[i] for i in rows], pad):
+        for lp in _answer_logp(model, [prompts[i] for i in rows], [answers[i] for i in rows], pad, head_inputs):
             argmax.append(lp.argmax(-1).tolist())
             for key, value in sketch_distribution(lp, generator).items():
                 sketches[key].append(value.tolist())
-    return argmax, sketches
+    return argmax, sketches, None if any(h is False for h in head_inputs) else head_inputs
 
 
-def _chat_drift(model, base_model, prompts, answers, pad: int, batch_size: int) -> tuple[list[float], list[float]]:
+def _chat_drift(model, base_model, prompts, answers, pad: int, batch_size: int,
+                head_inputs: Optional[list[torch.Tensor]] = None) -> tuple[list[float], list[float]]:  # fmt: skip
     """Per prompt: mean per-token KL(base || model) on the base's answers (exact: full distributions), and token
-    agreement (share of positions where both models' most likely token is the same). The base's own: 0 and 1."""
+    agreement (share of positions where both models' most likely token is the same). The base's own: 0 and 1.
+
+    The base's distributions come from its output head on ``head_inputs`` (its report's, :func:`_chat_reference`)
+    where given: a head costs a fraction of a pass of the whole base over prompts and answers."""
     kl, agreement = [], []
     for rows in _batches(len(prompts), batch_size):
         batch_prompts, batch_answers = [prompts[i] for i in rows], [answers[i] for i in rows]
         tuned = _answer_logp(model, batch_prompts, batch_answers, pad)
-        if base_model is None:
+        if head_inputs is not None:
+            base = _head_logp(model, base_model, [head_inputs[i] for i in rows])
+        elif base_model is None:
             with model.disable_adapter():
                 base = _answer_logp(model, batch_prompts, batch_answers, pad)
         else:
@@ -403,6 +458,9 @@ def evaluate_general_ability(
 ) -> GeneralAbilityReport:
     """Score ``model`` (its current adapters) on the built-in suite by greedy, batched generation.
 
+    ``batch_size``: prompts per teacher-forced pass of the chat part; answers are generated in batches of at least
+    ``SHORT_ANSWER_BATCH``.
+
     ``parts``: which of ``SUITE_PARTS`` to run. Budgets: ``max_new_tokens`` for the instructions (whose constraints
     need whole answers) and the reference's chat answers; ``short_answer_tokens`` for the facts (short answers);
     ``leak_answer_tokens`` (default: ``short_answer_tokens``) for a tuned model's chat answers, which only the leak
@@ -450,15 +508,17 @@ def evaluate_general_ability(
             prompts, stops = _encode_prompts(tokenizer, part_texts, chat)
             config = greedy_config(pad_token_id=pad, stop_ids=stops, max_new_tokens=budgets[part])
             prompt_ids[part], answer_ids[part] = prompts, []
-            for rows in _batches(len(prompts), batch_size):
+            for rows in _batches(len(prompts), max(batch_size, SHORT_ANSWER_BATCH)):
                 batch = PromptBatch.prefill(model, [prompts[i] for i in rows], pad, whole=False)
                 answer_ids[part] += generate_batch(model, batch, config)
             answers[part] = [a.strip() for a in tokenizer.batch_decode(answer_ids[part], skip_special_tokens=True)]
-        kl = agreement = chat_argmax = sketch = None
+        kl = agreement = chat_argmax = sketch = head_inputs = None
         if reference is None and "chat" in texts:  # kept, for agreement and KL once the base is gone (merged)
-            chat_argmax, sketch = _chat_reference(model, prompt_ids["chat"], answer_ids["chat"], pad, batch_size)
+            chat_argmax, sketch, head_inputs = _chat_reference(model, prompt_ids["chat"], answer_ids["chat"], pad,
+                                                               batch_size)  # fmt: skip
         elif reference is not None and measure_drift and "chat" in texts:
-            kl, agreement = _chat_drift(model, base_model, prompt_ids["chat"], reference.chat_answer_ids, pad, batch_size)
+            kl, agreement = _chat_drift(model, base_model, prompt_ids["chat"], reference.chat_answer_ids, pad, batch_size,
+                                        reference.chat_head_inputs)  # fmt: skip
         elif reference is not None and "chat" in texts and reference.chat_argmax is not None:
             kl, agreement = _chat_drift_from_report(model, prompt_ids["chat"], reference, pad, batch_size)
     strict = loose = None
@@ -471,6 +531,7 @@ def evaluate_general_ability(
         facts=[fact_score(a, f["answers"]) for a, f in zip(answers["facts"], suite.facts)] if "facts" in texts else None,
         leak=[float(is_leak(a, labels)) for part in texts for a in answers[part]], chat_template=chat,
         labels=list(labels), kl=kl, agreement=agreement, chat_argmax=chat_argmax, chat_sketch=sketch,
+        chat_head_inputs=head_inputs,
     )  # fmt: skip
 
 

@@ -235,14 +235,16 @@ def _general_limit(spec: str) -> Optional[int]:
 
 def build_retention_sources(specs: Sequence, *, lm_eval_include_path=None, lm_eval_limit=None) -> list[RetentionSource]:
     """The sources of ``specs``: ``ContinualTask`` objects (evaluation split only), ``"general[:N|full]"``,
-    ``"lm_eval:TASK[,TASK]"``, or the dicts a saved run holds. Everything is checked here, before any training:
+    ``"lm_eval:TASK[,TASK]"``, the dicts a saved run holds, or sources built before (kept as they are). Everything is checked here, before any training:
     an unknown suite, lm-eval missing, an unknown lm-eval task or include path, duplicate names."""
     from .persistence import task_from_dict
     from .tasks import ContinualTask
 
     sources: list[RetentionSource] = []
     for spec in specs:
-        if isinstance(spec, ContinualTask):
+        if isinstance(spec, RetentionSource):  # built before (runs on the same base share what they kept of it)
+            sources.append(spec)
+        elif isinstance(spec, ContinualTask):
             sources.append(TaskRetention(spec))
         elif isinstance(spec, dict) and "task" in spec:
             sources.append(TaskRetention(task_from_dict(spec["task"])))

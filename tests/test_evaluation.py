@@ -28,7 +28,9 @@ def test_shared_prompt_ranking_equals_naive(arch, whole, tokenizer):
     model.eval()
     cases = [([[3, 4, 5, 6, 7], [8, 9], [10, 11, 12]], [[20, 21, 1], [22, 1], [23, 24, 25, 1]]),  # left padding
              ([[13], [14]], [[20, 21, 1], [22, 1]]),  # one-token prompts: nothing cached before the last token
-             ([[3, 4, 5], [8, 9]], [[20], [22]])]  # one-token options: nothing fed after the prompt  # fmt: skip
+             ([[3, 4, 5], [8, 9]], [[20], [22]]),  # one-token options: nothing fed after the prompt
+             ([[3, 4, 5, 6, 7], [3, 4, 9], [3, 4, 5, 12]], [[20, 21, 1], [22, 1]]),  # a shared prefix run once
+             ([[3, 4, 5], [3, 4, 5]], [[20, 21, 1], [22, 1]])]  # identical prompts: all but the last token shared  # fmt: skip
     for prompts, options in cases:
         with torch.no_grad():
             fast = rank_batch(model, PromptBatch.prefill(model, prompts, 0, whole=whole), options, pad_token_id=0)
@@ -85,3 +87,14 @@ def test_unknown_evaluation_method(tokenizer):
     model, _ = tiny_model("llama", tokenizer)
     with pytest.raises(ValueError, match="'rank' or 'generate'"):
         evaluate_task(model, tokenizer, synthetic_task("colors"), method="vote")
+
+
+def test_shared_prefix_length():
+    """The batch's common first tokens, leaving each sequence one of its own; none for a single sequence."""
+    from peft_continual.evaluation import shared_prefix_length
+
+    assert shared_prefix_length([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]]) == 2
+    assert shared_prefix_length([[1, 2, 3], [1, 2, 3]]) == 2  # identical: all but the last token
+    assert shared_prefix_length([[1, 2, 3], [1, 2, 3]], limit=1) == 1
+    assert shared_prefix_length([[1], [1, 2]]) == 0 and shared_prefix_length([[7, 8], [9, 8]]) == 0
+    assert shared_prefix_length([[1, 2, 3]]) == 0

@@ -448,8 +448,9 @@ def test_readme_first_line_installs_what_the_second_runs():
 
 
 def test_retention_tasks_in_the_script_and_the_comparison(script, tmp_path, tokenizer, task_files, capsys):
-    """--retention_tasks: the general suite and a held-out task file scored on the base and after each task, in the
-    JSON, the printed contrast (paired, each method against the first), comparison.json and both plots."""
+    """--retention_tasks: the general suite and a held-out task file scored on the base (once for both methods) and
+    after each task, in the JSON, the printed contrast (paired, each method against the first), comparison.json and
+    both plots."""
     model, _ = tiny_model("llama", tokenizer)
     model.save_pretrained(tmp_path / "model")
     tokenizer.save_pretrained(tmp_path / "model")
@@ -463,6 +464,10 @@ def test_retention_tasks_in_the_script_and_the_comparison(script, tmp_path, toke
     saved = json.loads((out / "replay" / "accuracy_matrix.json").read_text())
     assert list(saved["retention"]) == ["general/facts", "general/leak", "general/kl", "general/agreement", "fruits"]
     assert all(len(t["scores"]) == 3 for t in saved["retention"].values())
+    first = json.loads((out / "seqlora" / "accuracy_matrix.json").read_text())["retention"]
+    assert printed.count("retention, base model (") == 1  # the second method reuses the first's base row
+    assert all(first[name]["example_scores"][0] == track["example_scores"][0] for name, track in saved["retention"].items())
+    assert all(s is not None for s in saved["retention"]["general/kl"]["scores"])  # the suite's base answers, shared
     assert "retention general/kl:" in printed and "Beyond the tasks (retention, never trained)" in printed
     assert "ER - SeqLoRA:" in printed
     comparison = json.loads((out / "comparison.json").read_text())

@@ -3,6 +3,7 @@ models (no downloads)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -164,19 +165,61 @@ def test_perturbed_adapter_drifts_from_its_base(chat_tokenizer):
             p.normal_(std=0.5)
     report = evaluate_general_ability(peft_model, tok, limit=3, max_new_tokens=6, reference=reference, batch_size=2)
     assert min(report.kl) > 0
-    # independent check: each prompt alone, no padding, KL over the base answer's tokens and the position after it
-    prompts, _ = _encode_prompts(tok, load_suite(3).chat, True)
+    assert_naive_drift(peft_model, tok, reference, report)
+    assert drift(report, reference)["kl"].estimate == pytest.approx(sum(report.kl) / 3)
+
+
+def assert_naive_drift(peft_model, tok, reference, report):
+    """Independent check: each prompt alone, no padding, both models run whole; KL over the base answer's tokens and
+    the position after it, and token agreement (the share of those positions where both models' top token is the
+    same)."""
+    prompts, _ = _encode_prompts(tok, load_suite(len(report.kl)).chat, True)
     peft_model.eval()
-    for prompt, answer, kl in zip(prompts, reference.chat_answer_ids, report.kl):
+    for prompt, answer, kl, agreement in zip(prompts, reference.chat_answer_ids, report.kl, report.agreement):
         ids = torch.tensor([prompt + answer])
         tuned = peft_model(input_ids=ids).logits[0, len(prompt) - 1 :].log_softmax(-1)
         with peft_model.disable_adapter():
             base = peft_model(input_ids=ids).logits[0, len(prompt) - 1 :].log_softmax(-1)
         assert kl == pytest.approx(float((base.exp() * (base - tuned)).sum(-1).mean()), rel=1e-4, abs=1e-6)
-        # token agreement: the share of those positions where both models' most likely token is the same
-        assert report.agreement[prompts.index(prompt)] == pytest.approx(
-            float((base.argmax(-1) == tuned.argmax(-1)).float().mean()))  # fmt: skip
-    assert drift(report, reference)["kl"].estimate == pytest.approx(sum(report.kl) / 3)
+        assert agreement == pytest.approx(float((base.argmax(-1) == tuned.argmax(-1)).float().mean()))
+
+
+def _capped_gemma2(vocab):
+    """Gemma 2 caps its logits after the output head (tanh): the head alone does not give its distributions."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    torch.manual_seed(0)
+    return Gemma2ForCausalLM(Gemma2Config(
+        vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8, max_position_embeddings=256, final_logit_softcapping=1.0,
+        initializer_range=0.2,
+    ))  # fmt: skip
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("arch", ["llama", "gemma2-capped"])
+def test_base_distributions_from_its_head_inputs_or_a_second_pass(chat_tokenizer, arch):
+    """The base's report keeps what entered its output head at its answers, so that a later KL needs the head alone;
+    where the head does not give the logits (a cap after it), the base is run again. Both equal the naive KL, and
+    the kept tensors are not saved."""
+    tok = chat_tokenizer
+    model, targets = tiny_model("llama", tok) if arch == "llama" else (_capped_gemma2(len(tok)), ["q_proj", "v_proj"])
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=targets))
+    reference = base_reference(peft_model, tok, limit=4, max_new_tokens=6, batch_size=3)  # a short last batch
+    assert (reference.chat_head_inputs is not None) == (arch == "llama")
+    if reference.chat_head_inputs is not None:
+        assert [h.shape[0] for h in reference.chat_head_inputs] == [len(a) + 1 for a in reference.chat_answer_ids]
+    assert "chat_head_inputs" not in reference.to_dict() and json.dumps(reference.to_dict())
+    torch.manual_seed(1)
+    for name, p in peft_model.named_parameters():
+        if "lora_B" in name:
+            p.normal_(std=0.5)
+    report = evaluate_general_ability(peft_model, tok, limit=4, max_new_tokens=6, reference=reference, batch_size=3)
+    assert min(report.kl) > 0
+    assert_naive_drift(peft_model, tok, reference, report)
+    passed_again = dataclasses.replace(reference, chat_head_inputs=None)
+    again = evaluate_general_ability(peft_model, tok, limit=4, max_new_tokens=6, reference=passed_again, batch_size=3)
+    assert again.kl == pytest.approx(report.kl, rel=1e-5, abs=1e-7) and again.agreement == report.agreement
 
 
 def test_parts_and_budgets(chat_tokenizer, monkeypatch):

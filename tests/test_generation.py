@@ -15,11 +15,13 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from conftest import OPPOSITES, generation_task, make_chat_tokenizer, memorised_task, synthetic_task, tiny_model, training_args
 from peft_continual import ContinualTrainer, ILoraConfig, IncLoraConfig, NLoraConfig, OLoraConfig, ReplayConfig, evaluate_task
+from peft_continual.demo_model import DEFAULT_CACHE
 from peft_continual.evaluation import PromptBatch, generate_batch, greedy_config
 from peft_continual.tasks import IGNORE_INDEX, PromptEncoder, TaskSpecError, encode_eval, fit_max_new_tokens, tokenize_task
 from peft_continual.tasks.encoding import GENERATION_BUDGET_FLOOR
 
-SMOLLM2 = Path("/work/cache/smollm2")
+# the demo model, where it was converted once (by the demo, or a benchmark run)
+SMOLLM2 = next((p for p in (DEFAULT_CACHE, Path("/work/cache/smollm2")) if (p / "tokenizer_config.json").is_file()), DEFAULT_CACHE)
 
 
 def target_tokens(features, row=0):
@@ -166,7 +168,7 @@ def test_long_conversation_never_opens_with_an_assistant_turn():
     assert len(ids) <= 40 and text == "<s>[INST] opposite of old [/INST]"
 
 
-@pytest.mark.skipif(not SMOLLM2.is_dir(), reason="SmolLM2 checkpoint (/work/cache/smollm2) not present")
+@pytest.mark.skipif(not SMOLLM2.is_dir(), reason="the converted SmolLM2 checkpoint is not present")
 def test_smollm2_tokenizer_and_chat_template():
     tok = AutoTokenizer.from_pretrained(str(SMOLLM2))
     task = generation_task("opposites", n_train=3)
@@ -188,8 +190,10 @@ def test_batched_cached_greedy_equals_naive_decoding(arch, tokenizer):
     model.eval()
     stop = [tokenizer.eos_token_id]
     config = greedy_config(pad_token_id=0, stop_ids=stop, max_new_tokens=6)
-    # different lengths (left padding in one batch), and one-token prompts (nothing cached before generate)
-    for prompts in ([[5, 6, 7, 8, 9], [10, 11], [12, 13, 14]], [[5], [10]]):
+    # different lengths (left padding in one batch), one-token prompts (nothing cached before generate), a shared
+    # prefix (run once, the padding after it), identical prompts (all but their last token shared)
+    for prompts in ([[5, 6, 7, 8, 9], [10, 11], [12, 13, 14]], [[5], [10]], [[5, 6, 7, 8, 9], [5, 6, 11], [5, 6, 7, 14]],
+                    [[5, 6, 7], [5, 6, 7]]):  # fmt: skip
         with torch.no_grad():
             fast = generate_batch(model, PromptBatch.prefill(model, prompts, 0, whole=False), config)
             for prompt, got in zip(prompts, fast):
