@@ -861,9 +861,11 @@ def train_method(model_args, data_args, cl_args, training_args, tasks, peft_conf
         for protocol, result in trainer.result.by_protocol().items():
             source = zero_shot.by_protocol()[protocol]
             result.zero_shot, result.zero_shot_example_scores = source.zero_shot, source.zero_shot_example_scores
-    if zero_shot is not None and retention:  # one set of retention sources serves every method: it keeps what it needs of the base
-        trainer.result.retention = {name: dataclasses.replace(track, scores=track.scores[:1], example_scores=track.example_scores[:1])
-                                    for name, track in zero_shot.retention.items()}  # fmt: skip
+    if zero_shot is not None and retention:  # one set of retention sources serves every method: it keeps the base's
+        trainer.result.retention = {  # answers, so the base row is measured once too
+            name: dataclasses.replace(track, scores=track.scores[:1], example_scores=track.example_scores[:1])
+            for name, track in zero_shot.retention.items()
+        }
     result = trainer.train_continual(tasks, resume_from_checkpoint=resume_requested(training_args))
 
     output_dir = Path(training_args.output_dir)

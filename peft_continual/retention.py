@@ -235,8 +235,9 @@ def _general_limit(spec: str) -> Optional[int]:
 
 def build_retention_sources(specs: Sequence, *, lm_eval_include_path=None, lm_eval_limit=None) -> list[RetentionSource]:
     """The sources of ``specs``: ``ContinualTask`` objects (evaluation split only), ``"general[:N|full]"``,
-    ``"lm_eval:TASK[,TASK]"``, the dicts a saved run holds, or sources built before (kept as they are). Everything is checked here, before any training:
-    an unknown suite, lm-eval missing, an unknown lm-eval task or include path, duplicate names."""
+    ``"lm_eval:TASK[,TASK]"``, the dicts a saved run holds, or sources built before (kept as they are). Everything is
+    checked here, before any training: an unknown suite, lm-eval missing, an unknown lm-eval task or include path,
+    duplicate names."""
     from .persistence import task_from_dict
     from .tasks import ContinualTask
 
