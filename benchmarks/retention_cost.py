@@ -48,7 +48,7 @@ def timed_parts(seconds: dict[str, float]):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=2, help="tuned evaluations timed (the first warms up nothing)")
+    parser.add_argument("--repeats", type=int, default=2, help="tuned evaluations timed, after the base's")
     parser.add_argument("--output", default="retention_cost.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

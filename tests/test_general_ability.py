@@ -159,14 +159,19 @@ def test_perturbed_adapter_drifts_from_its_base(chat_tokenizer):
     reference = base_reference(peft_model, tok, limit=3, max_new_tokens=6)
     assert all(p.requires_grad == ("lora_" in n) for n, p in peft_model.named_parameters())  # adapter state kept
     assert peft_model.training
-    torch.manual_seed(1)
-    for name, p in peft_model.named_parameters():
-        if "lora_B" in name:
-            p.normal_(std=0.5)
+    perturb_adapter(peft_model)
     report = evaluate_general_ability(peft_model, tok, limit=3, max_new_tokens=6, reference=reference, batch_size=2)
     assert min(report.kl) > 0
     assert_naive_drift(peft_model, tok, reference, report)
     assert drift(report, reference)["kl"].estimate == pytest.approx(sum(report.kl) / 3)
+
+
+def perturb_adapter(peft_model):
+    """A seeded random LoRA update (lora_B starts at 0, the base itself): a tuned model that drifts from its base."""
+    torch.manual_seed(1)
+    for name, p in peft_model.named_parameters():
+        if "lora_B" in name:
+            p.normal_(std=0.5)
 
 
 def assert_naive_drift(peft_model, tok, reference, report):
@@ -210,10 +215,7 @@ def test_base_distributions_from_its_head_inputs_or_a_second_pass(chat_tokenizer
     if reference.chat_head_inputs is not None:
         assert [h.shape[0] for h in reference.chat_head_inputs] == [len(a) + 1 for a in reference.chat_answer_ids]
     assert "chat_head_inputs" not in reference.to_dict() and json.dumps(reference.to_dict())
-    torch.manual_seed(1)
-    for name, p in peft_model.named_parameters():
-        if "lora_B" in name:
-            p.normal_(std=0.5)
+    perturb_adapter(peft_model)
     report = evaluate_general_ability(peft_model, tok, limit=4, max_new_tokens=6, reference=reference, batch_size=3)
     assert min(report.kl) > 0
     assert_naive_drift(peft_model, tok, reference, report)
